@@ -1,0 +1,40 @@
+# the interface: make run | test | lint | bench | synth
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: run test lint bench synth clean
+
+$(STAMP): requirements.txt requirements-dev.txt lambdas/requirements.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fanout needs Python 3.11 or newer"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $(STAMP)
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+run: $(STAMP)
+	$(PY) -m fanout run examples/ticket-triage.json --out out
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+synth: $(STAMP) node_modules/.installed
+	npx --no-install cdk synth --quiet --output cdk.out
+	@echo "template: cdk.out/$$(ls cdk.out | grep -m1 '.template.json$$')"
+
+clean:
+	rm -rf $(VENV) node_modules cdk.out out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,263 @@
+"""``python -m fanout run|validate``: run a job on the real state machine locally, or check it.
+
+Exit codes: 0 complete, 3 partial, 2 invalid job (one message naming the
+field; nothing written), 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import fanout  # noqa: F401 - puts lambdas/ on the path
+from fanout_core.errors import InvalidJob
+from fanout_core.job import Job, parse_job
+from fanout_core.loading import decode_json
+from fanout_core.planning import choose_batching, expand_tasks
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
+DEFAULT_MODEL = "sim"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fanout", description="Parallel LLM jobs on Step Functions.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a job locally on the real state machine")
+    run.add_argument("job", help="the job file (JSON)")
+    run.add_argument("--model", help="model spec for every task: sim[:k=v,...], bedrock:<id>, openai:<url>#<model>")
+    run.add_argument("--out", default="out", help="output folder (default: out)")
+    run.add_argument("--concurrency", type=int, help="calls in flight at most (limits.max_concurrency)")
+    run.add_argument("--fresh", action="store_true", help="discard earlier records of this job_id before running")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    validate = commands.add_parser("validate", help="check a job and print its plan; calls no model")
+    validate.add_argument("job", help="the job file (JSON)")
+    validate.add_argument("--model", help="model spec, as for run")
+    validate.add_argument("--concurrency", type=int, help="as for run")
+    args = parser.parse_args(argv)
+    try:
+        data, job, tasks = _load(Path(args.job), args.model, args.concurrency)
+    except InvalidJob as exc:
+        print(f"error: invalid job: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.command == "validate":
+        return _validate(job, tasks)
+    try:
+        return _run(data, job, tasks, Path(args.out), fresh=args.fresh, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _load(path: Path, model: str | None, concurrency: int | None) -> tuple[dict[str, Any], Job, list[dict[str, Any]]]:
+    """Read, override and check a job file exactly as Plan will, so a bad job fails here with nothing written."""
+    try:
+        body = path.read_bytes()
+    except OSError as exc:
+        raise InvalidJob(f"{path}: cannot read the job file ({exc.strerror})", "job") from None
+    data = decode_json(body, str(path))
+    if isinstance(data, dict):
+        if model is not None:
+            data = _with_model(data, model)
+        if concurrency is not None:
+            if concurrency < 1:
+                raise InvalidJob("--concurrency: must be 1 or more", "--concurrency")
+            limits = data.get("limits") if isinstance(data.get("limits"), dict) else {}
+            data = {**data, "limits": {**limits, "max_concurrency": concurrency}}
+    job = parse_job(data, job_id_default=path.stem)
+    assert job.job_id is not None
+    data = {**data, "job_id": job.job_id}
+    if job.items_uri is not None:
+        raise InvalidJob("items_uri: local runs take the items inline; put them in 'items'", "items_uri")
+    tasks = expand_tasks(job, job.items or [], DEFAULT_MODEL)
+    return data, job, tasks
+
+
+def _with_model(data: dict[str, Any], model: str) -> dict[str, Any]:
+    """--model replaces every model the job names (a multi-model vote keeps its number of votes)."""
+    out = {**data, "model": model}
+    models = out.pop("models", None)
+    if isinstance(models, list) and "votes" not in out:
+        out["votes"] = len(models)
+    return out
+
+
+def _validate(job: Job, tasks: list[dict[str, Any]]) -> int:
+    batching = choose_batching(len(tasks), job.limits.max_concurrency, job.limits.batch_size)
+    input_tokens = sum(len(t["prompt"]) + len(job.system or "") for t in tasks) // 4
+    models = sorted({t["model"] for t in tasks})
+    plan = {
+        "job_id": job.job_id,
+        "pattern": job.pattern,
+        "items": len(job.items or []),
+        "tasks": len(tasks),
+        "batches": batching.batch_count,
+        "batch_size": batching.batch_size,
+        "threads_per_batch": batching.threads,
+        "parallel_batches": batching.map_concurrency,
+        "models": models,
+        "estimated_input_tokens": input_tokens,
+        "max_output_tokens": len(tasks) * job.inference.max_tokens,
+        "estimated_cost_usd": 0.0 if models == ["sim"] or all(m.startswith("sim") for m in models) else None,
+    }
+    print(json.dumps(plan, indent=2))
+    print(f"ok: {job.job_id} is valid ({len(tasks)} tasks in {batching.batch_count} batches); no model was called")
+    return EXIT_OK
+
+
+def _run(data: dict[str, Any], job: Job, tasks: list[dict[str, Any]], out: Path, *, fresh: bool, quiet: bool) -> int:
+    from fanout.runtime import RESULTS_BUCKET, local_aws
+
+    job_id = str(job.job_id)
+    target = out / job_id
+    if fresh and target.exists():
+        shutil.rmtree(target)
+    models = sorted({t["model"] for t in tasks})
+    if job.model is None and not job.models:
+        print(f"model: {DEFAULT_MODEL} (the built-in simulator: no model named; outputs are synthetic)")
+    else:
+        print(f"model: {', '.join(models)}")
+    started = time.monotonic()
+    with local_aws() as runtime:
+        import boto3
+
+        s3 = boto3.client("s3")
+        _restore_records(s3, RESULTS_BUCKET, job_id, target)
+        name = f"{job_id}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%f')}"[:80]
+        execution_arn = runtime.start(data, name)
+        with _Progress(len(tasks), quiet, lambda: _records_written(job_id)) as progress:
+            execution = runtime.wait(execution_arn, on_poll=progress.update)
+        wall = time.monotonic() - started
+        if execution.status != "SUCCEEDED" and execution.error == "InvalidJob":
+            print(f"error: invalid job: {execution.cause}", file=sys.stderr)
+            return EXIT_INVALID
+        copied = _copy_outputs(s3, RESULTS_BUCKET, job_id, target)
+        if not copied:
+            print(f"error: the run failed: {execution.error}: {execution.cause}", file=sys.stderr)
+            return EXIT_FAILED
+        result = json.loads((target / "result.json").read_text())
+        plan = s3.get_object(Bucket=RESULTS_BUCKET, Key=f"runs/{job_id}/plan.json")["Body"].read()
+        plan_doc = json.loads(plan)
+        run_figures = {
+            "mode": plan_doc["mode"],
+            "batches": plan_doc["counts"]["batches"],
+            "threads_per_batch": plan_doc["threads"],
+            "parallel_batches": plan_doc["map_concurrency"],
+            "state_transitions": execution.state_transitions,
+            "wall_seconds": round(wall, 3),
+            "execution_seconds": round(execution.wall_seconds, 3),
+            "model_calls": result["usage"]["model_calls"],
+            "lambda_invocations": dict(runtime.invocations),
+            "execution_status": execution.status,
+        }
+        (target / "run.json").write_text(json.dumps(run_figures, indent=2) + "\n")
+    _print_summary(result, run_figures, target)
+    return {"complete": EXIT_OK, "partial": EXIT_PARTIAL}.get(result["status"], EXIT_FAILED)
+
+
+def _records_written(job_id: str) -> int:
+    """Task records in the local results bucket, read from moto's store directly (cheap enough to poll)."""
+    from moto.s3.models import s3_backends
+
+    from fanout.runtime import ACCOUNT, RESULTS_BUCKET
+
+    bucket = s3_backends[ACCOUNT]["aws"].buckets.get(RESULTS_BUCKET)
+    if bucket is None:
+        return 0
+    prefix = f"runs/{job_id}/records/"
+    return sum(1 for key in list(bucket.keys.keys()) if key.startswith(prefix))
+
+
+def _restore_records(s3: Any, bucket: str, job_id: str, target: Path) -> None:
+    """Earlier records of this job_id (DIR/<job_id>/records/) go back in, so finished tasks are not called again."""
+    records = target / "records"
+    saved_job = target / "records" / "_job.json"
+    if not records.is_dir():
+        return
+    if saved_job.exists():
+        s3.put_object(Bucket=bucket, Key=f"runs/{job_id}/job.json", Body=saved_job.read_bytes())
+    for path in records.rglob("*.json"):
+        if path == saved_job:
+            continue
+        key = f"runs/{job_id}/records/{path.relative_to(records).as_posix()}"
+        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+
+
+def _copy_outputs(s3: Any, bucket: str, job_id: str, target: Path) -> bool:
+    """result.json, results.jsonl, report.md and the task records, from local S3 to DIR/<job_id>/."""
+    names = ("result.json", "results.jsonl", "report.md")
+    try:
+        bodies = {n: s3.get_object(Bucket=bucket, Key=f"results/{job_id}/{n}")["Body"].read() for n in names}
+    except s3.exceptions.NoSuchKey:
+        return False
+    target.mkdir(parents=True, exist_ok=True)
+    for name, body in bodies.items():
+        (target / name).write_bytes(body)
+    records = target / "records"
+    prefix = f"runs/{job_id}/records/"
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            path = records / obj["Key"][len(prefix) :]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+    job_doc = s3.get_object(Bucket=bucket, Key=f"runs/{job_id}/job.json")["Body"].read()
+    (records / "_job.json").parent.mkdir(parents=True, exist_ok=True)
+    (records / "_job.json").write_bytes(job_doc)
+    return True
+
+
+class _Progress:
+    """A progress bar of tasks done, polled from the record count."""
+
+    def __init__(self, total: int, quiet: bool, done: Any) -> None:
+        self.total, self.quiet, self.done = total, quiet or not sys.stderr.isatty(), done
+        self._bar: Any = None
+
+    def __enter__(self) -> _Progress:
+        if not self.quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("tasks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("tasks", total=self.total)
+        return self
+
+    def update(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=min(self.done(), self.total))
+
+    def __exit__(self, *_: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path) -> None:
+    counts, usage = result["counts"], result["usage"]
+    cost = usage.get("estimated_cost_usd")
+    lines = [
+        f"job {result['job_id']}: {result['status']}"
+        + (" (synthetic outputs from the simulator)" if result.get("synthetic") else ""),
+        f"  items {counts['items']}  tasks {counts['tasks']}  ok {counts['ok']}  invalid {counts['invalid']}  "
+        f"failed {counts['failed']}",
+        f"  model calls {usage['model_calls']}  tokens {usage['input_tokens']} in / {usage['output_tokens']} out  "
+        f"cost {'unknown' if cost is None else f'${cost:.4f}'}",
+        f"  {figures['batches']} batches, {figures['state_transitions']} state transitions, {figures['wall_seconds']:.2f} s",
+    ]
+    if "evaluation" in result:
+        ev = result["evaluation"]
+        lines.append(
+            f"  accuracy {ev['accuracy']:.1%} aggregated vs {ev['single_call_accuracy']:.1%} single call "
+            f"({ev['items_with_expected']} items with expected answers)"
+        )
+    if result["pattern"] == "voting":
+        ties = sum(1 for i in result["items"] if i.get("tie"))
+        low = sum(1 for i in result["items"] if (i.get("confidence") or 0) < 0.6)
+        lines.append(f"  ties {ties}  low confidence (< 0.6) {low}")
+    lines.append(f"report: {target / 'report.md'}")
+    lines.append(f"result: {target / 'result.json'}")
+    print("\n".join(lines))

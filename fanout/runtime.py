@@ -1,0 +1,235 @@
+"""Run the real state machine on this machine: moto's Step Functions interpreter, in-process Lambdas.
+
+The ASL file in ``statemachine/`` is created as-is in moto with the same
+substitution keys the CDK stack uses. Every ``lambda:invoke`` it makes is
+answered by the real handler through a botocore ``before-send`` hook
+registered first on the default session; an unhandled exception becomes a
+``FunctionError`` response whose ``errorType`` is the exception's class
+name, as Lambda reports it, so Retry and Catch behave as in the cloud.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import boto3
+from botocore.awsrequest import AWSResponse
+
+ROOT = Path(__file__).resolve().parent.parent
+ASL_PATH = ROOT / "statemachine" / "fanout.asl.json"
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+INPUT_BUCKET = "fanout-local-input"
+RESULTS_BUCKET = "fanout-local-results"
+FUNCTIONS = {
+    "fanout-plan": "fanout_core.handlers.plan",
+    "fanout-subtask": "fanout_core.handlers.subtask",
+    "fanout-aggregate": "fanout_core.handlers.aggregate",
+}
+SUBSTITUTIONS = {
+    "PlanFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-plan",
+    "SubtaskFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-subtask",
+    "AggregateFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-aggregate",
+}
+_LOCAL_ENV = {
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "FANOUT_RESULTS_BUCKET": RESULTS_BUCKET,
+    "FANOUT_DEFAULT_MODEL": "sim",
+    "FANOUT_MAX_CONCURRENCY": "1000",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_METRICS_DISABLED": "true",
+    "POWERTOOLS_LOG_LEVEL": "WARNING",
+    "POWERTOOLS_DEV": "false",
+}
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a handler reads of the Lambda context."""
+
+    function_name: str
+    aws_request_id: str
+    memory_limit_in_mb: int = 1024
+    invoked_function_arn: str = ""
+    log_group_name: str = "local"
+    log_stream_name: str = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 900_000
+
+
+@dataclass
+class Execution:
+    arn: str
+    status: str
+    output: dict[str, Any] | None
+    error: str | None
+    cause: str | None
+    state_transitions: int
+    wall_seconds: float
+
+
+class LocalRuntime:
+    """The stack's buckets and state machine inside moto, with the handlers answering Lambda calls."""
+
+    def __init__(self) -> None:
+        self.state_machine_arn = ""
+        self.invocations: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    # -- set-up ---------------------------------------------------------------
+    def install(self) -> None:
+        """Create the resources; call inside an active moto mock (or against a moto server)."""
+        session = boto3._get_default_session()
+        session.events.register_first("before-send.lambda.Invoke", self._route)
+        s3 = boto3.client("s3", region_name=REGION)
+        for bucket in (INPUT_BUCKET, RESULTS_BUCKET):
+            s3.create_bucket(Bucket=bucket)
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        self.state_machine_arn = sfn.create_state_machine(
+            name="fanout",
+            definition=definition(),
+            roleArn=f"arn:aws:iam::{ACCOUNT}:role/fanout-state-machine",
+        )["stateMachineArn"]
+
+    # -- lambda:invoke answered in-process ------------------------------------
+    def _route(self, request: Any, **_: Any) -> AWSResponse:
+        name = unquote(request.url.split("/functions/")[1].split("/")[0])
+        name = name.split(":function:")[-1].split(":")[0]
+        event = json.loads(request.body or b"{}")
+        with self._lock:
+            self.invocations[name] = self.invocations.get(name, 0) + 1
+        context = _Context(
+            function_name=name, aws_request_id=f"local-{time.monotonic_ns()}", invoked_function_arn=SUBSTITUTIONS.get(name, "")
+        )
+        headers = {"Content-Type": "application/json", "X-Amz-Executed-Version": "$LATEST"}
+        try:
+            payload = _handler_module(FUNCTIONS[name]).lambda_handler(event, context)
+        except Exception as exc:
+            payload = {
+                "errorMessage": str(exc),
+                "errorType": type(exc).__name__,
+                "stackTrace": traceback.format_tb(exc.__traceback__)[-5:],
+            }
+            headers["X-Amz-Function-Error"] = "Unhandled"
+        return AWSResponse(request.url, 200, headers, _Raw(json.dumps(payload).encode()))
+
+    # -- executions -------------------------------------------------------------
+    def start(self, job_input: Any, name: str) -> str:
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        return str(
+            sfn.start_execution(stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(job_input))["executionArn"]
+        )
+
+    def wait(self, execution_arn: str, on_poll: Callable[[], None] | None = None, poll_seconds: float = 0.1) -> Execution:
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        started = time.monotonic()
+        while True:
+            described = sfn.describe_execution(executionArn=execution_arn)
+            if on_poll is not None:
+                on_poll()
+            if described["status"] != "RUNNING":
+                break
+            time.sleep(poll_seconds)
+        wall = time.monotonic() - started
+        output = json.loads(described["output"]) if described.get("output") else None
+        return Execution(
+            arn=execution_arn,
+            status=described["status"],
+            output=output,
+            error=described.get("error"),
+            cause=described.get("cause"),
+            state_transitions=count_state_transitions(sfn, execution_arn),
+            wall_seconds=wall,
+        )
+
+
+def count_state_transitions(sfn: Any, execution_arn: str) -> int:
+    """States entered, as Step Functions bills them, read from the execution history."""
+    entered = 0
+    for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn):
+        entered += sum(1 for e in page["events"] if e["type"].endswith("StateEntered"))
+    return entered
+
+
+def definition() -> str:
+    """The ASL file with the local substitutions (the stack fills the same keys)."""
+    text = ASL_PATH.read_text()
+    for key, value in SUBSTITUTIONS.items():
+        text = text.replace("${" + key + "}", value)
+    return text
+
+
+@functools.cache
+def _handler_module(path: str) -> Any:
+    return importlib.import_module(path)
+
+
+class _Raw:
+    """The raw stream botocore reads a response body from."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self._read = False
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        if not self._read:
+            self._read = True
+            yield self._body
+
+    def read(self, *_: Any) -> bytes:
+        if self._read:
+            return b""
+        self._read = True
+        return self._body
+
+
+def _cache_jsonpath_parsing() -> None:
+    """The interpreter re-parses every JSONPath on every evaluation; parsed paths are immutable, so cache them."""
+    from moto.stepfunctions.parser.asl.component.common.path import result_path
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    for module in (json_path, result_path):
+        if not hasattr(module.parse, "cache_info"):
+            module.parse = functools.lru_cache(maxsize=4096)(module.parse)  # type: ignore[attr-defined]
+
+
+@contextmanager
+def local_aws() -> Iterator[LocalRuntime]:
+    """An in-process AWS (moto) with fanout's resources created; nothing leaves this process."""
+    saved = {k: os.environ.get(k) for k in _LOCAL_ENV}
+    for key, value in _LOCAL_ENV.items():
+        if key not in ("FANOUT_DEFAULT_MODEL",) or key not in os.environ:
+            os.environ[key] = value
+    from moto import mock_aws
+
+    _cache_jsonpath_parsing()
+    # the interpreter logs every caught task error at ERROR; the CLI reports failures itself
+    logging.getLogger("moto").setLevel(logging.CRITICAL)
+    try:
+        with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+            runtime = LocalRuntime()
+            runtime.install()
+            yield runtime
+    finally:
+        for key, previous in saved.items():
+            if previous is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = previous

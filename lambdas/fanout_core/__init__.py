@@ -1,0 +1,1 @@
+"""fanout's Lambda-side code: the job model, planning, model providers, aggregation and S3 I/O."""

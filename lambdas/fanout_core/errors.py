@@ -1,0 +1,17 @@
+"""Errors whose class names are part of the state machine's contract.
+
+Lambda reports an unhandled exception with ``errorType`` set to the class
+name, and the ASL's Retry/Catch match on it: keep these names stable.
+"""
+
+
+class InvalidJob(Exception):
+    """The job cannot run as written; the message names the field and the fix."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ModelThrottled(Exception):
+    """The model kept throttling past the per-task budget; the batch is retried by the state machine."""

@@ -1,0 +1,377 @@
+"""The job file: its model, its checks, and the one-line messages a user sees when it is wrong.
+
+A job is parsed strictly: unknown keys, wrong types, duplicate item ids,
+template fields an item lacks and an invalid ``output_schema`` are all
+refused with an :class:`InvalidJob` whose message starts with the field's
+path (``items[3].id: duplicate id 'a' (first at items[0])``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from typing import Any, Literal
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fanout_core.errors import InvalidJob
+from fanout_core.providers.spec import parse_model_spec
+from fanout_core.templating import template_fields
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+SECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$"
+MAX_ITEM_ID_CHARS = 200
+
+VOTING_STRATEGIES = ("majority",)
+SECTIONING_STRATEGIES = ("merge",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Section(_Strict):
+    name: str = Field(pattern=SECTION_NAME_PATTERN)
+    prompt: str = Field(min_length=1)
+
+
+class Inference(_Strict):
+    # bedrock reserves tokens-per-minute quota from max_tokens, so it always has a value
+    max_tokens: int = Field(default=512, ge=1, le=64_000)
+    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class Dedupe(_Strict):
+    field: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    threshold: int = Field(default=85, ge=0, le=100)
+    block_by: str | None = None
+
+
+class Aggregate(_Strict):
+    strategy: str | None = None
+    field: str | None = None
+    dedupe: Dedupe | None = None
+
+
+class Synthesis(_Strict):
+    prompt: str = Field(min_length=1)
+    per_item: bool = False
+    max_input_chars: int = Field(default=60_000, ge=1_000, le=600_000)
+
+
+class Limits(_Strict):
+    max_concurrency: int = Field(default=16, ge=1, le=1000)
+    batch_size: int | None = Field(default=None, ge=1, le=10_000)
+    max_items: int = Field(default=100_000, ge=1)
+    max_tasks: int = Field(default=500_000, ge=1)
+    max_votes: int = Field(default=25, ge=2)
+    max_item_bytes: int = Field(default=200_000, ge=1)
+    max_prompt_bytes: int = Field(default=400_000, ge=1)
+
+
+class Job(_Strict):
+    job_id: str | None = Field(default=None, pattern=JOB_ID_PATTERN)
+    pattern: Literal["sectioning", "voting"]
+    description: str | None = None
+    items: list[Any] | None = None
+    items_uri: str | None = Field(default=None, pattern=r"^s3://[^/]+/.+")
+    sections: list[Section] | None = None
+    prompt: str | None = Field(default=None, min_length=1)
+    votes: int | None = Field(default=None, ge=2)
+    models: list[str] | None = Field(default=None, min_length=1)
+    system: str | None = None
+    model: str | None = None
+    inference: Inference = Inference()
+    output_schema: dict[str, Any] | None = None
+    aggregate: Aggregate = Aggregate()
+    synthesis: Synthesis | None = None
+    limits: Limits = Limits()
+
+    @property
+    def strategy(self) -> str:
+        default = "majority" if self.pattern == "voting" else "merge"
+        return self.aggregate.strategy or default
+
+    @property
+    def vote_count(self) -> int:
+        """How many times each item is asked (voting)."""
+        if self.votes is not None:
+            return self.votes
+        return len(self.models or [])
+
+    def vote_model(self, vote: int, default: str) -> str:
+        """The model spec answering vote ``vote`` (0-based): models rotate when several are named."""
+        if self.models:
+            return self.models[vote % len(self.models)]
+        return self.model or default
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """What decides a task's answer: a change here must not reuse stale records."""
+        return self.model_dump(exclude={"job_id", "description", "limits", "items_uri", "items"})
+
+
+def parse_job(data: Any, *, job_id_default: str | None = None) -> Job:
+    """Parse and check a job document (already decoded from JSON); raise InvalidJob on the first problem."""
+    if not isinstance(data, dict):
+        raise InvalidJob(f"job: must be a JSON object, got {_type_name(data)}", "job")
+    if not data:
+        raise InvalidJob("job: is empty; it needs at least 'pattern' and 'items'", "job")
+    try:
+        job = Job.model_validate(data)
+    except ValidationError as exc:
+        raise _from_validation_error(exc, data) from None
+    if job.job_id is None and job_id_default:
+        job = job.model_copy(update={"job_id": safe_job_id(job_id_default)})
+    check_job(job)
+    return job
+
+
+def check_job(job: Job) -> None:
+    """The checks that span several fields (the item list is checked by :func:`check_items`)."""
+    if job.items is None and job.items_uri is None:
+        raise InvalidJob("items: required; give a list of objects with an 'id', or 'items_uri'", "items")
+    if job.items is not None and job.items_uri is not None:
+        raise InvalidJob("items_uri: give either 'items' or 'items_uri', not both", "items_uri")
+    for name in ("model",):
+        if job.model is not None:
+            _check_model_spec(job.model, name)
+    for index, spec in enumerate(job.models or []):
+        _check_model_spec(spec, f"models[{index}]")
+    if job.output_schema is not None:
+        _check_output_schema(job.output_schema)
+    if job.pattern == "sectioning":
+        _check_sectioning(job)
+    else:
+        _check_voting(job)
+    if job.items is not None:
+        check_items(job, job.items)
+
+
+def _check_sectioning(job: Job) -> None:
+    if not job.sections:
+        raise InvalidJob("sections: required for pattern 'sectioning'; give a list of {name, prompt}", "sections")
+    for key in ("prompt", "votes", "models"):
+        if getattr(job, key) is not None:
+            raise InvalidJob(f"{key}: only for pattern 'voting'; sectioning uses 'sections'", key)
+    seen: dict[str, int] = {}
+    for index, section in enumerate(job.sections):
+        if section.name in seen:
+            raise InvalidJob(
+                f"sections[{index}].name: duplicate section '{section.name}' (first at sections[{seen[section.name]}])",
+                f"sections[{index}].name",
+            )
+        seen[section.name] = index
+    if job.strategy not in SECTIONING_STRATEGIES:
+        raise InvalidJob(
+            f"aggregate.strategy: '{job.strategy}' is not a sectioning strategy; use one of {list(SECTIONING_STRATEGIES)}",
+            "aggregate.strategy",
+        )
+    if job.aggregate.dedupe is not None:
+        _check_path_in_schema(job, job.aggregate.dedupe.field, "aggregate.dedupe.field")
+
+
+def _check_voting(job: Job) -> None:
+    if job.sections is not None:
+        raise InvalidJob("sections: only for pattern 'sectioning'; voting uses 'prompt' and 'votes'", "sections")
+    if job.prompt is None:
+        raise InvalidJob("prompt: required for pattern 'voting'; the template every vote answers", "prompt")
+    if job.votes is None and job.models is None:
+        raise InvalidJob("votes: required for pattern 'voting'; give 'votes' (2 or more) or a list of 'models'", "votes")
+    if job.vote_count < 2:
+        raise InvalidJob("models: voting needs at least 2 votes; name 2 or more models, or add 'votes'", "models")
+    if job.vote_count > job.limits.max_votes:
+        raise InvalidJob(f"votes: {job.vote_count} votes exceed limits.max_votes ({job.limits.max_votes})", "votes")
+    if job.strategy not in VOTING_STRATEGIES:
+        raise InvalidJob(
+            f"aggregate.strategy: '{job.strategy}' is not a voting strategy; use one of {list(VOTING_STRATEGIES)}",
+            "aggregate.strategy",
+        )
+    if job.aggregate.dedupe is not None:
+        raise InvalidJob("aggregate.dedupe: only for pattern 'sectioning'", "aggregate.dedupe")
+    if job.output_schema is not None and job.aggregate.field is None:
+        raise InvalidJob(
+            "aggregate.field: required when the job has an output_schema; name the output field to vote on (e.g. 'label')",
+            "aggregate.field",
+        )
+    if job.aggregate.field is not None:
+        if job.output_schema is None:
+            raise InvalidJob(
+                "aggregate.field: needs an output_schema (structured output) to pick the field from", "aggregate.field"
+            )
+        _check_path_in_schema(job, job.aggregate.field, "aggregate.field")
+
+
+def _check_path_in_schema(job: Job, path: str, where: str) -> None:
+    schema = job.output_schema
+    if schema is None:
+        raise InvalidJob(f"{where}: needs an output_schema to find '{path}' in", where)
+    node: Any = schema
+    for part in path.split("."):
+        properties = node.get("properties") if isinstance(node, dict) else None
+        if not isinstance(properties, dict) or part not in properties:
+            known = sorted(properties) if isinstance(properties, dict) else []
+            raise InvalidJob(f"{where}: '{path}' is not a property of output_schema (has {known})", where)
+        node = properties[part]
+
+
+def _check_model_spec(spec: str, where: str) -> None:
+    try:
+        parse_model_spec(spec)
+    except ValueError as exc:
+        raise InvalidJob(f"{where}: {exc}", where) from None
+
+
+def _check_output_schema(schema: dict[str, Any]) -> None:
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "output_schema" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.path)
+        raise InvalidJob(f"{where}: not a valid JSON Schema: {exc.message}", where) from None
+    if schema.get("type") != "object":
+        raise InvalidJob(
+            'output_schema.type: must be "object" (structured output fills an object); wrap single values in a property',
+            "output_schema.type",
+        )
+
+
+def check_items(job: Job, items: list[Any], *, where: str = "items") -> None:
+    """Every item is an object with a unique string id, fits the limits and has every field its prompts use."""
+    if not items:
+        raise InvalidJob(f"{where}: is empty; give at least one item", where)
+    if len(items) > job.limits.max_items:
+        raise InvalidJob(f"{where}: {len(items)} items exceed limits.max_items ({job.limits.max_items})", where)
+    templates = prompt_templates(job)
+    needed = {name: sorted(template_fields(text)) for name, text in templates.items()}
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        at = f"{where}[{index}]"
+        if not isinstance(item, dict):
+            raise InvalidJob(f"{at}: must be an object with an 'id', got {_type_name(item)}", at)
+        if "id" not in item:
+            raise InvalidJob(f"{at}.id: required; every item needs a unique string id", f"{at}.id")
+        item_id = item["id"]
+        if not isinstance(item_id, str):
+            raise InvalidJob(f"{at}.id: must be a string, got {_type_name(item_id)} {json.dumps(item_id)}; quote it", f"{at}.id")
+        if not item_id.strip():
+            raise InvalidJob(f"{at}.id: is empty; every item needs a unique string id", f"{at}.id")
+        if len(item_id) > MAX_ITEM_ID_CHARS:
+            raise InvalidJob(f"{at}.id: longer than {MAX_ITEM_ID_CHARS} characters", f"{at}.id")
+        if item_id in seen:
+            raise InvalidJob(f"{at}.id: duplicate id '{item_id}' (first at {where}[{seen[item_id]}])", f"{at}.id")
+        seen[item_id] = index
+        size = len(json.dumps(item, ensure_ascii=False).encode("utf-8"))
+        if size > job.limits.max_item_bytes:
+            raise InvalidJob(
+                f"{at}: item '{item_id}' is {size} bytes, over limits.max_item_bytes ({job.limits.max_item_bytes}); "
+                "shorten it or raise the limit",
+                at,
+            )
+        for template_name, fields in needed.items():
+            for field in fields:
+                if _lookup(item, field) is _MISSING:
+                    raise InvalidJob(
+                        f"{at}.{field}: item '{item_id}' lacks field '{field}' used by {template_name}",
+                        f"{at}.{field}",
+                    )
+
+
+def prompt_templates(job: Job) -> dict[str, str]:
+    """Each prompt template with the name a message uses for it."""
+    if job.pattern == "sectioning":
+        return {f"sections[{i}].prompt": s.prompt for i, s in enumerate(job.sections or [])}
+    return {"prompt": job.prompt or ""}
+
+
+_MISSING = object()
+
+
+def _lookup(item: dict[str, Any], path: str) -> Any:
+    node: Any = item
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def safe_job_id(text: str) -> str:
+    """A job id derived from a file or key name: allowed characters only, at most 64 of them."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "job"
+    return cleaned[:64]
+
+
+def _type_name(value: Any) -> str:
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "job"
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Job
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        for candidate in candidates:
+            args = getattr(candidate, "__args__", ())
+            for c in (candidate, *args):
+                if isinstance(c, type) and issubclass(c, BaseModel):
+                    model = c
+                    break
+            else:
+                continue
+            break
+        else:
+            return []
+    return list(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _from_validation_error(exc: ValidationError, data: dict[str, Any]) -> InvalidJob:
+    error = exc.errors()[0]
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    where = _path(loc)
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        known = _known_keys(loc[:-1])
+        hint = difflib.get_close_matches(key, known, n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {', '.join(known)}"
+        return InvalidJob(f"{where}: unknown key '{key}'{suggestion}", where)
+    if kind == "missing":
+        return InvalidJob(f"{where}: required", where)
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return InvalidJob(f"{where}: must be one of {expected}, got {json.dumps(error.get('input'))}", where)
+    if kind == "string_pattern_mismatch":
+        if loc and loc[0] == "job_id":
+            return InvalidJob(f"{where}: use 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)", where)
+        if loc and loc[-1] == "name":
+            return InvalidJob(f"{where}: use 1-64 letters, digits, spaces, '.', '_' or '-'", where)
+        if loc and loc[0] == "items_uri":
+            return InvalidJob(f"{where}: must look like s3://bucket/key.jsonl", where)
+    message = error["msg"]
+    got = error.get("input")
+    shown = json.dumps(got)[:60] if not isinstance(got, (dict, list)) else _type_name(got)
+    return InvalidJob(f"{where}: {message[0].lower()}{message[1:]} (got {shown})", where)

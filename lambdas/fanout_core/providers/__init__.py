@@ -1,0 +1,1 @@
+"""Model providers: one call in, one :class:`ModelReply` out, errors mapped to retry semantics."""

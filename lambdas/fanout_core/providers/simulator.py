@@ -1,0 +1,172 @@
+"""The built-in model simulator: free, deterministic per seed and task, and honest about being synthetic.
+
+It fills the job's ``output_schema`` with valid values, answers an item's
+``expected`` value with probability ``accuracy`` (a wrong answer otherwise),
+and injects latency, throttling, service errors and out-of-schema outputs at
+the rates asked for, so voting and failure handling can be rehearsed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fanout_core.providers.base import ModelError, ModelReply, ModelRequest
+
+DEFAULTS: dict[str, float | int] = {
+    "latency_ms": 150.0,
+    "jitter_ms": 100.0,
+    "throttle_rate": 0.0,
+    "error_rate": 0.0,
+    "invalid_rate": 0.0,
+    "accuracy": 0.8,
+    "seed": 7,
+}
+
+_PHRASES = [
+    "pricing pressure from incumbents",
+    "demand for self-serve onboarding",
+    "slow support response",
+    "strong growth in emerging regions",
+    "integration gaps with existing tools",
+    "unclear refund policy",
+    "price sensitivity in small teams",
+    "preference for annual contracts",
+    "regulatory hurdles in the EU",
+    "brand awareness is low",
+    "competitors bundle analytics for free",
+    "mobile usage is rising",
+]
+_FREE_TEXT_ANSWERS = ["yes", "no", "unsure"]
+
+
+class Simulator:
+    name = "sim"
+
+    def __init__(self, options: dict[str, float | int] | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        merged = {**DEFAULTS, **(options or {})}
+        self.latency_ms = float(merged["latency_ms"])
+        self.jitter_ms = float(merged["jitter_ms"])
+        self.throttle_rate = float(merged["throttle_rate"])
+        self.error_rate = float(merged["error_rate"])
+        self.invalid_rate = float(merged["invalid_rate"])
+        self.accuracy = float(merged["accuracy"])
+        self.seed = int(merged["seed"])
+        self._sleep = sleep
+
+    def invoke(self, request: ModelRequest, attempt: int) -> ModelReply:
+        # faults depend on the attempt, so a retry can succeed; the answer does not, so retries agree
+        call = random.Random(f"{self.seed}|{request.task_id}|{attempt}")
+        delay = self.latency_ms + self.jitter_ms * call.random()
+        if delay > 0:
+            self._sleep(delay / 1000.0)
+        if call.random() < self.throttle_rate:
+            raise ModelError("ThrottlingException", "simulated throttling (sim throttle_rate)", "throttled")
+        if call.random() < self.error_rate:
+            raise ModelError("ServiceUnavailableException", "simulated service error (sim error_rate)", "transient")
+        answer = random.Random(f"{self.seed}|{request.task_id}|answer")
+        output = self._answer(request, answer)
+        if call.random() < self.invalid_rate:
+            output = _break(output, request.output_schema)
+        text = output if isinstance(output, str) else json.dumps(output)
+        return ModelReply(
+            output=output,
+            input_tokens=max(1, (len(request.prompt) + len(request.system or "")) // 4),
+            output_tokens=max(1, len(text) // 4),
+            model="sim",
+            synthetic=True,
+        )
+
+    def _answer(self, request: ModelRequest, rng: random.Random) -> Any:
+        correct = rng.random() < self.accuracy
+        schema = request.output_schema
+        if schema is None:
+            if request.expected is not None and correct:
+                return str(request.expected)
+            pool = [a for a in _FREE_TEXT_ANSWERS if a != request.expected] or _FREE_TEXT_ANSWERS
+            return rng.choice(pool)
+        output = fill(schema, rng)
+        if request.answer_field and request.expected is not None:
+            field_schema = _field_schema(schema, request.answer_field)
+            value = request.expected if correct else _wrong(request.expected, field_schema, rng)
+            _set_path(output, request.answer_field, value)
+        return output
+
+
+def fill(schema: dict[str, Any], rng: random.Random, depth: int = 0) -> Any:
+    """A value valid under a (simple) JSON Schema: enums, consts, numbers, strings, arrays and objects."""
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return rng.choice(schema["enum"])
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return fill(schema[key][0], rng, depth)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "string"
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {name: fill(sub, rng, depth + 1) for name, sub in properties.items()}
+    if kind == "array":
+        low = int(schema.get("minItems", 1))
+        high = max(low, min(int(schema.get("maxItems", 3)), 3 if depth < 3 else low))
+        return [fill(schema.get("items", {}), rng, depth + 1) for _ in range(rng.randint(low, high))]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        high = schema.get("maximum", schema.get("exclusiveMaximum", low + 100))
+        if kind == "integer":
+            value: float = rng.randint(int(low) + ("exclusiveMinimum" in schema), int(high) - ("exclusiveMaximum" in schema))
+            return value
+        return round(rng.uniform(float(low), float(high)), 3)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    text = "[sim] " + rng.choice(_PHRASES)
+    low, high = int(schema.get("minLength", 0)), int(schema.get("maxLength", 10_000))
+    return (text + " " * max(0, low - len(text)))[:high]
+
+
+def _field_schema(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    node = schema
+    for part in path.split("."):
+        node = node.get("properties", {}).get(part, {})
+    return node
+
+
+def _set_path(output: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = output
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _wrong(expected: Any, schema: dict[str, Any], rng: random.Random) -> Any:
+    if "enum" in schema:
+        others = [v for v in schema["enum"] if v != expected]
+        return rng.choice(others) if others else expected
+    if isinstance(expected, bool):
+        return not expected
+    if isinstance(expected, (int, float)):
+        return expected + rng.choice([-2, -1, 1, 2])
+    return rng.choice([*_FREE_TEXT_ANSWERS, "other"])
+
+
+def _break(output: Any, schema: dict[str, Any] | None) -> Any:
+    """An output that misses the schema, as a model sometimes returns."""
+    if schema is None or not isinstance(output, dict):
+        return output
+    required = schema.get("required") or list(schema.get("properties", {}))
+    broken = dict(output)
+    if required:
+        broken.pop(required[0], None)
+    else:
+        broken["__unexpected__"] = True
+    return broken

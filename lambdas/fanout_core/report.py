@@ -1,0 +1,123 @@
+"""report.md and results.jsonl from a result document: readable at a glance, problems first."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_LOW_CONFIDENCE = 0.6
+
+
+def results_jsonl(result: dict[str, Any]) -> str:
+    return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in result["items"])
+
+
+def report_markdown(result: dict[str, Any]) -> str:
+    counts = result["counts"]
+    usage = result["usage"]
+    lines = [f"# fanout report: {result['job_id']}", ""]
+    if result.get("synthetic"):
+        lines += ["> Outputs come from the built-in simulator (`sim`): they are synthetic, not model answers.", ""]
+    lines += [
+        "| status | pattern | items | tasks | ok | invalid | failed |",
+        "|---|---|---|---|---|---|---|",
+        f"| **{result['status']}** | {result['pattern']} ({result.get('strategy', '')}) | {counts['items']} "
+        f"| {counts['tasks']} | {counts['ok']} | {counts['invalid']} | {counts['failed']} |",
+        "",
+    ]
+    cost = usage.get("estimated_cost_usd")
+    lines += [
+        "## Usage and cost",
+        "",
+        f"- model calls: {usage['model_calls']}",
+        f"- tokens: {usage['input_tokens']} in, {usage['output_tokens']} out",
+        f"- estimated cost: {'unknown (no price for this model)' if cost is None else f'${cost:.4f}'}",
+        "",
+    ]
+    if "evaluation" in result:
+        ev = result["evaluation"]
+        lines += [
+            "## Evaluation",
+            "",
+            f"- items with expected answers: {ev['items_with_expected']}",
+            f"- aggregated accuracy: {ev['accuracy']:.1%}",
+            f"- mean single-call accuracy: {ev['single_call_accuracy']:.1%}",
+            f"- uplift from aggregation: {ev['uplift']:+.1%}",
+            "",
+        ]
+    if result["pattern"] == "voting":
+        lines += _voting(result)
+    else:
+        lines += _sectioning(result)
+    failures = [(item["id"], e) for item in result["items"] for e in item.get("errors", [])]
+    if failures:
+        lines += ["## Failures", "", "| item | task | status | reason |", "|---|---|---|---|"]
+        for item_id, error in failures[:200]:
+            lines.append(f"| {_cell(item_id)} | {_cell(error['slot'])} | {error['status']} | {_cell(error['error'])} |")
+        if len(failures) > 200:
+            lines.append(f"| ... | | | {len(failures) - 200} more in results.jsonl |")
+        lines.append("")
+    if result.get("synthesis"):
+        lines += ["## Synthesis", "", str(result["synthesis"].get("text", "")), ""]
+    return "\n".join(lines)
+
+
+def _voting(result: dict[str, Any]) -> list[str]:
+    items = result["items"]
+    buckets = {"1.0": 0, "0.8-0.99": 0, "0.6-0.79": 0, "< 0.6": 0}
+    for item in items:
+        c = item.get("confidence") or 0.0
+        key = "1.0" if c >= 1.0 else "0.8-0.99" if c >= 0.8 else "0.6-0.79" if c >= 0.6 else "< 0.6"
+        buckets[key] += 1
+    lines = ["## Confidence", "", "| confidence | items |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in buckets.items()]
+    lines += ["", f"Ties are broken by: {result.get('tie_break', '')}.", ""]
+    doubtful = [i for i in items if i.get("tie") or (i.get("confidence") or 0.0) < _LOW_CONFIDENCE]
+    ordered = doubtful + [i for i in items if i not in doubtful]
+    lines += [
+        "## Items (tied and low-confidence first)",
+        "",
+        "| item | answer | confidence | votes | tie | expected |",
+        "|---|---|---|---|---|---|",
+    ]
+    for item in ordered[:500]:
+        votes = ", ".join(f"{_cell(k)}: {n}" for k, n in (item.get("votes") or {}).items())
+        expected = item.get("expected", "")
+        mark = "" if "correct" not in item else (" ✓" if item["correct"] else " ✗")
+        lines.append(
+            f"| {_cell(item['id'])} | {_cell(item.get('answer'))} | {item.get('confidence', 0):.2f} | {votes} "
+            f"| {'yes' if item.get('tie') else ''} | {_cell(expected)}{mark} |"
+        )
+    if len(ordered) > 500:
+        lines.append(f"| ... {len(ordered) - 500} more in results.jsonl | | | | | |")
+    lines.append("")
+    return lines
+
+
+def _sectioning(result: dict[str, Any]) -> list[str]:
+    lines = ["## Items", ""]
+    for item in result["items"][:200]:
+        lines += [f"### {item['id']} ({item['status']})", ""]
+        merged = item.get("merged")
+        if merged:
+            for field, entries in merged.items():
+                lines.append(f"Merged `{field}` ({len(entries)} after deduplication):")
+                lines.append("")
+                for entry in entries[:50]:
+                    label = next((v for v in entry.values() if isinstance(v, str)), "")
+                    severity = f" [{entry['severity']}]" if entry.get("severity") else ""
+                    lines.append(f"- {_cell(label)}{severity}: support {entry['support']} ({', '.join(entry['sources'])})")
+                lines.append("")
+        else:
+            for name, output in item["sections"].items():
+                text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
+                lines.append(f"- **{name}**: {_cell(text)[:300]}")
+            lines.append("")
+    if len(result["items"]) > 200:
+        lines += [f"... {len(result['items']) - 200} more items in results.jsonl", ""]
+    return lines
+
+
+def _cell(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,233 @@
+"""The three steps of the state machine as plain functions: plan, run a batch, aggregate.
+
+Each takes its collaborators (an S3 client, settings, a provider factory)
+as arguments; the handlers in ``fanout_core.handlers`` only wire them up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from fanout_core.aggregation import aggregate
+from fanout_core.errors import InvalidJob
+from fanout_core.job import Job, parse_job
+from fanout_core.loading import job_source, key_stem, load_items, read_job_object
+from fanout_core.planning import batch_ranges, choose_batching, expand_tasks, fingerprint, slots
+from fanout_core.providers.base import ModelError, ModelRequest, Provider
+from fanout_core.report import report_markdown, results_jsonl
+from fanout_core.runner import run_batch
+from fanout_core.settings import Settings
+from fanout_core.store import RunStore, put_text
+
+ProviderFactory = Callable[[str], Provider]
+
+
+def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) -> dict[str, Any]:
+    """Check the job, expand and batch its tasks, write the run files; return the small plan the Map reads."""
+    source = job_source(event_input)
+    if source is not None:
+        bucket, key = source
+        data = read_job_object(s3, bucket, key)
+        job = parse_job(data, job_id_default=key_stem(key))
+    else:
+        job = parse_job(event_input, job_id_default=execution_name)
+    assert job.job_id is not None
+    items = load_items(s3, job)
+    tasks = expand_tasks(job, items, settings.default_model)
+    concurrency = min(job.limits.max_concurrency, settings.max_concurrency_cap)
+    batching = choose_batching(len(tasks), concurrency, job.limits.batch_size)
+    store = RunStore(s3, settings.results_bucket, job.job_id)
+    print_ = fingerprint(job, items, settings.default_model)
+    _refuse_stale_run(store, job.job_id, print_)
+
+    store.put_json(
+        "job.json",
+        {
+            "job": job.model_dump(exclude={"items"}),
+            "items": items,
+            "fingerprint": print_,
+            "default_model": settings.default_model,
+        },
+    )
+    ranges = batch_ranges(len(tasks), batching.batch_size)
+    shared = {
+        "job_id": job.job_id,
+        "system": job.system,
+        "inference": job.inference.model_dump(),
+        "output_schema": job.output_schema,
+        "answer_field": job.aggregate.field,
+    }
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(
+            pool.map(
+                lambda r: store.put_json(
+                    store.batch_name(r["index"]), {**shared, "index": r["index"], "tasks": tasks[r["start"] : r["end"]]}
+                ),
+                ranges,
+            )
+        )
+    summary = {
+        "job_id": job.job_id,
+        "run_uri": store.uri,
+        "mode": "inline",
+        "batches": ranges,
+        "batch_size": batching.batch_size,
+        "threads": batching.threads,
+        "map_concurrency": batching.map_concurrency,
+        "max_concurrency": concurrency,
+        "counts": {"items": len(items), "tasks": len(tasks), "batches": len(ranges)},
+    }
+    store.put_json("plan.json", summary)
+    return summary
+
+
+def _refuse_stale_run(store: RunStore, job_id: str, print_: str) -> None:
+    try:
+        previous = store.get_json("job.json")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return  # a first run
+        raise
+    if previous.get("fingerprint") != print_ and next(iter(store.record_keys()), None) is not None:
+        raise InvalidJob(
+            f"job_id: '{job_id}' already has records from a different job (prompt, model, schema or items changed); "
+            "use a new job_id, or start fresh (CLI: --fresh)",
+            "job_id",
+        )
+
+
+def run_subtask(event: dict[str, Any], *, s3: Any, provider_for: ProviderFactory) -> dict[str, Any]:
+    """Run one batch of the Map and return its counts (never model output)."""
+    store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
+    batch = store.get_json(store.batch_name(int(event["batch"]["index"])))
+    outcome = run_batch(batch, store=store, provider_for=provider_for, threads=int(event.get("threads", 8)))
+    return outcome.as_event()
+
+
+def run_aggregate(event: dict[str, Any], *, s3: Any, provider_for: ProviderFactory) -> dict[str, Any]:
+    """Aggregate every record of the run into result.json, results.jsonl and report.md; return a summary."""
+    store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
+    saved = store.get_json("job.json")
+    job = Job.model_validate(saved["job"])
+    items: list[dict[str, Any]] = saved["items"]
+    plan_doc = store.get_json("plan.json")
+    errors = _batch_errors(job, items, plan_doc["batches"], event.get("batches") or [])
+    result = aggregate(job, items, store.iter_records(), batch_errors=errors)
+    if job.synthesis is not None:
+        _synthesise(job, result, provider_for(job.model or saved["default_model"]))
+    if result.get("synthetic") and result["usage"]["estimated_cost_usd"] is None:
+        result["usage"]["estimated_cost_usd"] = 0.0
+
+    prefix = f"results/{job.job_id}/"
+    bucket = store.bucket
+    put_text(s3, bucket, prefix + "result.json", json.dumps(result, ensure_ascii=False, indent=1), "application/json")
+    put_text(s3, bucket, prefix + "results.jsonl", results_jsonl(result), "application/x-ndjson")
+    put_text(s3, bucket, prefix + "report.md", report_markdown(result), "text/markdown")
+    counts = result["counts"]
+    message = (
+        f"{result['status']}: {counts['ok']} of {counts['tasks']} tasks ok, {counts['invalid']} invalid, "
+        f"{counts['failed']} failed; report s3://{bucket}/{prefix}report.md"
+    )
+    return {
+        "job_id": job.job_id,
+        "status": result["status"],
+        "counts": counts,
+        "usage": result["usage"],
+        "result_uri": f"s3://{bucket}/{prefix}result.json",
+        "results_uri": f"s3://{bucket}/{prefix}results.jsonl",
+        "report_uri": f"s3://{bucket}/{prefix}report.md",
+        "message": message,
+    }
+
+
+def _batch_errors(
+    job: Job, items: list[dict[str, Any]], ranges: list[dict[str, int]], outcomes: list[dict[str, Any]]
+) -> dict[str, str]:
+    """The error of each task whose batch failed for good, by task id."""
+    per_item = slots(job)
+    failed = {
+        int(o["batch"]): f"{o.get('error', 'error')}: {_cause(o.get('cause'))}" for o in outcomes if o.get("status") == "failed"
+    }
+    errors: dict[str, str] = {}
+    for r in ranges:
+        reason = failed.get(r["index"])
+        if reason is None:
+            continue
+        for t in range(r["start"], r["end"]):
+            item = items[t // len(per_item)]
+            errors[f"{item['id']}#{per_item[t % len(per_item)]}"] = f"batch {r['index']} failed: {reason}"
+    return errors
+
+
+def _cause(cause: Any) -> str:
+    """Lambda's error JSON reduced to its message."""
+    if isinstance(cause, str):
+        try:
+            parsed = json.loads(cause)
+            if isinstance(parsed, dict) and "errorMessage" in parsed:
+                return str(parsed["errorMessage"])
+        except json.JSONDecodeError:
+            pass
+        return cause[:500]
+    return str(cause)[:500]
+
+
+def _synthesise(job: Job, result: dict[str, Any], provider: Provider) -> None:
+    """One final call over the merged results (or one per item), its input cut to the stated budget."""
+    assert job.synthesis is not None
+    budget = job.synthesis.max_input_chars
+    targets = [(item, [item]) for item in result["items"]] if job.synthesis.per_item else [(None, result["items"])]
+    for owner, subjects in targets:
+        material = json.dumps([_digest(i) for i in subjects], ensure_ascii=False)
+        truncated = len(material) > budget
+        prompt = f"{job.synthesis.prompt}\n\n<results>\n{material[:budget]}\n</results>"
+        request = ModelRequest(
+            task_id=f"synthesis#{owner['id'] if owner else '*'}",
+            prompt=prompt,
+            system=job.system,
+            max_tokens=max(job.inference.max_tokens, 1024),
+            temperature=job.inference.temperature,
+        )
+        try:
+            reply = provider.invoke(request, 1)
+            text = reply.output if isinstance(reply.output, str) else json.dumps(reply.output, ensure_ascii=False)
+            if reply.synthetic:
+                text = "[synthetic] " + _synthetic_summary(subjects)
+            block: dict[str, Any] = {
+                "text": text,
+                "model": reply.model,
+                "input_chars": min(len(material), budget),
+                "input_truncated": truncated,
+            }
+            result["usage"]["model_calls"] += 1
+            result["usage"]["input_tokens"] += reply.input_tokens
+            result["usage"]["output_tokens"] += reply.output_tokens
+        except ModelError as exc:
+            block = {"text": None, "error": f"{exc.code}: {exc.message}"}
+        if owner is None:
+            result["synthesis"] = block
+        else:
+            owner["synthesis"] = block
+
+
+def _digest(item: dict[str, Any]) -> dict[str, Any]:
+    if "merged" in item:
+        return {"id": item["id"], "merged": item["merged"]}
+    return {k: v for k, v in item.items() if k in ("id", "sections", "answer", "confidence")}
+
+
+def _synthetic_summary(items: list[dict[str, Any]]) -> str:
+    """What the simulator writes for a synthesis: the best-supported merged entries, plainly listed."""
+    lines = []
+    for item in items:
+        for field, entries in (item.get("merged") or {}).items():
+            top = ", ".join(str(next(iter(e.values()))) for e in entries[:3])
+            lines.append(f"{item['id']}: top {field}: {top}.")
+        if "merged" not in item:
+            lines.append(f"{item['id']}: {len(item.get('sections', {}))} sections answered.")
+    return " ".join(lines) or "nothing to combine."
