@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# the simulator by default; e.g. make run MODEL=bedrock:us.amazon.nova-lite-v1:0
+MODEL ?= sim
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: run test lint bench synth clean
@@ -19,7 +21,7 @@ node_modules/.installed: package.json package-lock.json
 	@touch $@
 
 run: $(STAMP)
-	$(PY) -m fanout run examples/ticket-triage.json --out out
+	$(PY) -m fanout run examples/ticket-triage.json --out out --model $(MODEL)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

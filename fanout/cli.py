@@ -22,7 +22,15 @@ from fanout_core.loading import decode_json
 from fanout_core.planning import choose_batching, expand_tasks
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
-DEFAULT_MODEL = "sim"
+SIMULATOR = "sim"
+
+
+def cloud_default_model() -> str:
+    """The stack's default model (cdk.json), used locally when AWS credentials are present."""
+    from fanout.runtime import ROOT
+
+    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    return str(context["fanout:defaultModel"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,21 +48,29 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("--model", help="model spec, as for run")
     validate.add_argument("--concurrency", type=int, help="as for run")
     args = parser.parse_args(argv)
+    from fanout.runtime import caller_session
+
+    session = caller_session()
+    default_model = cloud_default_model() if session is not None else SIMULATOR
     try:
-        data, job, tasks = _load(Path(args.job), args.model, args.concurrency)
+        data, job, tasks = _load(Path(args.job), args.model, args.concurrency, default_model)
     except InvalidJob as exc:
         print(f"error: invalid job: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if args.command == "validate":
         return _validate(job, tasks)
     try:
-        return _run(data, job, tasks, Path(args.out), fresh=args.fresh, quiet=args.quiet)
+        return _run(
+            data, job, tasks, Path(args.out), fresh=args.fresh, quiet=args.quiet, default_model=default_model, session=session
+        )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED
 
 
-def _load(path: Path, model: str | None, concurrency: int | None) -> tuple[dict[str, Any], Job, list[dict[str, Any]]]:
+def _load(
+    path: Path, model: str | None, concurrency: int | None, default_model: str
+) -> tuple[dict[str, Any], Job, list[dict[str, Any]]]:
     """Read, override and check a job file exactly as Plan will, so a bad job fails here with nothing written."""
     try:
         body = path.read_bytes()
@@ -74,7 +90,7 @@ def _load(path: Path, model: str | None, concurrency: int | None) -> tuple[dict[
     data = {**data, "job_id": job.job_id}
     if job.items_uri is not None:
         raise InvalidJob("items_uri: local runs take the items inline; put them in 'items'", "items_uri")
-    tasks = expand_tasks(job, job.items or [], DEFAULT_MODEL)
+    tasks = expand_tasks(job, job.items or [], default_model)
     return data, job, tasks
 
 
@@ -88,9 +104,20 @@ def _with_model(data: dict[str, Any], model: str) -> dict[str, Any]:
 
 
 def _validate(job: Job, tasks: list[dict[str, Any]]) -> int:
+    from fanout_core.pricing import price_of
+
     batching = choose_batching(len(tasks), job.limits.max_concurrency, job.limits.batch_size)
-    input_tokens = sum(len(t["prompt"]) + len(job.system or "") for t in tasks) // 4
-    models = sorted({t["model"] for t in tasks})
+    overrides = {name: price.model_dump() for name, price in (job.prices or {}).items()}
+    input_tokens = 0
+    cost: float | None = 0.0
+    for task in tasks:
+        tokens_in = (len(task["prompt"]) + len(job.system or "")) // 4 + 1
+        input_tokens += tokens_in
+        price = price_of(task["model"], overrides)
+        if price is None or cost is None:
+            cost = None
+        else:
+            cost += tokens_in / 1e6 * price[0] + job.inference.max_tokens / 1e6 * price[1]
     plan = {
         "job_id": job.job_id,
         "pattern": job.pattern,
@@ -100,17 +127,28 @@ def _validate(job: Job, tasks: list[dict[str, Any]]) -> int:
         "batch_size": batching.batch_size,
         "threads_per_batch": batching.threads,
         "parallel_batches": batching.map_concurrency,
-        "models": models,
+        "models": sorted({t["model"] for t in tasks}),
         "estimated_input_tokens": input_tokens,
         "max_output_tokens": len(tasks) * job.inference.max_tokens,
-        "estimated_cost_usd": 0.0 if models == ["sim"] or all(m.startswith("sim") for m in models) else None,
+        # an upper bound: every call is charged its full max_tokens of output
+        "estimated_cost_usd_at_most": None if cost is None else round(cost, 6),
     }
     print(json.dumps(plan, indent=2))
     print(f"ok: {job.job_id} is valid ({len(tasks)} tasks in {batching.batch_count} batches); no model was called")
     return EXIT_OK
 
 
-def _run(data: dict[str, Any], job: Job, tasks: list[dict[str, Any]], out: Path, *, fresh: bool, quiet: bool) -> int:
+def _run(
+    data: dict[str, Any],
+    job: Job,
+    tasks: list[dict[str, Any]],
+    out: Path,
+    *,
+    fresh: bool,
+    quiet: bool,
+    default_model: str,
+    session: Any,
+) -> int:
     from fanout.runtime import RESULTS_BUCKET, local_aws
 
     job_id = str(job.job_id)
@@ -118,12 +156,14 @@ def _run(data: dict[str, Any], job: Job, tasks: list[dict[str, Any]], out: Path,
     if fresh and target.exists():
         shutil.rmtree(target)
     models = sorted({t["model"] for t in tasks})
-    if job.model is None and not job.models:
-        print(f"model: {DEFAULT_MODEL} (the built-in simulator: no model named; outputs are synthetic)")
+    if job.model is None and not job.models and default_model == SIMULATOR:
+        print("model: sim (the built-in simulator: no model named and no AWS credentials; outputs are synthetic)")
+    elif job.model is None and not job.models:
+        print(f"model: {default_model} (AWS credentials found and no model named; pass --model sim for the simulator)")
     else:
         print(f"model: {', '.join(models)}")
     started = time.monotonic()
-    with local_aws() as runtime:
+    with local_aws(default_model, bedrock_session=session) as runtime:
         import boto3
 
         s3 = boto3.client("s3")

@@ -210,24 +210,62 @@ def _cache_jsonpath_parsing() -> None:
             module.parse = functools.lru_cache(maxsize=4096)(module.parse)  # type: ignore[attr-defined]
 
 
+def caller_session() -> Any | None:
+    """The caller's AWS session when credentials are configured, else None.
+
+    Only local sources are consulted (environment, config and credential
+    files, SSO cache): no instance-metadata or container endpoint is probed.
+    """
+    import botocore.session
+
+    core = botocore.session.get_session()
+    resolver = core.get_component("credential_provider")
+    for name in ("container-role", "iam-role"):
+        if resolver.get_provider(name) is not None:
+            resolver.remove(name)
+    try:
+        credentials = core.get_credentials()
+    except Exception:
+        return None
+    if credentials is None:
+        return None
+    return boto3.Session(botocore_session=core, region_name=core.get_config_variable("region") or REGION)
+
+
 @contextmanager
-def local_aws() -> Iterator[LocalRuntime]:
-    """An in-process AWS (moto) with fanout's resources created; nothing leaves this process."""
-    saved = {k: os.environ.get(k) for k in _LOCAL_ENV}
-    for key, value in _LOCAL_ENV.items():
-        if key not in ("FANOUT_DEFAULT_MODEL",) or key not in os.environ:
-            os.environ[key] = value
+def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) -> Iterator[LocalRuntime]:
+    """An in-process AWS (moto) with fanout's resources created.
+
+    Bedrock calls pass through to the real service (or to
+    ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME``) with ``bedrock_session``'s
+    credentials; everything else stays in this process.
+    """
     from moto import mock_aws
 
+    from fanout_core.providers import registry
+
+    saved = {k: os.environ.get(k) for k in _LOCAL_ENV}
+    os.environ.update({**_LOCAL_ENV, "FANOUT_DEFAULT_MODEL": default_model})
     _cache_jsonpath_parsing()
     # the interpreter logs every caught task error at ERROR; the CLI reports failures itself
     logging.getLogger("moto").setLevel(logging.CRITICAL)
+    config: Any = {
+        "core": {
+            "mock_credentials": True,
+            "passthrough": {"urls": [], "services": ["bedrockruntime"]},
+            "reset_boto3_session": True,
+            "service_whitelist": None,
+        },
+        "stepfunctions": {"execute_state_machine": True},
+    }
     try:
-        with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        with mock_aws(config=config):
+            registry.use_bedrock_session(bedrock_session)
             runtime = LocalRuntime()
             runtime.install()
             yield runtime
     finally:
+        registry.use_bedrock_session(None)
         for key, previous in saved.items():
             if previous is None:
                 os.environ.pop(key, None)

@@ -49,6 +49,7 @@ def aggregate(
     validator = Draft202012Validator(job.output_schema) if job.output_schema else None
     counts = Counter(items=len(items), tasks=len(items) * len(item_slots))
     usage: Counter[str] = Counter()
+    by_model: dict[str, Counter[str]] = {}
     synthetic = False
     out_items = []
     for item in items:
@@ -74,9 +75,13 @@ def aggregate(
                     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.absolute_path)
                     record = {**record, "status": "invalid", "error": f"output{path}: {problem.message}"}
             counts[record["status"]] += 1
-            usage["model_calls"] += int(record.get("attempts") or 0)
-            usage["input_tokens"] += int(record.get("usage", {}).get("input_tokens") or 0)
-            usage["output_tokens"] += int(record.get("usage", {}).get("output_tokens") or 0)
+            spent = Counter(
+                model_calls=int(record.get("attempts") or 0),
+                input_tokens=int(record.get("usage", {}).get("input_tokens") or 0),
+                output_tokens=int(record.get("usage", {}).get("output_tokens") or 0),
+            )
+            usage.update(spent)
+            by_model.setdefault(str(record.get("model") or "unknown"), Counter()).update(spent)
             synthetic = synthetic or bool(record.get("synthetic"))
             outcomes.append(record)
         out = vote_item(job, item, outcomes) if job.pattern == "voting" else section_item(job, item, outcomes)
@@ -96,6 +101,10 @@ def aggregate(
             "input_tokens": usage["input_tokens"],
             "output_tokens": usage["output_tokens"],
             "estimated_cost_usd": None,
+            "by_model": {
+                model: {k: spent.get(k, 0) for k in ("model_calls", "input_tokens", "output_tokens")}
+                for model, spent in sorted(by_model.items())
+            },
         },
     }
     if job.pattern == "voting":

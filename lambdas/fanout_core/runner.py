@@ -10,26 +10,27 @@ machine retries the batch and only unfinished tasks call the model again.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
 from fanout_core.errors import ModelThrottled
-from fanout_core.providers.base import ModelError, ModelRequest, Provider
+from fanout_core.providers.base import ModelError, ModelReply, ModelRequest, Provider
 from fanout_core.store import RunStore
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 6
-    base_seconds: float = 0.5
+    max_attempts: int = 8
+    base_seconds: float = 0.25
     cap_seconds: float = 8.0
     timeout_retries: int = 1
 
@@ -110,6 +111,7 @@ def _call(
     policy: RetryPolicy,
     sleep: Callable[[float], None],
 ) -> tuple[dict[str, Any], int]:
+    """One task: the call with its retries, validation, and one repair request when the output misses the schema."""
     inference = batch.get("inference") or {}
     request = ModelRequest(
         task_id=task["task_id"],
@@ -122,48 +124,98 @@ def _call(
         expected=task.get("expected"),
         answer_field=batch.get("answer_field"),
     )
+    started = time.monotonic()
+    calls = _Calls()
+    try:
+        reply = _invoke(provider, request, policy, sleep, calls)
+    except ModelError as exc:
+        record = _record(task, "failed", None, f"{exc.code}: {exc.message}", calls.attempts, started, model=task["model"])
+        return record, calls.attempts
+    error = _problem(validator, reply.output)
+    extra: dict[str, Any] = {}
+    if error is not None:
+        repair = replace(request, prompt=_repair_prompt(request.prompt, reply.output, error))
+        try:
+            repaired = _invoke(provider, repair, policy, sleep, calls)
+        except (ModelError, _Unfinished) as exc:
+            extra["repair_error"] = str(exc)
+        else:
+            calls.add_usage(reply)
+            second = _problem(validator, repaired.output)
+            extra["repaired"] = second is None
+            if second is None:
+                reply, error = repaired, None
+            else:
+                reply, error = repaired, second
+    calls.add_usage(reply)
+    record = _record(
+        task,
+        "ok" if error is None else "invalid",
+        reply.output,
+        error,
+        calls.attempts,
+        started,
+        model=reply.model,
+        usage=(calls.input_tokens, calls.output_tokens),
+        synthetic=reply.synthetic,
+    )
+    record.update(extra)
+    return record, calls.attempts
+
+
+@dataclass
+class _Calls:
+    attempts: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def add_usage(self, reply: ModelReply) -> None:
+        self.input_tokens += reply.input_tokens
+        self.output_tokens += reply.output_tokens
+
+
+def _invoke(
+    provider: Provider, request: ModelRequest, policy: RetryPolicy, sleep: Callable[[float], None], calls: _Calls
+) -> ModelReply:
+    """One model call with the retry table applied; raises _Unfinished (throttled past the budget) or ModelError."""
     jitter = random.Random()
     timeouts = 0
-    started = time.monotonic()
-    attempt = 0
+    tries = 0
     while True:
-        attempt += 1
+        tries += 1
+        calls.attempts += 1
         try:
-            reply = provider.invoke(request, attempt)
+            return provider.invoke(request, calls.attempts)
         except ModelError as exc:
-            retry = (exc.kind in ("throttled", "transient") and attempt < policy.max_attempts) or (
-                exc.kind == "timeout" and timeouts < policy.timeout_retries
-            )
             if exc.kind == "timeout":
                 timeouts += 1
+            retry = (exc.kind in ("throttled", "transient") and tries < policy.max_attempts) or (
+                exc.kind == "timeout" and timeouts <= policy.timeout_retries
+            )
             if retry:
-                sleep(policy.delay(attempt, jitter))
+                sleep(policy.delay(tries, jitter))
                 continue
             if exc.kind == "throttled":
-                raise _Unfinished(attempt) from exc
-            return _record(task, "failed", None, f"{exc.code}: {exc.message}", attempt, started, model=task["model"]), attempt
-        status, error = "ok", None
-        if validator is not None:
-            problem = (
-                next(iter(validator.iter_errors(reply.output)), None)
-                if isinstance(reply.output, dict)
-                else "output is not a JSON object"
-            )
-            if problem is not None:
-                status = "invalid"
-                error = problem if isinstance(problem, str) else _schema_error(problem)
-        record = _record(
-            task,
-            status,
-            reply.output,
-            error,
-            attempt,
-            started,
-            model=reply.model,
-            usage=(reply.input_tokens, reply.output_tokens),
-            synthetic=reply.synthetic,
-        )
-        return record, attempt
+                raise _Unfinished(calls.attempts) from exc
+            raise
+
+
+def _problem(validator: Draft202012Validator | None, output: Any) -> str | None:
+    """The first way an output misses the schema, with its path; None when it fits (or there is no schema)."""
+    if validator is None:
+        return None
+    if not isinstance(output, dict):
+        return "output: is not a JSON object"
+    problem = next(iter(validator.iter_errors(output)), None)
+    return None if problem is None else _schema_error(problem)
+
+
+def _repair_prompt(prompt: str, output: Any, error: str) -> str:
+    shown = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
+    return (
+        f"{prompt}\n\nYour previous answer did not match the required schema: {error}\n"
+        f"Previous answer: {shown[:2000]}\nAnswer again, following the schema exactly."
+    )
 
 
 def _schema_error(error: Any) -> str:

@@ -18,6 +18,7 @@ from fanout_core.errors import InvalidJob
 from fanout_core.job import Job, parse_job
 from fanout_core.loading import job_source, key_stem, load_items, read_job_object
 from fanout_core.planning import batch_ranges, choose_batching, expand_tasks, fingerprint, slots
+from fanout_core.pricing import estimate_cost
 from fanout_core.providers.base import ModelError, ModelRequest, Provider
 from fanout_core.report import report_markdown, results_jsonl
 from fanout_core.runner import run_batch
@@ -120,8 +121,8 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, provider_for: ProviderFacto
     result = aggregate(job, items, store.iter_records(), batch_errors=errors)
     if job.synthesis is not None:
         _synthesise(job, result, provider_for(job.model or saved["default_model"]))
-    if result.get("synthetic") and result["usage"]["estimated_cost_usd"] is None:
-        result["usage"]["estimated_cost_usd"] = 0.0
+    prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
+    result["usage"]["estimated_cost_usd"] = estimate_cost(result["usage"]["by_model"], prices)
 
     prefix = f"results/{job.job_id}/"
     bucket = store.bucket
@@ -204,9 +205,11 @@ def _synthesise(job: Job, result: dict[str, Any], provider: Provider) -> None:
                 "input_chars": min(len(material), budget),
                 "input_truncated": truncated,
             }
-            result["usage"]["model_calls"] += 1
-            result["usage"]["input_tokens"] += reply.input_tokens
-            result["usage"]["output_tokens"] += reply.output_tokens
+            spent = {"model_calls": 1, "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens}
+            per_model = result["usage"]["by_model"].setdefault(reply.model, dict.fromkeys(spent, 0))
+            for key, value in spent.items():
+                result["usage"][key] += value
+                per_model[key] += value
         except ModelError as exc:
             block = {"text": None, "error": f"{exc.code}: {exc.message}"}
         if owner is None:

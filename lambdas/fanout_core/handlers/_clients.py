@@ -11,7 +11,6 @@ from botocore.config import Config
 from fanout_core.settings import Settings
 
 
-@functools.cache
 def settings() -> Settings:
     return Settings.from_env()
 

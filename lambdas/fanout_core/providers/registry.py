@@ -1,15 +1,31 @@
-"""Build a provider from a model spec; one provider per spec per container."""
+"""Build a provider from a model spec; one provider (and one client) per spec per container."""
 
 from __future__ import annotations
 
+import os
 import threading
+from typing import Any
+
+import boto3
 
 from fanout_core.providers.base import Provider
+from fanout_core.providers.bedrock import BedrockProvider, client_config
+from fanout_core.providers.openai_compat import OpenAICompatibleProvider
 from fanout_core.providers.simulator import Simulator
 from fanout_core.providers.spec import parse_model_spec
 
 _cache: dict[str, Provider] = {}
 _lock = threading.Lock()
+_bedrock_session: Any = None
+
+
+def use_bedrock_session(session: Any) -> None:
+    """Call Bedrock with this boto3 session (the local runtime passes the caller's real credentials)."""
+    global _bedrock_session
+    with _lock:
+        _bedrock_session = session
+        for key in [k for k in _cache if k.startswith("bedrock:")]:
+            del _cache[key]
 
 
 def provider_for(spec_text: str) -> Provider:
@@ -24,6 +40,11 @@ def provider_for(spec_text: str) -> Provider:
 
 def _build(spec_text: str) -> Provider:
     spec = parse_model_spec(spec_text)
+    timeout = float(os.environ.get("FANOUT_MODEL_TIMEOUT_SECONDS", "120"))
     if spec.provider == "sim":
         return Simulator(spec.options)
-    raise NotImplementedError(f"model provider '{spec.provider}' is not available in this build")
+    if spec.provider == "bedrock":
+        session = _bedrock_session or boto3.Session()
+        client = session.client("bedrock-runtime", config=client_config(read_timeout=timeout))
+        return BedrockProvider(spec.model_id, client)
+    return OpenAICompatibleProvider(spec.base_url, spec.model_id, timeout=timeout)

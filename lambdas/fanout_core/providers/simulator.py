@@ -9,6 +9,7 @@ the rates asked for, so voting and failure handling can be rehearsed.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -118,12 +119,24 @@ def fill(schema: dict[str, Any], rng: random.Random, depth: int = 0) -> Any:
         high = max(low, min(int(schema.get("maxItems", 3)), 3 if depth < 3 else low))
         return [fill(schema.get("items", {}), rng, depth + 1) for _ in range(rng.randint(low, high))]
     if kind in ("integer", "number"):
-        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
-        high = schema.get("maximum", schema.get("exclusiveMaximum", low + 100))
+        open_low = "minimum" not in schema and "exclusiveMinimum" in schema
+        open_high = "maximum" not in schema and "exclusiveMaximum" in schema
+        low = schema.get("minimum", schema.get("exclusiveMinimum"))
+        high = schema.get("maximum", schema.get("exclusiveMaximum"))
+        # a schema may bound one side only: take 100 from the other
+        if low is None:
+            low = 0 if high is None or high >= 100 else high - 100
+        if high is None:
+            high = low + 100
         if kind == "integer":
-            value: float = rng.randint(int(low) + ("exclusiveMinimum" in schema), int(high) - ("exclusiveMaximum" in schema))
+            value: float = rng.randint(
+                math.floor(low) + 1 if open_low else math.ceil(low), math.ceil(high) - 1 if open_high else math.floor(high)
+            )
             return value
-        return round(rng.uniform(float(low), float(high)), 3)
+        value = round(rng.uniform(float(low), float(high)), 3)
+        inside = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
+        # rounding can land on an exclusive bound or outside a narrow range
+        return value if inside else (low + high) / 2
     if kind == "boolean":
         return rng.random() < 0.5
     if kind == "null":
@@ -163,10 +176,10 @@ def _break(output: Any, schema: dict[str, Any] | None) -> Any:
     """An output that misses the schema, as a model sometimes returns."""
     if schema is None or not isinstance(output, dict):
         return output
-    required = schema.get("required") or list(schema.get("properties", {}))
-    broken = dict(output)
+    required = schema.get("required")
     if required:
+        broken = dict(output)
         broken.pop(required[0], None)
-    else:
-        broken["__unexpected__"] = True
-    return broken
+        return broken
+    # with no required key, leaving one out is still valid: answer with cut-off JSON text, not an object
+    return json.dumps(output)[:-1]

@@ -1,0 +1,146 @@
+"""Fake model servers on 127.0.0.1 for tests: a Bedrock Converse endpoint and an OpenAI-compatible one.
+
+Both answer from a script (a function of the request), inject throttling
+and 503s at set rates, and record what they served: every request, the
+calls in flight at most, and the token usage of successful replies.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Served:
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    successes: list[dict[str, Any]] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Script:
+    """What the fake answers: ``answer(body) -> output`` (a dict for tool use, or text)."""
+
+    answer: Callable[[dict[str, Any]], Any]
+    throttle_rate: float = 0.0
+    unavailable_rate: float = 0.0
+    latency_s: float = 0.01
+    seed: int = 1
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+
+def _handler(script: Script, served: Served, kind: str) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *_: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            with served.lock:
+                served.in_flight += 1
+                served.max_in_flight = max(served.max_in_flight, served.in_flight)
+                served.requests.append({"path": self.path, "body": body})
+                roll = script.rng.random()
+            try:
+                time.sleep(script.latency_s)
+                if roll < script.throttle_rate:
+                    self._error(429, "ThrottlingException", "Too many requests, please wait before trying again.")
+                elif roll < script.throttle_rate + script.unavailable_rate:
+                    self._error(503, "ServiceUnavailableException", "Service unavailable.")
+                else:
+                    self._answer(body)
+            finally:
+                with served.lock:
+                    served.in_flight -= 1
+
+        def _error(self, status: int, code: str, message: str) -> None:
+            payload = json.dumps({"message": message}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            if kind == "bedrock":
+                self.send_header("x-amzn-ErrorType", f"{code}:http://internal.amazon.com/coral/com.amazon.bedrock/")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def _answer(self, body: dict[str, Any]) -> None:
+            output = script.answer(body)
+            text = output if isinstance(output, str) else json.dumps(output)
+            tokens_in, tokens_out = 10 + len(json.dumps(body)) // 40, 5 + len(text) // 4
+            if kind == "bedrock":
+                if isinstance(output, str):
+                    content: list[dict[str, Any]] = [{"text": output}]
+                else:
+                    content = [{"toolUse": {"toolUseId": "tooluse_1", "name": "record_output", "input": output}}]
+                reply = {
+                    "output": {"message": {"role": "assistant", "content": content}},
+                    "stopReason": "tool_use" if not isinstance(output, str) else "end_turn",
+                    "usage": {"inputTokens": tokens_in, "outputTokens": tokens_out, "totalTokens": tokens_in + tokens_out},
+                    "metrics": {"latencyMs": 10},
+                }
+            else:
+                reply = {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model", "m"),
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
+                              "total_tokens": tokens_in + tokens_out},
+                }
+            with served.lock:
+                served.successes.append(body)
+                served.input_tokens += tokens_in
+                served.output_tokens += tokens_out
+            payload = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    return Handler
+
+
+@contextmanager
+def fake_server(script: Script, kind: str = "bedrock") -> Iterator[tuple[str, Served]]:
+    """Serve ``kind`` ("bedrock" or "openai") on a free port of 127.0.0.1; yields (base URL, Served)."""
+    served = Served()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(script, served, kind))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", served
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def prompt_of(body: dict[str, Any]) -> str:
+    """The user text of a Converse or chat-completions request."""
+    if "messages" in body and body["messages"] and isinstance(body["messages"][-1].get("content"), list):
+        return "".join(block.get("text", "") for block in body["messages"][-1]["content"])
+    return str(body["messages"][-1]["content"])
+
+
+def marker(text: str, pattern: str = r"item-(\d+)") -> int:
+    found = re.search(pattern, text)
+    assert found, text
+    return int(found.group(1))
