@@ -43,6 +43,8 @@ SUBSTITUTIONS = {
     "PlanFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-plan",
     "SubtaskFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-subtask",
     "AggregateFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-aggregate",
+    # moto's interpreter rejects EXPRESS children; the stack deploys EXPRESS
+    "ChildExecutionType": "STANDARD",
 }
 _LOCAL_ENV = {
     "AWS_DEFAULT_REGION": REGION,

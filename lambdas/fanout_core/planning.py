@@ -22,6 +22,9 @@ from fanout_core.job import Job
 from fanout_core.templating import render
 
 MAX_THREADS_PER_BATCH = 32
+# an inline Map runs at most 40 iterations at once and its events count against the 25,000-event history
+INLINE_MAX_BATCHES = 100
+INLINE_MAX_PARALLEL = 40
 # a batch holds at most this many rounds of calls, so it ends well inside the Lambda timeout
 MAX_ROUNDS_PER_BATCH = 16
 
@@ -79,20 +82,25 @@ def expand_tasks(job: Job, items: list[dict[str, Any]], default_model: str) -> l
 
 
 def choose_batching(task_count: int, max_concurrency: int, batch_size: int | None = None) -> Batching:
-    """Batch size, batch count and the two levels of concurrency for ``task_count`` tasks."""
+    """Batch size, batch count and the two levels of concurrency for ``task_count`` tasks.
+
+    Batches come in whole waves of ``map_concurrency`` so the last wave is
+    not a lone batch running while the allowed concurrency sits idle.
+    """
     task_count = max(task_count, 1)
     parallel = math.ceil(max_concurrency / MAX_THREADS_PER_BATCH)
     threads = max_concurrency // parallel
     if batch_size is None:
-        per_batch_cap = threads * MAX_ROUNDS_PER_BATCH
-        count = max(parallel, math.ceil(task_count / per_batch_cap))
-        batch_size = math.ceil(task_count / count)
+        needed = math.ceil(task_count / (threads * MAX_ROUNDS_PER_BATCH))
+        count = parallel * math.ceil(needed / parallel)
+        batch_size = math.ceil(task_count / min(count, task_count))
     count = math.ceil(task_count / batch_size)
+    threads = max(1, min(threads, batch_size))
     return Batching(
         batch_size=batch_size,
         batch_count=count,
-        threads=max(1, min(threads, batch_size)),
-        map_concurrency=max(1, min(parallel, count)),
+        threads=threads,
+        map_concurrency=max(1, min(max_concurrency // threads, count)),
     )
 
 
@@ -107,3 +115,12 @@ def batch_ranges(task_count: int, batch_size: int) -> list[dict[str, int]]:
         {"index": n, "start": start, "end": min(start + batch_size, task_count)}
         for n, start in enumerate(range(0, task_count, batch_size))
     ]
+
+
+def choose_mode(requested: str, batching: Batching) -> str:
+    """inline or distributed: what the job asks for, else by the inline Map's limits."""
+    if requested != "auto":
+        return requested
+    if batching.batch_count > INLINE_MAX_BATCHES or batching.map_concurrency > INLINE_MAX_PARALLEL:
+        return "distributed"
+    return "inline"

@@ -17,7 +17,7 @@ from fanout_core.aggregation import aggregate
 from fanout_core.errors import InvalidJob
 from fanout_core.job import Job, parse_job
 from fanout_core.loading import job_source, key_stem, load_items, read_job_object
-from fanout_core.planning import batch_ranges, choose_batching, expand_tasks, fingerprint, slots
+from fanout_core.planning import batch_ranges, choose_batching, choose_mode, expand_tasks, fingerprint, slots
 from fanout_core.pricing import estimate_cost
 from fanout_core.providers.base import ModelError, ModelRequest, Provider
 from fanout_core.report import report_markdown, results_jsonl
@@ -56,6 +56,8 @@ def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) 
         },
     )
     ranges = batch_ranges(len(tasks), batching.batch_size)
+    mode = choose_mode(job.limits.mode, batching)
+    store.delete_prefix("failures/")  # failures of an earlier run of this job_id describe other batches
     shared = {
         "job_id": job.job_id,
         "system": job.system,
@@ -72,11 +74,17 @@ def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) 
                 ranges,
             )
         )
+    store.put_json("batches.json", ranges)
     summary = {
         "job_id": job.job_id,
         "run_uri": store.uri,
-        "mode": "inline",
-        "batches": ranges,
+        "run_bucket": store.bucket,
+        "manifest_key": store.prefix + "batches.json",
+        "map_results_prefix": store.prefix + "map-results",
+        "mode": mode,
+        # the distributed Map reads the batch list from S3; the state stays small however large the job
+        "batches": ranges if mode == "inline" else [],
+        "tolerated_failure_percentage": job.limits.tolerated_failure_percentage,
         "batch_size": batching.batch_size,
         "threads": batching.threads,
         "map_concurrency": batching.map_concurrency,
@@ -116,8 +124,7 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, provider_for: ProviderFacto
     saved = store.get_json("job.json")
     job = Job.model_validate(saved["job"])
     items: list[dict[str, Any]] = saved["items"]
-    plan_doc = store.get_json("plan.json")
-    errors = _batch_errors(job, items, plan_doc["batches"], event.get("batches") or [])
+    errors = _batch_errors(job, items, store.get_json("batches.json"), list(store.failures()))
     result = aggregate(job, items, store.iter_records(), batch_errors=errors)
     if job.synthesis is not None:
         _synthesise(job, result, provider_for(job.model or saved["default_model"]))
@@ -151,9 +158,7 @@ def _batch_errors(
 ) -> dict[str, str]:
     """The error of each task whose batch failed for good, by task id."""
     per_item = slots(job)
-    failed = {
-        int(o["batch"]): f"{o.get('error', 'error')}: {_cause(o.get('cause'))}" for o in outcomes if o.get("status") == "failed"
-    }
+    failed = {int(o["batch"]): f"{o.get('Error', 'error')}: {_cause(o.get('Cause'))}" for o in outcomes}
     errors: dict[str, str] = {}
     for r in ranges:
         reason = failed.get(r["index"])

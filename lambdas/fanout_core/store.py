@@ -30,7 +30,8 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 def key_part(text: str) -> str:
     """A distinct, valid S3 key segment for any id ('/', spaces, unicode included), at most ~200 bytes."""
-    quoted = quote(text, safe="-_.~@+=,")
+    # '~' marks a shortened id below, so a literal one is escaped: no short id can spell a shortened one
+    quoted = quote(text, safe="-_.@+=,").replace("~", "%7E")
     if quoted in (".", ".."):
         quoted = quoted.replace(".", "%2E")
     if len(quoted) <= 200:
@@ -82,8 +83,24 @@ class RunStore:
             raise
 
     def record_keys(self) -> Iterator[str]:
+        return self._keys("records/")
+
+    def failures(self) -> Iterator[dict[str, Any]]:
+        """The errors of batches that failed for good, written by the state machine as failures/<n>.json."""
+        for key in self._keys("failures/"):
+            failure: dict[str, Any] = get_json(self.s3, self.bucket, key)
+            failure["batch"] = int(key.rsplit("/", 1)[-1].split(".")[0])
+            yield failure
+
+    def delete_prefix(self, name: str) -> None:
+        keys = list(self._keys(name))
+        for start in range(0, len(keys), 1000):
+            chunk = [{"Key": k} for k in keys[start : start + 1000]]
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+
+    def _keys(self, name: str) -> Iterator[str]:
         paginator = self.s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + "records/"):
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + name):
             for obj in page.get("Contents", []):
                 yield obj["Key"]
 
