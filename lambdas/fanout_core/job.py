@@ -30,7 +30,8 @@ SECTIONING_STRATEGIES = ("merge",)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a JSON job with "votes": "5" or "temperature": "0.8" is a wrong type, not a value to coerce
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Section(_Strict):
@@ -64,9 +65,18 @@ class Synthesis(_Strict):
     max_input_chars: int = Field(default=60_000, ge=1_000, le=600_000)
 
 
+class Price(_Strict):
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+
+
 class Limits(_Strict):
-    max_concurrency: int = Field(default=16, ge=1, le=1000)
+    max_concurrency: int = Field(default=16, ge=1, le=10_000)
     batch_size: int | None = Field(default=None, ge=1, le=10_000)
+    # auto: inline Map for small jobs, Distributed Map above the inline threshold
+    mode: Literal["auto", "inline", "distributed"] = "auto"
+    # share of Distributed Map children that may fail before the Map gives up (the job still aggregates)
+    tolerated_failure_percentage: float = Field(default=100.0, ge=0.0, le=100.0)
     max_items: int = Field(default=100_000, ge=1)
     max_tasks: int = Field(default=500_000, ge=1)
     max_votes: int = Field(default=25, ge=2)
@@ -91,6 +101,7 @@ class Job(_Strict):
     aggregate: Aggregate = Aggregate()
     synthesis: Synthesis | None = None
     limits: Limits = Limits()
+    prices: dict[str, Price] | None = None
 
     @property
     def strategy(self) -> str:
@@ -112,7 +123,7 @@ class Job(_Strict):
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What decides a task's answer: a change here must not reuse stale records."""
-        return self.model_dump(exclude={"job_id", "description", "limits", "items_uri", "items"})
+        return self.model_dump(exclude={"job_id", "description", "limits", "items_uri", "items", "prices"})
 
 
 def parse_job(data: Any, *, job_id_default: str | None = None) -> Job:
@@ -185,7 +196,10 @@ def _check_voting(job: Job) -> None:
     if job.vote_count < 2:
         raise InvalidJob("models: voting needs at least 2 votes; name 2 or more models, or add 'votes'", "models")
     if job.vote_count > job.limits.max_votes:
-        raise InvalidJob(f"votes: {job.vote_count} votes exceed limits.max_votes ({job.limits.max_votes})", "votes")
+        raise InvalidJob(
+            f"votes: {job.vote_count} votes exceed limits.max_votes ({job.limits.max_votes}); ask for fewer or raise the limit",
+            "votes",
+        )
     if job.strategy not in VOTING_STRATEGIES:
         raise InvalidJob(
             f"aggregate.strategy: '{job.strategy}' is not a voting strategy; use one of {list(VOTING_STRATEGIES)}",
@@ -360,7 +374,8 @@ def _from_validation_error(exc: ValidationError, data: dict[str, Any]) -> Invali
         suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {', '.join(known)}"
         return InvalidJob(f"{where}: unknown key '{key}'{suggestion}", where)
     if kind == "missing":
-        return InvalidJob(f"{where}: required", where)
+        fix = "; use 'sectioning' or 'voting'" if loc == ("pattern",) else ""
+        return InvalidJob(f"{where}: required{fix}", where)
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
         return InvalidJob(f"{where}: must be one of {expected}, got {json.dumps(error.get('input'))}", where)
