@@ -145,6 +145,8 @@ def vote_item(job: Job, item: dict[str, Any], outcomes: list[dict[str, Any]]) ->
     """Majority vote over an item's valid votes; confidence is the winner's share of them."""
     tallies: Counter[str] = Counter()
     forms: dict[str, Counter[str]] = {}
+    # votes are keyed by text; the answer keeps the value a model gave (true stays a boolean, 3 a number)
+    values: dict[str, Any] = {}
     first_vote: dict[str, int] = {}
     for position, record in enumerate(outcomes):
         if record["status"] != "ok":
@@ -154,7 +156,9 @@ def vote_item(job: Job, item: dict[str, Any], outcomes: list[dict[str, Any]]) ->
             continue
         key = normalise(value)
         tallies[key] += 1
-        forms.setdefault(key, Counter())[value if isinstance(value, str) else _canonical(value)] += 1
+        form = value if isinstance(value, str) else _canonical(value)
+        forms.setdefault(key, Counter())[form] += 1
+        values.setdefault(form, value)
         first_vote.setdefault(key, position)
     valid = sum(tallies.values())
     out: dict[str, Any] = {"id": item["id"]}
@@ -166,14 +170,14 @@ def vote_item(job: Job, item: dict[str, Any], outcomes: list[dict[str, Any]]) ->
         winner = tied[0]
         display = {k: forms[k].most_common(1)[0][0] for k in tallies}
         out.update(
-            answer=display[winner],
+            answer=values[display[winner]],
             confidence=round(top / valid, 4),
             votes={display[k]: n for k, n in tallies.most_common()},
             valid_votes=valid,
             tie=len(tied) > 1,
         )
         if len(tied) > 1:
-            out["tied"] = [display[k] for k in tied]
+            out["tied"] = [values[display[k]] for k in tied]
     _attach_status(out, outcomes)
     if "expected" in item:
         out["expected"] = item["expected"]

@@ -20,7 +20,10 @@ SCHEMA = {"type": "object", "required": ["label"], "properties": {"label": {"enu
 @pytest.fixture
 def client() -> Any:
     return boto3.client(
-        "bedrock-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x",
+        "bedrock-runtime",
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
         config=client_config(pool=4),
     )
 
@@ -36,8 +39,12 @@ def text_reply(text: str, tokens: tuple[int, int] = (11, 3)) -> dict[str, Any]:
 
 def tool_reply(data: dict[str, Any], tokens: tuple[int, int] = (40, 9)) -> dict[str, Any]:
     return {
-        "output": {"message": {"role": "assistant", "content": [
-            {"toolUse": {"toolUseId": "t1", "name": "record_output", "input": data}}]}},
+        "output": {
+            "message": {
+                "role": "assistant",
+                "content": [{"toolUse": {"toolUseId": "t1", "name": "record_output", "input": data}}],
+            }
+        },
         "stopReason": "tool_use",
         "usage": {"inputTokens": tokens[0], "outputTokens": tokens[1], "totalTokens": sum(tokens)},
         "metrics": {"latencyMs": 150},
@@ -54,8 +61,8 @@ def test_text_output_with_system_and_inference_settings(client: Any) -> None:
     with Stubber(client) as stub:
         stub.add_response("converse", text_reply("hi"), expected)
         reply = BedrockProvider(MODEL, client).invoke(
-            ModelRequest(task_id="a#v1", prompt="Say hi", system="Be brief.", max_tokens=64, temperature=0.2,
-                         top_p=0.9), 1)
+            ModelRequest(task_id="a#v1", prompt="Say hi", system="Be brief.", max_tokens=64, temperature=0.2, top_p=0.9), 1
+        )
         stub.assert_no_pending_responses()
     assert reply.output == "hi"
     assert (reply.input_tokens, reply.output_tokens) == (11, 3)
@@ -113,12 +120,26 @@ class MemoryStore:
 
 def batch(n: int) -> dict[str, Any]:
     tasks = [
-        {"task_id": f"i{k}#v1", "item_id": f"i{k}", "slot": "v1", "kind": "vote", "model": f"bedrock:{MODEL}",
-         "prompt": f"item {k}", "expected": None}
+        {
+            "task_id": f"i{k}#v1",
+            "item_id": f"i{k}",
+            "slot": "v1",
+            "kind": "vote",
+            "model": f"bedrock:{MODEL}",
+            "prompt": f"item {k}",
+            "expected": None,
+        }
         for k in range(n)
     ]
-    return {"index": 0, "job_id": "j", "system": None, "inference": {"max_tokens": 32},
-            "output_schema": SCHEMA, "answer_field": "label", "tasks": tasks}
+    return {
+        "index": 0,
+        "job_id": "j",
+        "system": None,
+        "inference": {"max_tokens": 32},
+        "output_schema": SCHEMA,
+        "answer_field": "label",
+        "tasks": tasks,
+    }
 
 
 def test_throttled_then_success_and_usage_summed(client: Any) -> None:
@@ -131,8 +152,14 @@ def test_throttled_then_success_and_usage_summed(client: Any) -> None:
         stub.add_response("converse", tool_reply({"label": "no"}, (12, 3)))
 
         # When the batch runs
-        outcome = run_batch(batch(2), store=store, provider_for=lambda _: provider, threads=1,  # type: ignore[arg-type]
-                            policy=RetryPolicy(max_attempts=3, base_seconds=0), sleep=lambda s: None)
+        outcome = run_batch(
+            batch(2),
+            store=store,
+            provider_for=lambda _: provider,
+            threads=1,  # type: ignore[arg-type]
+            policy=RetryPolicy(max_attempts=3, base_seconds=0),
+            sleep=lambda s: None,
+        )
 
     # Then both tasks are ok, the first after 2 attempts, and usage is the sum of what was served
     assert outcome.counts["ok"] == 2 and outcome.counts["model_calls"] == 3
@@ -148,14 +175,26 @@ def test_throttled_past_budget_keeps_finished_records_and_raises(client: Any) ->
         for _ in range(3):
             stub.add_client_error("converse", service_error_code="ThrottlingException", http_status_code=429)
         with pytest.raises(ModelThrottled, match="1 of 2 tasks"):
-            run_batch(batch(2), store=store, provider_for=lambda _: provider, threads=1,  # type: ignore[arg-type]
-                      policy=RetryPolicy(max_attempts=3, base_seconds=0), sleep=lambda s: None)
+            run_batch(
+                batch(2),
+                store=store,
+                provider_for=lambda _: provider,
+                threads=1,  # type: ignore[arg-type]
+                policy=RetryPolicy(max_attempts=3, base_seconds=0),
+                sleep=lambda s: None,
+            )
     # the finished task is recorded; the throttled one has no record, so a retry calls only it
     assert list(store.records) == [("i0", "v1")]
     with Stubber(client) as stub:
         stub.add_response("converse", tool_reply({"label": "no"}))
-        outcome = run_batch(batch(2), store=store, provider_for=lambda _: provider, threads=1,  # type: ignore[arg-type]
-                            policy=RetryPolicy(max_attempts=3, base_seconds=0), sleep=lambda s: None)
+        outcome = run_batch(
+            batch(2),
+            store=store,
+            provider_for=lambda _: provider,
+            threads=1,  # type: ignore[arg-type]
+            policy=RetryPolicy(max_attempts=3, base_seconds=0),
+            sleep=lambda s: None,
+        )
         stub.assert_no_pending_responses()
     assert outcome.counts["skipped"] == 1 and outcome.counts["ok"] == 1 and outcome.counts["model_calls"] == 1
 
@@ -164,10 +203,20 @@ def test_validation_error_fails_the_task_without_retry(client: Any) -> None:
     store = MemoryStore()
     provider = BedrockProvider(MODEL, client)
     with Stubber(client) as stub:
-        stub.add_client_error("converse", service_error_code="ValidationException",
-                              service_message="The model returned the following errors: bad input", http_status_code=400)
-        outcome = run_batch(batch(1), store=store, provider_for=lambda _: provider, threads=1,  # type: ignore[arg-type]
-                            policy=RetryPolicy(max_attempts=3, base_seconds=0), sleep=lambda s: None)
+        stub.add_client_error(
+            "converse",
+            service_error_code="ValidationException",
+            service_message="The model returned the following errors: bad input",
+            http_status_code=400,
+        )
+        outcome = run_batch(
+            batch(1),
+            store=store,
+            provider_for=lambda _: provider,
+            threads=1,  # type: ignore[arg-type]
+            policy=RetryPolicy(max_attempts=3, base_seconds=0),
+            sleep=lambda s: None,
+        )
         stub.assert_no_pending_responses()
     record = store.records[("i0", "v1")]
     assert outcome.counts["failed"] == 1
@@ -182,8 +231,14 @@ def test_out_of_schema_output_gets_one_repair_request(client: Any) -> None:
     with Stubber(client) as stub:
         stub.add_response("converse", tool_reply({"label": "maybe"}, (10, 2)))
         stub.add_response("converse", tool_reply({"label": "no"}, (30, 2)))
-        outcome = run_batch(batch(1), store=store, provider_for=lambda _: provider, threads=1,  # type: ignore[arg-type]
-                            policy=RetryPolicy(max_attempts=3, base_seconds=0), sleep=lambda s: None)
+        outcome = run_batch(
+            batch(1),
+            store=store,
+            provider_for=lambda _: provider,
+            threads=1,  # type: ignore[arg-type]
+            policy=RetryPolicy(max_attempts=3, base_seconds=0),
+            sleep=lambda s: None,
+        )
     record = store.records[("i0", "v1")]
     assert outcome.counts["ok"] == 1
     assert record["output"] == {"label": "no"} and record["repaired"] is True

@@ -121,22 +121,24 @@ def fill(schema: dict[str, Any], rng: random.Random, depth: int = 0) -> Any:
     if kind in ("integer", "number"):
         open_low = "minimum" not in schema and "exclusiveMinimum" in schema
         open_high = "maximum" not in schema and "exclusiveMaximum" in schema
-        low = schema.get("minimum", schema.get("exclusiveMinimum"))
-        high = schema.get("maximum", schema.get("exclusiveMaximum"))
+        given_low = schema.get("minimum", schema.get("exclusiveMinimum"))
+        given_high = schema.get("maximum", schema.get("exclusiveMaximum"))
         # a schema may bound one side only: take 100 from the other
-        if low is None:
-            low = 0 if high is None or high >= 100 else high - 100
-        if high is None:
-            high = low + 100
+        if given_low is not None:
+            bottom: float = given_low
+        else:
+            bottom = 0 if given_high is None or given_high >= 100 else given_high - 100
+        top: float = given_high if given_high is not None else bottom + 100
         if kind == "integer":
             value: float = rng.randint(
-                math.floor(low) + 1 if open_low else math.ceil(low), math.ceil(high) - 1 if open_high else math.floor(high)
+                math.floor(bottom) + 1 if open_low else math.ceil(bottom),
+                math.ceil(top) - 1 if open_high else math.floor(top),
             )
             return value
-        value = round(rng.uniform(float(low), float(high)), 3)
-        inside = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
+        value = round(rng.uniform(float(bottom), float(top)), 3)
+        inside = (value > bottom if open_low else value >= bottom) and (value < top if open_high else value <= top)
         # rounding can land on an exclusive bound or outside a narrow range
-        return value if inside else (low + high) / 2
+        return value if inside else (bottom + top) / 2
     if kind == "boolean":
         return rng.random() < 0.5
     if kind == "null":
