@@ -170,7 +170,7 @@ def _run(
         _restore_records(s3, RESULTS_BUCKET, job_id, target)
         name = f"{job_id}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%f')}"[:80]
         execution_arn = runtime.start(data, name)
-        with _Progress(len(tasks), quiet, lambda: _records_written(job_id)) as progress:
+        with _Progress(len(tasks), quiet, _RecordCounter(job_id)) as progress:
             execution = runtime.wait(execution_arn, on_poll=progress.update)
         wall = time.monotonic() - started
         if execution.status != "SUCCEEDED" and execution.error == "InvalidJob":
@@ -191,8 +191,12 @@ def _run(
             "state_transitions": execution.state_transitions,
             "wall_seconds": round(wall, 3),
             "execution_seconds": round(execution.wall_seconds, 3),
-            "model_calls": result["usage"]["model_calls"],
+            # calls made by this run (result.json's usage also counts records kept from earlier runs)
+            "model_calls": sum(runtime.model_calls.values()),
+            "tasks_skipped": plan_doc["counts"]["skipped"],
             "lambda_invocations": dict(runtime.invocations),
+            # what each function would be billed for: its handler's run time, summed over invocations
+            "lambda_seconds": {k: round(v, 3) for k, v in runtime.busy_seconds.items()},
             "execution_status": execution.status,
         }
         (target / "run.json").write_text(json.dumps(run_figures, indent=2) + "\n")
@@ -200,17 +204,25 @@ def _run(
     return {"complete": EXIT_OK, "partial": EXIT_PARTIAL}.get(result["status"], EXIT_FAILED)
 
 
-def _records_written(job_id: str) -> int:
-    """Task records in the local results bucket, read from moto's store directly (cheap enough to poll)."""
-    from moto.s3.models import s3_backends
+class _RecordCounter:
+    """Task records written so far, read from moto's store directly (chunk files never change once written)."""
 
-    from fanout.runtime import ACCOUNT, RESULTS_BUCKET
+    def __init__(self, job_id: str) -> None:
+        self.prefix = f"runs/{job_id}/records/"
+        self.seen: dict[str, int] = {}
 
-    bucket = s3_backends[ACCOUNT]["aws"].buckets.get(RESULTS_BUCKET)
-    if bucket is None:
-        return 0
-    prefix = f"runs/{job_id}/records/"
-    return sum(1 for key in list(bucket.keys.keys()) if key.startswith(prefix))
+    def __call__(self) -> int:
+        from moto.s3.models import s3_backends
+
+        from fanout.runtime import ACCOUNT, RESULTS_BUCKET
+
+        bucket = s3_backends[ACCOUNT]["aws"].buckets.get(RESULTS_BUCKET)
+        if bucket is None:
+            return 0
+        for key in list(bucket.keys.keys()):
+            if key.startswith(self.prefix) and key not in self.seen:
+                self.seen[key] = bucket.keys[key].value.count(b"\n")
+        return sum(self.seen.values())
 
 
 def _restore_records(s3: Any, bucket: str, job_id: str, target: Path) -> None:
@@ -221,9 +233,7 @@ def _restore_records(s3: Any, bucket: str, job_id: str, target: Path) -> None:
         return
     if saved_job.exists():
         s3.put_object(Bucket=bucket, Key=f"runs/{job_id}/job.json", Body=saved_job.read_bytes())
-    for path in records.rglob("*.json"):
-        if path == saved_job:
-            continue
+    for path in records.rglob("*.jsonl"):
         key = f"runs/{job_id}/records/{path.relative_to(records).as_posix()}"
         s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
 
@@ -288,6 +298,8 @@ def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path
         f"cost {'unknown' if cost is None else f'${cost:.4f}'}",
         f"  {figures['batches']} batches, {figures['state_transitions']} state transitions, {figures['wall_seconds']:.2f} s",
     ]
+    if figures["tasks_skipped"]:
+        lines.append(f"  skipped {figures['tasks_skipped']} tasks that already had an ok record from an earlier run")
     if "evaluation" in result:
         ev = result["evaluation"]
         lines.append(

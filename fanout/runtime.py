@@ -18,6 +18,7 @@ import os
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,6 +94,8 @@ class LocalRuntime:
     def __init__(self) -> None:
         self.state_machine_arn = ""
         self.invocations: dict[str, int] = {}
+        self.busy_seconds: dict[str, float] = {}
+        self.model_calls: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     # -- set-up ---------------------------------------------------------------
@@ -121,6 +124,7 @@ class LocalRuntime:
             function_name=name, aws_request_id=f"local-{time.monotonic_ns()}", invoked_function_arn=SUBSTITUTIONS.get(name, "")
         )
         headers = {"Content-Type": "application/json", "X-Amz-Executed-Version": "$LATEST"}
+        started = time.perf_counter()
         try:
             payload = _handler_module(FUNCTIONS[name]).lambda_handler(event, context)
         except Exception as exc:
@@ -130,6 +134,8 @@ class LocalRuntime:
                 "stackTrace": traceback.format_tb(exc.__traceback__)[-5:],
             }
             headers["X-Amz-Function-Error"] = "Unhandled"
+        with self._lock:
+            self.busy_seconds[name] = self.busy_seconds.get(name, 0.0) + time.perf_counter() - started
         return AWSResponse(request.url, 200, headers, _Raw(json.dumps(payload).encode()))
 
     # -- executions -------------------------------------------------------------
@@ -264,10 +270,12 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
         with mock_aws(config=config):
             registry.use_bedrock_session(bedrock_session)
             runtime = LocalRuntime()
+            registry.count_calls(runtime.model_calls)
             runtime.install()
             yield runtime
     finally:
         registry.use_bedrock_session(None)
+        registry.count_calls(None)
         for key, previous in saved.items():
             if previous is None:
                 os.environ.pop(key, None)

@@ -101,8 +101,11 @@ def _handler(script: Script, served: Served, kind: str) -> type[BaseHTTPRequestH
                     "created": int(time.time()),
                     "model": body.get("model", "m"),
                     "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
-                              "total_tokens": tokens_in + tokens_out},
+                    "usage": {
+                        "prompt_tokens": tokens_in,
+                        "completion_tokens": tokens_out,
+                        "total_tokens": tokens_in + tokens_out,
+                    },
                 }
             with served.lock:
                 served.successes.append(body)
@@ -144,3 +147,26 @@ def marker(text: str, pattern: str = r"item-(\d+)") -> int:
     found = re.search(pattern, text)
     assert found, text
     return int(found.group(1))
+
+
+class MemoryRunStore:
+    """What run_batch needs of a RunStore (completed tasks, a record writer), in memory."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], dict[str, Any]] = {}
+        self.puts: list[tuple[str, str]] = []
+        self.closed = 0
+
+    def completed(self, batch_index: int) -> set[str]:
+        return {r["task_id"] for r in self.records.values() if r["status"] == "ok"}
+
+    def writer(self, batch_index: int) -> MemoryRunStore:
+        return self
+
+    def add(self, record: dict[str, Any]) -> None:
+        key = (record["item_id"], record["slot"])
+        self.records[key] = record
+        self.puts.append(key)
+
+    def close(self) -> None:
+        self.closed += 1

@@ -18,13 +18,12 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from jsonschema import Draft202012Validator
 
 from fanout_core.errors import ModelThrottled
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest, Provider
-from fanout_core.store import RunStore
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,20 @@ class BatchOutcome:
         return {"batch": self.index, "status": "done", "counts": self.counts}
 
 
+class RecordSink(Protocol):
+    def add(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class BatchStore(Protocol):
+    """Where a batch finds what earlier runs of it finished, and writes its records."""
+
+    def completed(self, batch_index: int) -> set[str]: ...
+
+    def writer(self, batch_index: int) -> RecordSink: ...
+
+
 class _Unfinished(Exception):
     """A task still throttled when its budget ran out: no record, the batch is retried."""
 
@@ -55,7 +68,7 @@ class _Unfinished(Exception):
 def run_batch(
     batch: dict[str, Any],
     *,
-    store: RunStore,
+    store: BatchStore,
     provider_for: Callable[[str], Provider],
     threads: int,
     policy: RetryPolicy = RetryPolicy(),
@@ -67,10 +80,11 @@ def run_batch(
     validator = Draft202012Validator(schema) if schema else None
     counts: Counter[str] = Counter()
     lock = threading.Lock()
+    done = store.completed(batch["index"])
+    writer = store.writer(batch["index"])
 
     def run_one(task: dict[str, Any]) -> None:
-        existing = store.get_record(task["item_id"], task["slot"])
-        if existing is not None and existing.get("status") == "ok":
+        if task["task_id"] in done:
             with lock:
                 counts["skipped"] += 1
             return
@@ -81,15 +95,18 @@ def run_batch(
                 counts["unfinished"] += 1
                 counts["model_calls"] += exc.args[0]
             return
-        store.put_record(record)
+        writer.add(record)
         with lock:
             counts[record["status"]] += 1
             counts["model_calls"] += calls
             counts["input_tokens"] += record["usage"]["input_tokens"]
             counts["output_tokens"] += record["usage"]["output_tokens"]
 
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(tasks) or 1))) as pool:
-        list(pool.map(run_one, tasks))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(tasks) or 1))) as pool:
+            list(pool.map(run_one, tasks))
+    finally:
+        writer.close()  # what finished is kept, even when the batch fails
 
     result = {
         key: counts.get(key, 0) for key in ("ok", "invalid", "failed", "skipped", "model_calls", "input_tokens", "output_tokens")

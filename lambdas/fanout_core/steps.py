@@ -17,7 +17,7 @@ from fanout_core.aggregation import aggregate
 from fanout_core.errors import InvalidJob
 from fanout_core.job import Job, parse_job
 from fanout_core.loading import job_source, key_stem, load_items, read_job_object
-from fanout_core.planning import batch_ranges, choose_batching, choose_mode, expand_tasks, fingerprint, slots
+from fanout_core.planning import batch_ranges, choose_batching, choose_mode, expand_tasks, fingerprint
 from fanout_core.pricing import estimate_cost
 from fanout_core.providers.base import ModelError, ModelRequest, Provider
 from fanout_core.report import report_markdown, results_jsonl
@@ -39,12 +39,17 @@ def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) 
         job = parse_job(event_input, job_id_default=execution_name)
     assert job.job_id is not None
     items = load_items(s3, job)
-    tasks = expand_tasks(job, items, settings.default_model)
-    concurrency = min(job.limits.max_concurrency, settings.max_concurrency_cap)
-    batching = choose_batching(len(tasks), concurrency, job.limits.batch_size)
+    every_task = expand_tasks(job, items, settings.default_model)
     store = RunStore(s3, settings.results_bucket, job.job_id)
     print_ = fingerprint(job, items, settings.default_model)
     _refuse_stale_run(store, job.job_id, print_)
+    tasks = every_task
+    if store.has_records():
+        # a re-run (or a resumed one): tasks with an ok record are not called again
+        finished = {r["task_id"] for r in store.iter_records() if r.get("status") == "ok"}
+        tasks = [t for t in every_task if t["task_id"] not in finished]
+    concurrency = min(job.limits.max_concurrency, settings.max_concurrency_cap)
+    batching = choose_batching(len(tasks), concurrency, job.limits.batch_size)
 
     store.put_json(
         "job.json",
@@ -89,7 +94,13 @@ def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) 
         "threads": batching.threads,
         "map_concurrency": batching.map_concurrency,
         "max_concurrency": concurrency,
-        "counts": {"items": len(items), "tasks": len(tasks), "batches": len(ranges)},
+        "counts": {
+            "items": len(items),
+            "tasks": len(every_task),
+            "pending": len(tasks),
+            "skipped": len(every_task) - len(tasks),
+            "batches": len(ranges),
+        },
     }
     store.put_json("plan.json", summary)
     return summary
@@ -124,7 +135,7 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, provider_for: ProviderFacto
     saved = store.get_json("job.json")
     job = Job.model_validate(saved["job"])
     items: list[dict[str, Any]] = saved["items"]
-    errors = _batch_errors(job, items, store.get_json("batches.json"), list(store.failures()))
+    errors = _batch_errors(store)
     result = aggregate(job, items, store.iter_records(), batch_errors=errors)
     if job.synthesis is not None:
         _synthesise(job, result, provider_for(job.model or saved["default_model"]))
@@ -153,20 +164,14 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, provider_for: ProviderFacto
     }
 
 
-def _batch_errors(
-    job: Job, items: list[dict[str, Any]], ranges: list[dict[str, int]], outcomes: list[dict[str, Any]]
-) -> dict[str, str]:
-    """The error of each task whose batch failed for good, by task id."""
-    per_item = slots(job)
-    failed = {int(o["batch"]): f"{o.get('Error', 'error')}: {_cause(o.get('Cause'))}" for o in outcomes}
+def _batch_errors(store: RunStore) -> dict[str, str]:
+    """The error of each task whose batch failed for good, by task id (read from the batch's own file)."""
     errors: dict[str, str] = {}
-    for r in ranges:
-        reason = failed.get(r["index"])
-        if reason is None:
-            continue
-        for t in range(r["start"], r["end"]):
-            item = items[t // len(per_item)]
-            errors[f"{item['id']}#{per_item[t % len(per_item)]}"] = f"batch {r['index']} failed: {reason}"
+    for failure in store.failures():
+        index = failure["batch"]
+        reason = f"batch {index} failed: {failure.get('Error', 'error')}: {_cause(failure.get('Cause'))}"
+        for task in store.get_json(store.batch_name(index))["tasks"]:
+            errors[task["task_id"]] = reason
     return errors
 
 

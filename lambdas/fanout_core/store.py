@@ -1,24 +1,29 @@
-"""S3 I/O for a run: the plan, batch files, one record per task, and the results.
+"""S3 I/O for a run: the plan, batch files, the task records, and the results.
 
 Layout in the results bucket::
 
-    runs/<job_id>/job.json                 the checked job with its items
-    runs/<job_id>/plan.json                batches and counts
-    runs/<job_id>/batches/<n>.json         the rendered tasks of batch n
-    runs/<job_id>/records/<item>/<slot>.json   one result record per task
+    runs/<job_id>/job.json                       the checked job with its items
+    runs/<job_id>/plan.json, batches.json        the plan and the batch list
+    runs/<job_id>/batches/<n>.json               the rendered tasks of batch n
+    runs/<job_id>/records/b<n>/<writer>-<k>.jsonl   task records, one JSON line each
+    runs/<job_id>/failures/<n>.json              the error of a batch that failed for good
     results/<job_id>/result.json, results.jsonl, report.md
+
+Records are written as the batch goes, a chunk at a time (every
+``flush_records`` records or ``flush_seconds``, and when the batch ends or
+fails), so a crashed batch keeps what it finished and a retried one skips
+it. Ids never appear in keys: any id, with '/', spaces or unicode, is safe.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import quote
-
-from botocore.exceptions import ClientError
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -26,17 +31,6 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
         raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
     bucket, _, key = uri[5:].partition("/")
     return bucket, key
-
-
-def key_part(text: str) -> str:
-    """A distinct, valid S3 key segment for any id ('/', spaces, unicode included), at most ~200 bytes."""
-    # '~' marks a shortened id below, so a literal one is escaped: no short id can spell a shortened one
-    quoted = quote(text, safe="-_.@+=,").replace("~", "%7E")
-    if quoted in (".", ".."):
-        quoted = quoted.replace(".", "%2E")
-    if len(quoted) <= 200:
-        return quoted
-    return f"{quoted[:160]}~{hashlib.sha256(text.encode()).hexdigest()[:24]}"
 
 
 class RunStore:
@@ -66,21 +60,18 @@ class RunStore:
     def batch_name(self, index: int) -> str:
         return f"batches/{index:05d}.json"
 
-    def record_key(self, item_id: str, slot: str) -> str:
-        return f"{self.prefix}records/{key_part(item_id)}/{key_part(slot)}.json"
+    def writer(self, batch_index: int, flush_records: int = 200, flush_seconds: float = 1.0) -> RecordWriter:
+        """Where one run of batch ``batch_index`` writes its records."""
+        prefix = f"{self.prefix}records/b{batch_index:05d}/{uuid.uuid4().hex[:12]}"
+        return RecordWriter(self.s3, self.bucket, prefix, flush_records, flush_seconds)
 
-    def put_record(self, record: dict[str, Any]) -> None:
-        key = self.record_key(record["item_id"], record["slot"])
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=_dumps(record), ContentType="application/json")
+    def completed(self, batch_index: int) -> set[str]:
+        """Task ids with an ok record from an earlier run of this batch (a retry or a redrive)."""
+        return {r["task_id"] for r in self._read_records(self._keys(f"records/b{batch_index:05d}/")) if r["status"] == "ok"}
 
-    def get_record(self, item_id: str, slot: str) -> dict[str, Any] | None:
-        try:
-            record: dict[str, Any] = get_json(self.s3, self.bucket, self.record_key(item_id, slot))
-            return record
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise
+    def has_records(self) -> bool:
+        listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + "records/", MaxKeys=1)
+        return bool(listed.get("KeyCount"))
 
     def record_keys(self) -> Iterator[str]:
         return self._keys("records/")
@@ -104,15 +95,69 @@ class RunStore:
             for obj in page.get("Contents", []):
                 yield obj["Key"]
 
-    def iter_records(self, threads: int = 32) -> Iterator[dict[str, Any]]:
-        """Every task record of the run, read concurrently and streamed in chunks."""
-        keys = self.record_keys()
+    def iter_records(self) -> Iterator[dict[str, Any]]:
+        """Every task record of the run (of every attempt), streamed."""
+        return self._read_records(self.record_keys())
+
+    def _read_records(self, keys: Iterator[str], threads: int = 16) -> Iterator[dict[str, Any]]:
+        """Records of the given chunk files, fetched concurrently, a window of files at a time."""
         with ThreadPoolExecutor(max_workers=threads) as pool:
             while True:
-                chunk = [k for _, k in zip(range(threads * 16), keys, strict=False)]
-                if not chunk:
+                window = [k for _, k in zip(range(threads * 4), keys, strict=False)]
+                if not window:
                     return
-                yield from pool.map(lambda key: get_json(self.s3, self.bucket, key), chunk)
+                for body in pool.map(self._get_bytes, window):
+                    for line in body.splitlines():
+                        if line.strip():
+                            yield json.loads(line)
+
+    def _get_bytes(self, key: str) -> bytes:
+        body: bytes = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return body
+
+
+class RecordWriter:
+    """Collects a batch's records and writes them to S3 in JSON Lines chunks; thread-safe."""
+
+    def __init__(self, s3: Any, bucket: str, prefix: str, flush_records: int, flush_seconds: float) -> None:
+        self.s3, self.bucket, self.prefix = s3, bucket, prefix
+        self.flush_records, self.flush_seconds = flush_records, flush_seconds
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._sequence = 0
+        self._last_flush = time.monotonic()
+        self.written = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._pending.append(record)
+            due = len(self._pending) >= self.flush_records or time.monotonic() - self._last_flush >= self.flush_seconds
+            chunk = self._take() if due else None
+        if chunk:
+            self._put(*chunk)
+
+    def close(self) -> None:
+        """Write whatever is pending (called when the batch ends, also when it fails)."""
+        with self._lock:
+            chunk = self._take()
+        if chunk:
+            self._put(*chunk)
+
+    def _take(self) -> tuple[int, list[dict[str, Any]]] | None:
+        if not self._pending:
+            return None
+        records, self._pending = self._pending, []
+        self._sequence += 1
+        self._last_flush = time.monotonic()
+        return self._sequence, records
+
+    def _put(self, sequence: int, records: list[dict[str, Any]]) -> None:
+        body = b"".join(_dumps(r) + b"\n" for r in records)
+        self.s3.put_object(
+            Bucket=self.bucket, Key=f"{self.prefix}-{sequence:05d}.jsonl", Body=body, ContentType="application/x-ndjson"
+        )
+        with self._lock:
+            self.written += len(records)
 
 
 def get_json(s3: Any, bucket: str, key: str) -> Any:

@@ -22,6 +22,12 @@ def write_job(tmp_path: Path, job: dict[str, Any], name: str = "job.json") -> Pa
     return path
 
 
+def read_records(out: Path, job_id: str) -> list[dict[str, Any]]:
+    """The task records the CLI copied out, one JSON line each."""
+    files = (out / job_id / "records").rglob("*.jsonl")
+    return [json.loads(line) for path in files for line in path.read_text().splitlines() if line.strip()]
+
+
 def read_result(out: Path, job_id: str) -> dict[str, Any]:
     return json.loads((out / job_id / "result.json").read_text())
 
@@ -55,13 +61,12 @@ def test_ticket_triage_example_runs_to_a_complete_result(tmp_path: Path, capsys:
     assert run["model_calls"] == 60
     assert len((tmp_path / "ticket-triage" / "results.jsonl").read_text().splitlines()) == 12
     assert "report.md" in capsys.readouterr().out
-    records = [p for p in (tmp_path / "ticket-triage" / "records").rglob("*.json") if p.name != "_job.json"]
-    assert len(records) == 60
+    records = read_records(tmp_path, "ticket-triage")
+    assert len(records) == 60 and len({r["task_id"] for r in records}) == 60
 
 
 def test_market_research_example_merges_sections_and_synthesises(tmp_path: Path) -> None:
-    code = main(["run", str(ROOT / "examples" / "market-research.json"), "--out", str(tmp_path), "--quiet",
-                 "--model", FAST_SIM])
+    code = main(["run", str(ROOT / "examples" / "market-research.json"), "--out", str(tmp_path), "--quiet", "--model", FAST_SIM])
 
     assert code == 0
     result = read_result(tmp_path, "launch-review")
@@ -80,27 +85,23 @@ def test_market_research_example_merges_sections_and_synthesises(tmp_path: Path)
 def test_awkward_ids_and_texts_keep_every_item_and_record(tmp_path: Path) -> None:
     # Given ids with slashes, spaces, unicode and dots, and texts full of template-like characters
     ids = ["a/b", "a b", "a%2Fb", "ünï/cødé 😀", "..", ".", "x" * 150, "A/B", "a#v1"]
-    items = [{"id": i, "text": f"{{text}} %s %(x)s \"q\" 'q' {{{{ }} 🙂 {n}", "expected": "yes"}
-             for n, i in enumerate(ids)]
+    items = [{"id": i, "text": f"{{text}} %s %(x)s \"q\" 'q' {{{{ }} 🙂 {n}", "expected": "yes"} for n, i in enumerate(ids)]
     job = {"job_id": "awkward", "pattern": "voting", "votes": 5, "prompt": "Answer yes or no: {text}", "items": items}
 
     # When it runs
-    code = main(["run", str(write_job(tmp_path, job)), "--out", str(tmp_path / "out"), "--quiet",
-                 "--model", FAST_SIM])
+    code = main(["run", str(write_job(tmp_path, job)), "--out", str(tmp_path / "out"), "--quiet", "--model", FAST_SIM])
 
     # Then every item is there, in order, with five distinct records each
     assert code == 0
     result = read_result(tmp_path / "out", "awkward")
     assert [i["id"] for i in result["items"]] == ids
     assert result["counts"]["ok"] == len(ids) * 5
-    records = [p for p in (tmp_path / "out" / "awkward" / "records").rglob("*.json") if p.name != "_job.json"]
-    assert len(records) == len(ids) * 5
-    prompts = {json.loads(p.read_text())["item_id"] for p in records}
-    assert prompts == set(ids)
+    records = read_records(tmp_path / "out", "awkward")
+    assert len(records) == len({r["task_id"] for r in records}) == len(ids) * 5
+    assert {r["item_id"] for r in records} == set(ids)
 
 
-def test_invalid_job_exits_2_names_the_field_and_writes_nothing(tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_job_exits_2_names_the_field_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     job = {"pattern": "voting", "votes": 3, "prompt": "{text}", "items": [{"id": "a", "text": "x"}, {"id": "a"}]}
 
     code = main(["run", str(write_job(tmp_path, job)), "--out", str(tmp_path / "out")])
@@ -166,12 +167,17 @@ def test_a_failed_batch_is_recorded_not_lost(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr(steps, "run_batch", crashing)
     items = [{"id": f"i{n}", "text": "t"} for n in range(6)]
-    job = {"job_id": "crashy", "pattern": "voting", "votes": 2, "prompt": "{text}", "items": items,
-           "limits": {"batch_size": 4, "max_concurrency": 4}}
+    job = {
+        "job_id": "crashy",
+        "pattern": "voting",
+        "votes": 2,
+        "prompt": "{text}",
+        "items": items,
+        "limits": {"batch_size": 4, "max_concurrency": 4},
+    }
 
     # When it runs
-    code = main(["run", str(write_job(tmp_path, job)), "--out", str(tmp_path / "out"), "--quiet",
-                 "--model", FAST_SIM])
+    code = main(["run", str(write_job(tmp_path, job)), "--out", str(tmp_path / "out"), "--quiet", "--model", FAST_SIM])
 
     # Then the job is partial, every item is present, and the crashed batch's tasks are failed with its error
     assert code == 3
@@ -188,8 +194,17 @@ def test_partial_results_when_outputs_miss_the_schema(tmp_path: Path) -> None:
     job = json.loads((ROOT / "examples" / "ticket-triage.json").read_text())
     job["job_id"] = "noisy"
 
-    code = main(["run", str(write_job(tmp_path, job)), "--out", str(tmp_path / "out"), "--quiet",
-                 "--model", "sim:latency_ms=1,jitter_ms=1,invalid_rate=0.3,seed=11"])
+    code = main(
+        [
+            "run",
+            str(write_job(tmp_path, job)),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+            "--model",
+            "sim:latency_ms=1,jitter_ms=1,invalid_rate=0.3,seed=11",
+        ]
+    )
 
     assert code == 3
     result = read_result(tmp_path / "out", "noisy")
@@ -199,3 +214,61 @@ def test_partial_results_when_outputs_miss_the_schema(tmp_path: Path) -> None:
         invalid = [e for e in item.get("errors", []) if e["status"] == "invalid"]
         assert item["valid_votes"] == 5 - len(invalid)
         assert all(e["error"].startswith("output") for e in invalid)
+
+
+def test_a_rerun_calls_the_model_only_for_tasks_without_an_ok_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a first run whose batch 1 crashed, leaving 4 of 12 tasks without a record
+    from fanout_core import steps
+
+    real_run_batch = steps.run_batch
+
+    def crashing(batch: dict[str, Any], **kwargs: Any) -> Any:
+        if batch["index"] == 1:
+            raise RuntimeError("container lost")
+        return real_run_batch(batch, **kwargs)
+
+    items = [{"id": f"i{n}", "text": "t"} for n in range(6)]
+    job = {
+        "job_id": "resumable",
+        "pattern": "voting",
+        "votes": 2,
+        "prompt": "{text}",
+        "items": items,
+        "limits": {"batch_size": 4, "max_concurrency": 4},
+    }
+    path, out = write_job(tmp_path, job), tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(steps, "run_batch", crashing)
+        assert main(["run", str(path), "--out", str(out), "--quiet", "--model", FAST_SIM]) == 3
+    assert json.loads((out / "resumable" / "run.json").read_text())["model_calls"] == 8
+    capsys.readouterr()
+
+    # When the same job runs again
+    code = main(["run", str(path), "--out", str(out), "--quiet", "--model", FAST_SIM])
+
+    # Then only the 4 unfinished tasks call the model, the CLI says so, and the job is complete
+    assert code == 0
+    second = json.loads((out / "resumable" / "run.json").read_text())
+    assert second["tasks_skipped"] == 8 and second["model_calls"] == 4
+    assert "skipped 8 tasks" in capsys.readouterr().out
+    result = read_result(out, "resumable")
+    assert result["counts"] == {"items": 6, "tasks": 12, "ok": 12, "invalid": 0, "failed": 0}
+    assert len(read_records(out, "resumable")) == 12
+
+
+def test_a_changed_job_under_the_same_id_is_refused_until_fresh(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = {"job_id": "changing", "pattern": "voting", "votes": 2, "prompt": "Q1 {text}", "items": [{"id": "a", "text": "x"}]}
+    out = tmp_path / "out"
+    assert main(["run", str(write_job(tmp_path, job)), "--out", str(out), "--quiet", "--model", FAST_SIM]) == 0
+    before = (out / "changing" / "result.json").read_text()
+
+    job["prompt"] = "Q2 {text}"
+    code = main(["run", str(write_job(tmp_path, job)), "--out", str(out), "--quiet", "--model", FAST_SIM])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "job_id: 'changing' already has records from a different job" in err and "--fresh" in err
+    assert (out / "changing" / "result.json").read_text() == before
+    assert main(["run", str(write_job(tmp_path, job)), "--out", str(out), "--quiet", "--model", FAST_SIM, "--fresh"]) == 0

@@ -12,6 +12,7 @@ from fanout_core.errors import ModelThrottled
 from fanout_core.providers.base import ModelError, ModelRequest
 from fanout_core.providers.bedrock import BedrockProvider, client_config
 from fanout_core.runner import RetryPolicy, run_batch
+from tests.fakes import MemoryRunStore
 
 MODEL = "us.amazon.nova-lite-v1:0"
 SCHEMA = {"type": "object", "required": ["label"], "properties": {"label": {"enum": ["yes", "no"]}}}
@@ -107,15 +108,7 @@ def test_errors_map_to_retry_kinds(client: Any, code: str, status: int, kind: st
     assert raised.value.code == code
 
 
-class MemoryStore:
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def get_record(self, item_id: str, slot: str) -> dict[str, Any] | None:
-        return self.records.get((item_id, slot))
-
-    def put_record(self, record: dict[str, Any]) -> None:
-        self.records[(record["item_id"], record["slot"])] = record
+MemoryStore = MemoryRunStore
 
 
 def batch(n: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from fanout_core.job import parse_job
 from fanout_core.planning import expand_tasks
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest
 from fanout_core.runner import RetryPolicy, run_batch
+from tests.fakes import MemoryRunStore
 
 SCHEMA = {"type": "object", "required": ["label"], "properties": {"label": {"enum": ["yes", "no"]}}}
 POLICY = RetryPolicy(max_attempts=3, base_seconds=0.001, cap_seconds=0.002, timeout_retries=1)
@@ -24,20 +25,7 @@ def no_sleep(seconds: float) -> None:
     return None
 
 
-class FakeStore:
-    """The two calls run_batch makes on a RunStore, in memory."""
-
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], dict[str, Any]] = {}
-        self.puts: list[tuple[str, str]] = []
-
-    def get_record(self, item_id: str, slot: str) -> dict[str, Any] | None:
-        return self.records.get((item_id, slot))
-
-    def put_record(self, record: dict[str, Any]) -> None:
-        key = (record["item_id"], record["slot"])
-        self.records[key] = record
-        self.puts.append(key)
+FakeStore = MemoryRunStore
 
 
 class ScriptedProvider:

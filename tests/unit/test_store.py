@@ -1,4 +1,4 @@
-"""S3 keys for any item id, and the run store's record round trip (moto)."""
+"""The run store on moto: records of any id written in chunks, read back once each, found by batch."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 from moto import mock_aws
 
-from fanout_core.store import RunStore, key_part, parse_s3_uri
+from fanout_core.store import RunStore, parse_s3_uri
 
 BUCKET = "fanout-results-test"
-SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9\-_.~@+=,%]+$")
 
 AWKWARD_IDS = [
     "plain",
@@ -73,107 +72,96 @@ def s3(s3_client: Any) -> Iterator[Any]:
     s3_client.delete_bucket(Bucket=BUCKET)
 
 
-def test_key_parts_are_distinct_for_distinct_ids() -> None:
-    parts = [key_part(i) for i in AWKWARD_IDS]
-
-    assert len(set(parts)) == len(AWKWARD_IDS)
+def records_for(ids: list[str], slot: str = "v1", status: str = "ok") -> list[dict[str, Any]]:
+    return [{"task_id": f"{i}#{slot}", "item_id": i, "slot": slot, "status": status, "output": {"label": "é 🎉"}} for i in ids]
 
 
-@pytest.mark.parametrize("item_id", AWKWARD_IDS, ids=range(len(AWKWARD_IDS)))
-def test_a_key_part_is_one_safe_segment(item_id: str) -> None:
-    part = key_part(item_id)
-
-    assert SAFE_SEGMENT.match(part), part
-    assert part not in (".", "..")
-    assert "/" not in part
-    assert len(part.encode("utf-8")) <= 200
-
-
-def test_a_short_id_cannot_pose_as_a_shortened_long_one() -> None:
-    # a long id becomes its first 160 quoted characters, '~' and a hash; a short id spelled that way must not collide
-    long_id = "x" * 500
-    shortened = key_part(long_id)
-    impostor = shortened.replace("%7E", "~")
-
-    assert len(shortened) < 200
-    assert key_part(impostor) != shortened
-
-
-def test_key_part_is_stable() -> None:
-    assert [key_part(i) for i in AWKWARD_IDS] == [key_part(i) for i in AWKWARD_IDS]
-
-
-def test_short_ids_stay_readable() -> None:
-    assert key_part("ticket-42") == "ticket-42"
-    assert key_part("with space") == "with%20space"
-
-
-@pytest.mark.parametrize("item_id", ["x" * 200, "é" * 200, "🎉" * 200, "a/" * 100])
-def test_a_record_key_is_at_most_1024_bytes_for_the_longest_ids_and_names(item_id: str) -> None:
-    # the longest job id and section name the job model allows
-    store = RunStore(None, BUCKET, "j" * 64)
-
-    key = store.record_key(item_id, "s" * 30 + " " * 34)
-
-    assert len(key.encode("utf-8")) <= 1024
-    assert key.startswith("runs/" + "j" * 64 + "/records/")
-
-
-def test_records_round_trip_through_s3(s3: Any) -> None:
+def test_records_of_any_id_round_trip_through_s3(s3: Any) -> None:
     # Given records for awkward item ids, voting and sectioning slots
     store = RunStore(s3, BUCKET, "job-1")
-    records = [
-        {"task_id": f"{item_id}#v1", "item_id": item_id, "slot": "v1", "status": "ok", "output": {"label": "é 🎉"}}
-        for item_id in AWKWARD_IDS
-    ]
+    records = records_for(AWKWARD_IDS)
     records.append({"task_id": "a#market size", "item_id": "a", "slot": "market size", "status": "failed", "output": None})
 
-    # When they are written
+    # When one batch writes them
+    writer = store.writer(0, flush_records=7)
     for record in records:
-        store.put_record(record)
+        writer.add(record)
+    writer.close()
 
-    # Then each reads back by its item and slot, and listing returns every one exactly once
-    for record in records:
-        assert store.get_record(record["item_id"], record["slot"]) == record
-    listed = list(store.iter_records(threads=4))
-    assert sorted(r["task_id"] for r in listed) == sorted(r["task_id"] for r in records)
+    # Then reading the run returns every one exactly once, unchanged, and no key carries an id
+    assert sorted(store.iter_records(), key=lambda r: r["task_id"]) == sorted(records, key=lambda r: r["task_id"])
+    keys = list(store.record_keys())
+    assert len(keys) == -(-len(records) // 7)
+    assert all(re.fullmatch(r"runs/job-1/records/b00000/[0-9a-f]{12}-\d{5}\.jsonl", k) for k in keys)
 
 
-def test_a_missing_record_reads_as_none(s3: Any) -> None:
+def test_the_writer_flushes_by_count_and_keeps_what_it_wrote_when_closed_early(s3: Any) -> None:
     store = RunStore(s3, BUCKET, "job-1")
-    store.put_record({"task_id": "a#v1", "item_id": "a", "slot": "v1", "status": "ok"})
+    writer = store.writer(3, flush_records=2, flush_seconds=3600)
 
-    assert store.get_record("a", "v2") is None
-    assert store.get_record("b", "v1") is None
+    for record in records_for(["a", "b", "c"]):
+        writer.add(record)
+
+    # two records flushed as one chunk; the third waits until close
+    assert [r["item_id"] for r in store.iter_records()] == ["a", "b"]
+    writer.close()
+    assert sorted(r["item_id"] for r in store.iter_records()) == ["a", "b", "c"]
+    assert writer.written == 3
 
 
-def test_a_rewritten_record_replaces_the_old_one(s3: Any) -> None:
+def test_the_writer_flushes_by_age(s3: Any) -> None:
     store = RunStore(s3, BUCKET, "job-1")
-    store.put_record({"task_id": "a#v1", "item_id": "a", "slot": "v1", "status": "failed"})
+    writer = store.writer(0, flush_records=1000, flush_seconds=0.0)
 
-    store.put_record({"task_id": "a#v1", "item_id": "a", "slot": "v1", "status": "ok"})
+    writer.add(records_for(["a"])[0])
 
-    assert [r["status"] for r in store.iter_records()] == ["ok"]
+    assert [r["item_id"] for r in store.iter_records()] == ["a"]
+
+
+def test_completed_lists_only_ok_tasks_of_that_batch(s3: Any) -> None:
+    # Given two runs of batch 1 (a retry) and a run of batch 2
+    store = RunStore(s3, BUCKET, "job-1")
+    for batch, records in [(1, records_for(["a", "b"])), (1, records_for(["c"], status="failed")), (2, records_for(["d"]))]:
+        writer = store.writer(batch)
+        for record in records:
+            writer.add(record)
+        writer.close()
+
+    # Then batch 1's completed tasks are its ok ones, whichever run wrote them
+    assert store.completed(1) == {"a#v1", "b#v1"}
+    assert store.completed(2) == {"d#v1"}
+    assert store.completed(3) == set()
+    assert store.has_records()
+    assert not RunStore(s3, BUCKET, "job-2").has_records()
 
 
 def test_runs_do_not_see_each_others_records(s3: Any) -> None:
-    RunStore(s3, BUCKET, "job-1").put_record({"task_id": "a#v1", "item_id": "a", "slot": "v1", "status": "ok"})
-    other = RunStore(s3, BUCKET, "job-10")
-    other.put_record({"task_id": "b#v1", "item_id": "b", "slot": "v1", "status": "ok"})
+    for job, item in [("job-1", "a"), ("job-10", "b")]:
+        writer = RunStore(s3, BUCKET, job).writer(0)
+        writer.add(records_for([item])[0])
+        writer.close()
 
-    assert [r["item_id"] for r in other.iter_records()] == ["b"]
+    assert [r["item_id"] for r in RunStore(s3, BUCKET, "job-10").iter_records()] == ["b"]
     assert [r["item_id"] for r in RunStore(s3, BUCKET, "job-1").iter_records()] == ["a"]
 
 
-def test_iter_records_reads_more_than_one_chunk(s3: Any) -> None:
-    # chunks are threads * 16 keys; 1 thread makes 16-key chunks, so 40 records span three
+def test_iter_records_reads_many_chunks(s3: Any) -> None:
     store = RunStore(s3, BUCKET, "many")
-    for n in range(40):
-        store.put_record({"task_id": f"i{n}#v1", "item_id": f"i{n}", "slot": "v1", "status": "ok"})
+    writer = store.writer(0, flush_records=1)
+    for record in records_for([f"i{n}" for n in range(150)]):
+        writer.add(record)
+    writer.close()
 
-    listed = list(store.iter_records(threads=1))
+    assert sorted(r["item_id"] for r in store.iter_records()) == sorted(f"i{n}" for n in range(150))
 
-    assert sorted(r["item_id"] for r in listed) == sorted(f"i{n}" for n in range(40))
+
+def test_failures_and_delete_prefix(s3: Any) -> None:
+    store = RunStore(s3, BUCKET, "job-1")
+    store.put_json("failures/4.json", {"Error": "States.Timeout", "Cause": "took too long"})
+
+    assert list(store.failures()) == [{"Error": "States.Timeout", "Cause": "took too long", "batch": 4}]
+    store.delete_prefix("failures/")
+    assert list(store.failures()) == []
 
 
 def test_json_documents_round_trip(s3: Any) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from typing import Any
 
 import boto3
 
-from fanout_core.providers.base import Provider
+from fanout_core.providers.base import ModelReply, ModelRequest, Provider
 from fanout_core.providers.bedrock import BedrockProvider, client_config
 from fanout_core.providers.openai_compat import OpenAICompatibleProvider
 from fanout_core.providers.simulator import Simulator
@@ -17,6 +18,15 @@ from fanout_core.providers.spec import parse_model_spec
 _cache: dict[str, Provider] = {}
 _lock = threading.Lock()
 _bedrock_session: Any = None
+_call_counter: Counter[str] | None = None
+
+
+def count_calls(counter: Counter[str] | None) -> None:
+    """Count every model call by spec into ``counter`` (the local runtime's run figures); None stops."""
+    global _call_counter
+    with _lock:
+        _call_counter = counter
+        _cache.clear()
 
 
 def use_bedrock_session(session: Any) -> None:
@@ -34,8 +44,21 @@ def provider_for(spec_text: str) -> Provider:
         provider = _cache.get(spec_text)
         if provider is None:
             provider = _build(spec_text)
+            if _call_counter is not None:
+                provider = _Counted(provider, spec_text, _call_counter)
             _cache[spec_text] = provider
         return provider
+
+
+class _Counted:
+    def __init__(self, inner: Provider, spec: str, counter: Counter[str]) -> None:
+        self.inner, self.spec, self.counter = inner, spec, counter
+        self.name = inner.name
+
+    def invoke(self, request: ModelRequest, attempt: int) -> ModelReply:
+        with _lock:
+            self.counter[self.spec] += 1
+        return self.inner.invoke(request, attempt)
 
 
 def _build(spec_text: str) -> Provider:
