@@ -44,7 +44,7 @@ SUBSTITUTIONS = {
     "PlanFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-plan",
     "SubtaskFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-subtask",
     "AggregateFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-aggregate",
-    # moto's interpreter rejects EXPRESS children; the stack deploys EXPRESS
+    # moto's interpreter rejects EXPRESS children; the stack's default is STANDARD too (fanout:childExecutionType)
     "ChildExecutionType": "STANDARD",
 }
 _LOCAL_ENV = {

@@ -1,0 +1,65 @@
+"""FanoutConfig: the stack's settings from cdk.json context, with -c overrides and clear errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aws_cdk as cdk
+import pytest
+
+from infra.config import FanoutConfig
+
+
+def _config(context: dict[str, Any], **overrides: Any) -> FanoutConfig:
+    return FanoutConfig.from_node(cdk.App(context={**context, **overrides}).node)
+
+
+def test_cdk_json_context_is_a_valid_config(context: dict[str, Any]) -> None:
+    config = _config(context)
+    assert config.stack_name == context["fanout:stackName"]
+    assert config.models == tuple(context["fanout:models"])
+    assert config.python_version == context["fanout:lambdaRuntime"].removeprefix("python")
+
+
+def test_command_line_strings_are_parsed(context: dict[str, Any]) -> None:
+    # Given values as `-c key=value` passes them: always strings
+    config = _config(
+        context,
+        **{
+            "fanout:maxConcurrency": "100",
+            "fanout:models": "amazon.nova-lite-v1:0, us.amazon.nova-lite-v1:0",
+            "fanout:defaultModel": "bedrock:amazon.nova-lite-v1:0",
+        },
+    )
+    # Then numbers and comma-separated lists are understood
+    assert config.max_concurrency == 100
+    assert config.models == ("amazon.nova-lite-v1:0", "us.amazon.nova-lite-v1:0")
+
+
+def test_child_execution_type_defaults_to_standard_and_may_be_express(context: dict[str, Any]) -> None:
+    # an EXPRESS child stops at 5 minutes, shorter than a batch may run, so it is opt-in
+    assert _config({k: v for k, v in context.items() if k != "fanout:childExecutionType"}).child_execution_type == "STANDARD"
+    assert _config(context, **{"fanout:childExecutionType": "express"}).child_execution_type == "EXPRESS"
+
+
+def test_json_list_on_the_command_line(context: dict[str, Any]) -> None:
+    config = _config(context, **{"fanout:models": '["amazon.nova-lite-v1:0"]', "fanout:defaultModel": "sim"})
+    assert config.models == ("amazon.nova-lite-v1:0",)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        ({"fanout:defaultModel": "bedrock:amazon.titan-text-v1"}, "fanout:models"),
+        ({"fanout:logRetentionDays": 31}, "fanout:logRetentionDays"),
+        ({"fanout:maxConcurrency": "many"}, "fanout:maxConcurrency"),
+        ({"fanout:maxConcurrency": 0}, "fanout:maxConcurrency"),
+        ({"fanout:lambdaRuntime": "python3.11"}, "fanout:lambdaRuntime"),
+        ({"fanout:models": ["arn:aws:bedrock:us-east-1::foundation-model/x"]}, "fanout:models"),
+        ({"fanout:namePrefix": ""}, "fanout:namePrefix"),
+        ({"fanout:childExecutionType": "SOMETIMES"}, "fanout:childExecutionType"),
+    ],
+)
+def test_bad_context_is_refused_naming_the_key(context: dict[str, Any], overrides: dict[str, Any], names: str) -> None:
+    with pytest.raises(ValueError, match=names):
+        _config(context, **overrides)
