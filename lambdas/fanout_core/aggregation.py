@@ -8,10 +8,11 @@ and excluded from votes, and a task recorded twice counts once.
 
 from __future__ import annotations
 
+import functools
+import json
 import statistics
 import string
 import unicodedata
-from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,19 +38,21 @@ def aggregate(
     """The result.json document for a job (synthesis and cost are added by the caller)."""
     item_slots = slots(job)
     wanted = {item["id"] for item in items}
+    known_slots = set(item_slots)
     by_task: dict[tuple[str, str], dict[str, Any]] = {}
     for record in records:
         key = (record.get("item_id", ""), record.get("slot", ""))
-        if key[0] not in wanted or key[1] not in item_slots:
+        if key[0] not in wanted or key[1] not in known_slots:
             continue
         current = by_task.get(key)
+        # a task recorded twice (a retried batch) counts once, by its best outcome
         if current is None or _STATUS_RANK.get(record.get("status", ""), 0) > _STATUS_RANK.get(current["status"], 0):
             by_task[key] = record
 
-    validator = Draft202012Validator(job.output_schema) if job.output_schema else None
-    counts = Counter(items=len(items), tasks=len(items) * len(item_slots))
-    usage: Counter[str] = Counter()
-    by_model: dict[str, Counter[str]] = {}
+    check = SchemaCheck(job.output_schema) if job.output_schema else None
+    counts = dict.fromkeys(("ok", "invalid", "failed"), 0)
+    counts.update(items=len(items), tasks=len(items) * len(item_slots))
+    by_model: dict[str, list[int]] = {}
     synthetic = False
     out_items = []
     for item in items:
@@ -58,30 +61,22 @@ def aggregate(
             found = by_task.get((item["id"], slot))
             if found is None:
                 reason = (batch_errors or {}).get(f"{item['id']}#{slot}", "no result")
-                record = {
-                    "item_id": item["id"],
-                    "slot": slot,
-                    "status": "failed",
-                    "output": None,
-                    "error": reason,
-                    "attempts": 0,
-                    "usage": {"input_tokens": 0, "output_tokens": 0},
-                }
+                record = {"item_id": item["id"], "slot": slot, "status": "failed", "output": None, "error": reason}
             else:
                 record = found
-            if record["status"] == "ok" and validator is not None and found is not None:
-                problem = next(iter(validator.iter_errors(record["output"])), None)
+            if found is not None and record["status"] == "ok" and check is not None:
+                problem = check(record["output"])
                 if problem is not None:
-                    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.absolute_path)
-                    record = {**record, "status": "invalid", "error": f"output{path}: {problem.message}"}
+                    record = {**record, "status": "invalid", "error": problem}
             counts[record["status"]] += 1
-            spent = Counter(
-                model_calls=int(record.get("attempts") or 0),
-                input_tokens=int(record.get("usage", {}).get("input_tokens") or 0),
-                output_tokens=int(record.get("usage", {}).get("output_tokens") or 0),
-            )
-            usage.update(spent)
-            by_model.setdefault(str(record.get("model") or "unknown"), Counter()).update(spent)
+            spent = record.get("usage")
+            model = by_model.get(record.get("model") or "unknown")
+            if model is None:
+                model = by_model[str(record.get("model") or "unknown")] = [0, 0, 0]
+            model[0] += record.get("attempts") or 0
+            if spent:
+                model[1] += spent.get("input_tokens") or 0
+                model[2] += spent.get("output_tokens") or 0
             synthetic = synthetic or bool(record.get("synthetic"))
             outcomes.append(record)
         out = vote_item(job, item, outcomes) if job.pattern == "voting" else section_item(job, item, outcomes)
@@ -97,13 +92,12 @@ def aggregate(
         "counts": {k: counts.get(k, 0) for k in ("items", "tasks", "ok", "invalid", "failed")},
         "items": out_items,
         "usage": {
-            "model_calls": usage["model_calls"],
-            "input_tokens": usage["input_tokens"],
-            "output_tokens": usage["output_tokens"],
+            "model_calls": sum(m[0] for m in by_model.values()),
+            "input_tokens": sum(m[1] for m in by_model.values()),
+            "output_tokens": sum(m[2] for m in by_model.values()),
             "estimated_cost_usd": None,
             "by_model": {
-                model: {k: spent.get(k, 0) for k in ("model_calls", "input_tokens", "output_tokens")}
-                for model, spent in sorted(by_model.items())
+                name: {"model_calls": m[0], "input_tokens": m[1], "output_tokens": m[2]} for name, m in sorted(by_model.items())
             },
         },
     }
@@ -117,15 +111,48 @@ def aggregate(
     return result
 
 
+class SchemaCheck:
+    """The first way an output misses the schema (with its path), or None; memoised, as outputs repeat."""
+
+    _LIMIT = 100_000
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self.validator = Draft202012Validator(schema)
+        self.seen: dict[Any, str | None] = {}
+
+    def __call__(self, output: Any) -> str | None:
+        key = _memo_key(output)
+        if key in self.seen:
+            return self.seen[key]
+        problem = next(iter(self.validator.iter_errors(output)), None)
+        found = None
+        if problem is not None:
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.absolute_path)
+            found = f"output{path}: {problem.message}"
+        if len(self.seen) >= self._LIMIT:
+            self.seen.clear()
+        self.seen[key] = found
+        return found
+
+
+def _memo_key(output: Any) -> Any:
+    """A cheap exact key for an output: flat objects of scalars (the usual case) skip JSON encoding."""
+    if isinstance(output, dict) and all(isinstance(v, str) for v in output.values()):
+        return tuple(sorted(output.items()))
+    return _canonical(output)
+
+
 def normalise(value: Any) -> str:
     """The form answers are compared in: Unicode NFKC, case-folded, outer whitespace and punctuation removed."""
-    text = value if isinstance(value, str) else _canonical(value)
+    return _normalise_text(value if isinstance(value, str) else _canonical(value))
+
+
+@functools.lru_cache(maxsize=65_536)
+def _normalise_text(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold().strip(_STRIP)
 
 
 def _canonical(value: Any) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
@@ -143,8 +170,8 @@ def answer_of(job: Job, output: Any) -> Any:
 
 def vote_item(job: Job, item: dict[str, Any], outcomes: list[dict[str, Any]]) -> dict[str, Any]:
     """Majority vote over an item's valid votes; confidence is the winner's share of them."""
-    tallies: Counter[str] = Counter()
-    forms: dict[str, Counter[str]] = {}
+    tallies: dict[str, int] = {}
+    forms: dict[str, dict[str, int]] = {}
     # votes are keyed by text; the answer keeps the value a model gave (true stays a boolean, 3 a number)
     values: dict[str, Any] = {}
     first_vote: dict[str, int] = {}
@@ -155,9 +182,10 @@ def vote_item(job: Job, item: dict[str, Any], outcomes: list[dict[str, Any]]) ->
         if value is None:
             continue
         key = normalise(value)
-        tallies[key] += 1
+        tallies[key] = tallies.get(key, 0) + 1
         form = value if isinstance(value, str) else _canonical(value)
-        forms.setdefault(key, Counter())[form] += 1
+        seen = forms.setdefault(key, {})
+        seen[form] = seen.get(form, 0) + 1
         values.setdefault(form, value)
         first_vote.setdefault(key, position)
     valid = sum(tallies.values())
@@ -168,11 +196,12 @@ def vote_item(job: Job, item: dict[str, Any], outcomes: list[dict[str, Any]]) ->
         top = max(tallies.values())
         tied = sorted((k for k, n in tallies.items() if n == top), key=lambda k: first_vote[k])
         winner = tied[0]
-        display = {k: forms[k].most_common(1)[0][0] for k in tallies}
+        # each answer is shown in its most common original form (the first seen wins a tie)
+        display = {k: max(forms[k], key=forms[k].__getitem__) for k in tallies}
         out.update(
             answer=values[display[winner]],
             confidence=round(top / valid, 4),
-            votes={display[k]: n for k, n in tallies.most_common()},
+            votes={display[k]: n for k, n in sorted(tallies.items(), key=lambda kv: -kv[1])},
             valid_votes=valid,
             tie=len(tied) > 1,
         )
