@@ -9,18 +9,17 @@ and excluded from votes, and a task recorded twice counts once.
 from __future__ import annotations
 
 import functools
-import json
 import statistics
 import string
 import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
-from jsonschema import Draft202012Validator
 from rapidfuzz import fuzz
 
 from fanout_core.job import Job
 from fanout_core.planning import slots
+from fanout_core.validation import SchemaCheck, canonical
 
 _STATUS_RANK = {"ok": 3, "invalid": 2, "failed": 1}
 _SEVERITY_RANK = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
@@ -111,49 +110,14 @@ def aggregate(
     return result
 
 
-class SchemaCheck:
-    """The first way an output misses the schema (with its path), or None; memoised, as outputs repeat."""
-
-    _LIMIT = 100_000
-
-    def __init__(self, schema: dict[str, Any]) -> None:
-        self.validator = Draft202012Validator(schema)
-        self.seen: dict[Any, str | None] = {}
-
-    def __call__(self, output: Any) -> str | None:
-        key = _memo_key(output)
-        if key in self.seen:
-            return self.seen[key]
-        problem = next(iter(self.validator.iter_errors(output)), None)
-        found = None
-        if problem is not None:
-            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.absolute_path)
-            found = f"output{path}: {problem.message}"
-        if len(self.seen) >= self._LIMIT:
-            self.seen.clear()
-        self.seen[key] = found
-        return found
-
-
-def _memo_key(output: Any) -> Any:
-    """A cheap exact key for an output: flat objects of scalars (the usual case) skip JSON encoding."""
-    if isinstance(output, dict) and all(isinstance(v, str) for v in output.values()):
-        return tuple(sorted(output.items()))
-    return _canonical(output)
-
-
 def normalise(value: Any) -> str:
     """The form answers are compared in: Unicode NFKC, case-folded, outer whitespace and punctuation removed."""
-    return _normalise_text(value if isinstance(value, str) else _canonical(value))
+    return _normalise_text(value if isinstance(value, str) else canonical(value))
 
 
 @functools.lru_cache(maxsize=65_536)
 def _normalise_text(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold().strip(_STRIP)
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
 def answer_of(job: Job, output: Any) -> Any:
@@ -183,7 +147,7 @@ def vote_item(job: Job, item: dict[str, Any], outcomes: list[dict[str, Any]]) ->
             continue
         key = normalise(value)
         tallies[key] = tallies.get(key, 0) + 1
-        form = value if isinstance(value, str) else _canonical(value)
+        form = value if isinstance(value, str) else canonical(value)
         seen = forms.setdefault(key, {})
         seen[form] = seen.get(form, 0) + 1
         values.setdefault(form, value)

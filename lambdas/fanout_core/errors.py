@@ -15,3 +15,7 @@ class InvalidJob(Exception):
 
 class ModelThrottled(Exception):
     """The model kept throttling past the per-task budget; the batch is retried by the state machine."""
+
+
+class BatchIncomplete(Exception):
+    """The batch stopped starting calls before its Lambda time ran out; the state machine's retry continues it."""

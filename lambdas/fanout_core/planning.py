@@ -25,8 +25,9 @@ MAX_THREADS_PER_BATCH = 32
 # an inline Map runs at most 40 iterations at once and its events count against the 25,000-event history
 INLINE_MAX_BATCHES = 100
 INLINE_MAX_PARALLEL = 40
-# a batch holds at most this many rounds of calls, so it ends well inside the Lambda timeout
-MAX_ROUNDS_PER_BATCH = 16
+# a batch holds at most this many rounds of calls; a batch that still runs out of Lambda time stops
+# starting calls before the end and is continued by the state machine's retry (BatchIncomplete)
+MAX_ROUNDS_PER_BATCH = 40
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,10 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from jsonschema import Draft202012Validator
-
-from fanout_core.errors import ModelThrottled
+from fanout_core.errors import BatchIncomplete, ModelThrottled
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest, Provider
+from fanout_core.validation import SchemaCheck
 
 
 @dataclass(frozen=True)
@@ -45,6 +43,9 @@ class BatchOutcome:
 
     def as_event(self) -> dict[str, Any]:
         return {"batch": self.index, "status": "done", "counts": self.counts}
+
+
+_JITTER = random.Random()
 
 
 class RecordSink(Protocol):
@@ -73,38 +74,42 @@ def run_batch(
     threads: int,
     policy: RetryPolicy = RetryPolicy(),
     sleep: Callable[[float], None] = time.sleep,
+    deadline: float | None = None,
 ) -> BatchOutcome:
-    """Run every task of a batch file; raise ModelThrottled if some tasks could not finish."""
+    """Run every task of a batch file.
+
+    Raises ModelThrottled if some tasks were throttled past their budget,
+    and BatchIncomplete if ``deadline`` (a ``time.monotonic()`` value) passed
+    before every task started; either way the finished records are kept.
+    """
     tasks: list[dict[str, Any]] = batch["tasks"]
     schema = batch.get("output_schema")
-    validator = Draft202012Validator(schema) if schema else None
-    counts: Counter[str] = Counter()
-    lock = threading.Lock()
+    validator = SchemaCheck(schema) if schema else None
     done = store.completed(batch["index"])
     writer = store.writer(batch["index"])
+    providers = {model: provider_for(model) for model in {t["model"] for t in tasks}}
 
-    def run_one(task: dict[str, Any]) -> None:
+    def run_one(task: dict[str, Any]) -> tuple[str, int, int, int]:
+        """(outcome, model calls, input tokens, output tokens) of one task."""
+        if deadline is not None and time.monotonic() > deadline:
+            return ("deferred", 0, 0, 0)
         if task["task_id"] in done:
-            with lock:
-                counts["skipped"] += 1
-            return
+            return ("skipped", 0, 0, 0)
         try:
-            record, calls = _call(task, batch, provider_for(task["model"]), validator, policy, sleep)
+            record, calls = _call(task, batch, providers[task["model"]], validator, policy, sleep)
         except _Unfinished as exc:
-            with lock:
-                counts["unfinished"] += 1
-                counts["model_calls"] += exc.args[0]
-            return
+            return ("unfinished", exc.args[0], 0, 0)
         writer.add(record)
-        with lock:
-            counts[record["status"]] += 1
-            counts["model_calls"] += calls
-            counts["input_tokens"] += record["usage"]["input_tokens"]
-            counts["output_tokens"] += record["usage"]["output_tokens"]
+        return (record["status"], calls, record["usage"]["input_tokens"], record["usage"]["output_tokens"])
 
+    counts: Counter[str] = Counter()
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(threads, len(tasks) or 1))) as pool:
-            list(pool.map(run_one, tasks))
+            for outcome, calls, tokens_in, tokens_out in pool.map(run_one, tasks):
+                counts[outcome] += 1
+                counts["model_calls"] += calls
+                counts["input_tokens"] += tokens_in
+                counts["output_tokens"] += tokens_out
     finally:
         writer.close()  # what finished is kept, even when the batch fails
 
@@ -112,6 +117,11 @@ def run_batch(
         key: counts.get(key, 0) for key in ("ok", "invalid", "failed", "skipped", "model_calls", "input_tokens", "output_tokens")
     }
     result["tasks"] = len(tasks)
+    if counts["deferred"]:
+        raise BatchIncomplete(
+            f"batch {batch['index']} ran short of Lambda time with {counts['deferred']} of {len(tasks)} tasks not started; "
+            "finished tasks are recorded and the retry continues with the rest"
+        )
     if counts["unfinished"]:
         raise ModelThrottled(
             f"{counts['unfinished']} of {len(tasks)} tasks of batch {batch['index']} were still throttled after "
@@ -124,7 +134,7 @@ def _call(
     task: dict[str, Any],
     batch: dict[str, Any],
     provider: Provider,
-    validator: Draft202012Validator | None,
+    validator: SchemaCheck | None,
     policy: RetryPolicy,
     sleep: Callable[[float], None],
 ) -> tuple[dict[str, Any], int]:
@@ -195,7 +205,7 @@ def _invoke(
     provider: Provider, request: ModelRequest, policy: RetryPolicy, sleep: Callable[[float], None], calls: _Calls
 ) -> ModelReply:
     """One model call with the retry table applied; raises _Unfinished (throttled past the budget) or ModelError."""
-    jitter = random.Random()
+    jitter = _JITTER
     timeouts = 0
     tries = 0
     while True:
@@ -217,14 +227,9 @@ def _invoke(
             raise
 
 
-def _problem(validator: Draft202012Validator | None, output: Any) -> str | None:
+def _problem(check: SchemaCheck | None, output: Any) -> str | None:
     """The first way an output misses the schema, with its path; None when it fits (or there is no schema)."""
-    if validator is None:
-        return None
-    if not isinstance(output, dict):
-        return "output: is not a JSON object"
-    problem = next(iter(validator.iter_errors(output)), None)
-    return None if problem is None else _schema_error(problem)
+    return None if check is None else check(output)
 
 
 def _repair_prompt(prompt: str, output: Any, error: str) -> str:
@@ -233,11 +238,6 @@ def _repair_prompt(prompt: str, output: Any, error: str) -> str:
         f"{prompt}\n\nYour previous answer did not match the required schema: {error}\n"
         f"Previous answer: {shown[:2000]}\nAnswer again, following the schema exactly."
     )
-
-
-def _schema_error(error: Any) -> str:
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-    return f"output{path}: {error.message}"
 
 
 def _record(

@@ -121,11 +121,13 @@ def _refuse_stale_run(store: RunStore, job_id: str, print_: str) -> None:
         )
 
 
-def run_subtask(event: dict[str, Any], *, s3: Any, provider_for: ProviderFactory) -> dict[str, Any]:
+def run_subtask(
+    event: dict[str, Any], *, s3: Any, provider_for: ProviderFactory, deadline: float | None = None
+) -> dict[str, Any]:
     """Run one batch of the Map and return its counts (never model output)."""
     store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
     batch = store.get_json(store.batch_name(int(event["batch"]["index"])))
-    outcome = run_batch(batch, store=store, provider_for=provider_for, threads=int(event.get("threads", 8)))
+    outcome = run_batch(batch, store=store, provider_for=provider_for, threads=int(event.get("threads", 8)), deadline=deadline)
     return outcome.as_event()
 
 

@@ -8,6 +8,7 @@ the rates asked for, so voting and failure handling can be rehearsed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -60,7 +61,7 @@ class Simulator:
 
     def invoke(self, request: ModelRequest, attempt: int) -> ModelReply:
         # faults depend on the attempt, so a retry can succeed; the answer does not, so retries agree
-        call = random.Random(f"{self.seed}|{request.task_id}|{attempt}")
+        call = _rng(f"{self.seed}|{request.task_id}|{attempt}")
         delay = self.latency_ms + self.jitter_ms * call.random()
         if delay > 0:
             self._sleep(delay / 1000.0)
@@ -68,7 +69,7 @@ class Simulator:
             raise ModelError("ThrottlingException", "simulated throttling (sim throttle_rate)", "throttled")
         if call.random() < self.error_rate:
             raise ModelError("ServiceUnavailableException", "simulated service error (sim error_rate)", "transient")
-        answer = random.Random(f"{self.seed}|{request.task_id}|answer")
+        answer = _rng(f"{self.seed}|{request.task_id}|answer")
         output = self._answer(request, answer)
         if call.random() < self.invalid_rate:
             output = _break(output, request.output_schema)
@@ -95,6 +96,11 @@ class Simulator:
             value = request.expected if correct else _wrong(request.expected, field_schema, rng)
             _set_path(output, request.answer_field, value)
         return output
+
+
+def _rng(key: str) -> random.Random:
+    """A generator seeded from a string, the same in every process (str hashes are salted per process)."""
+    return random.Random(int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big"))
 
 
 def fill(schema: dict[str, Any], rng: random.Random, depth: int = 0) -> Any:
