@@ -96,6 +96,9 @@ class LocalRuntime:
         self.invocations: dict[str, int] = {}
         self.busy_seconds: dict[str, float] = {}
         self.model_calls: Counter[str] = Counter()
+        # signalled after every invocation, so waiting for an execution costs no polling while it runs
+        self._activity = threading.Condition()
+        self._generation = 0
         self._lock = threading.Lock()
 
     # -- set-up ---------------------------------------------------------------
@@ -103,6 +106,15 @@ class LocalRuntime:
         """Create the resources; call inside an active moto mock (or against a moto server)."""
         session = boto3._get_default_session()
         session.events.register_first("before-send.lambda.Invoke", self._route)
+        for module in FUNCTIONS.values():
+            _handler_module(module)  # a warm container: imports are not part of any invocation
+        from fanout_core.handlers import _clients
+
+        _clients.s3()  # the handlers' client, built once per container as in Lambda
+        # one invocation through a fresh client, as the interpreter makes them, so the first real one is warm too
+        boto3.client("lambda", region_name=REGION).invoke(
+            FunctionName=SUBSTITUTIONS["PlanFunctionArn"], Payload=b'{"warmup": true}'
+        )
         s3 = boto3.client("s3", region_name=REGION)
         for bucket in (INPUT_BUCKET, RESULTS_BUCKET):
             s3.create_bucket(Bucket=bucket)
@@ -118,6 +130,8 @@ class LocalRuntime:
         name = unquote(request.url.split("/functions/")[1].split("/")[0])
         name = name.split(":function:")[-1].split(":")[0]
         event = json.loads(request.body or b"{}")
+        if event == {"warmup": True}:
+            return AWSResponse(request.url, 200, {"Content-Type": "application/json"}, _Raw(b"{}"))
         with self._lock:
             self.invocations[name] = self.invocations.get(name, 0) + 1
         context = _Context(
@@ -136,6 +150,9 @@ class LocalRuntime:
             headers["X-Amz-Function-Error"] = "Unhandled"
         with self._lock:
             self.busy_seconds[name] = self.busy_seconds.get(name, 0.0) + time.perf_counter() - started
+        with self._activity:
+            self._generation += 1
+            self._activity.notify_all()
         return AWSResponse(request.url, 200, headers, _Raw(json.dumps(payload).encode()))
 
     # -- executions -------------------------------------------------------------
@@ -145,17 +162,28 @@ class LocalRuntime:
             sfn.start_execution(stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(job_input))["executionArn"]
         )
 
-    def wait(self, execution_arn: str, on_poll: Callable[[], None] | None = None, poll_seconds: float = 0.1) -> Execution:
+    def wait(self, execution_arn: str, on_poll: Callable[[], None] | None = None, poll_seconds: float = 0.5) -> Execution:
+        """Until the execution ends: a quick look after each invocation, a slow one otherwise."""
         sfn = boto3.client("stepfunctions", region_name=REGION)
         started = time.monotonic()
+        seen, quick = self._generation, 0
         while True:
             described = sfn.describe_execution(executionArn=execution_arn)
             if on_poll is not None:
                 on_poll()
             if described["status"] != "RUNNING":
                 break
-            time.sleep(poll_seconds)
+            with self._activity:
+                if self._generation == seen and not quick:
+                    self._activity.wait(timeout=poll_seconds)
+                if self._generation != seen:
+                    seen, quick = self._generation, 10  # the states after an invocation follow within milliseconds
+            if quick:
+                quick -= 1
+                time.sleep(0.01)
         wall = time.monotonic() - started
+        if described.get("stopDate") and described.get("startDate"):
+            wall = (described["stopDate"] - described["startDate"]).total_seconds()  # as Step Functions reports it
         output = json.loads(described["output"]) if described.get("output") else None
         return Execution(
             arn=execution_arn,

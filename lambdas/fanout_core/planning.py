@@ -21,7 +21,7 @@ from fanout_core.errors import InvalidJob
 from fanout_core.job import Job
 from fanout_core.templating import render
 
-MAX_THREADS_PER_BATCH = 32
+MAX_THREADS_PER_BATCH = 50
 # an inline Map runs at most 40 iterations at once and its events count against the 25,000-event history
 INLINE_MAX_BATCHES = 100
 INLINE_MAX_PARALLEL = 40

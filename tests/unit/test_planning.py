@@ -8,7 +8,14 @@ import pytest
 
 from fanout_core.errors import InvalidJob
 from fanout_core.job import Job, parse_job
-from fanout_core.planning import MAX_ROUNDS_PER_BATCH, batch_ranges, choose_batching, expand_tasks, fingerprint
+from fanout_core.planning import (
+    MAX_ROUNDS_PER_BATCH,
+    MAX_THREADS_PER_BATCH,
+    batch_ranges,
+    choose_batching,
+    expand_tasks,
+    fingerprint,
+)
 
 DEFAULT_MODEL = "sim"
 SCHEMA = {"type": "object", "required": ["label"], "properties": {"label": {"enum": ["yes", "no"]}}}
@@ -176,7 +183,7 @@ def test_batching_uses_the_allowed_concurrency_when_there_is_work_for_it() -> No
     b = choose_batching(5000, 200)
 
     assert b.threads * b.map_concurrency >= 180
-    assert b.threads <= 32
+    assert b.threads <= MAX_THREADS_PER_BATCH
 
 
 @pytest.mark.parametrize(("task_count", "batch_size"), [(10, 3), (100, 100), (100, 250), (5000, 7), (1, 1)])
