@@ -8,23 +8,21 @@ and excluded from votes, and a task recorded twice counts once.
 
 from __future__ import annotations
 
-import functools
 import statistics
-import string
-import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rapidfuzz import fuzz
 
+from fanout_core.answers import answer_at, normalise
 from fanout_core.job import Job
 from fanout_core.planning import slots
-from fanout_core.validation import SchemaCheck, canonical
+from fanout_core.validation import SchemaCheck
+from fanout_core.voting import TIE_BREAK_RULE, JudgeVerdict, candidates, decide, valid_votes
 
-_STATUS_RANK = {"ok": 3, "invalid": 2, "failed": 1}
+_STATUS_RANK = {"ok": 4, "skipped": 3, "invalid": 2, "failed": 1}
 _SEVERITY_RANK = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
-_STRIP = string.whitespace + string.punctuation + "\u201c\u201d\u2018\u2019\u00ab\u00bb\u3002\uff0c"
-TIE_BREAK_RULE = "earliest vote: among tied answers, the one given by the lowest-numbered vote wins"
 
 
 def aggregate(
@@ -33,8 +31,14 @@ def aggregate(
     records: Iterable[dict[str, Any]],
     *,
     batch_errors: dict[str, str] | None = None,
+    judge: Judge | None = None,
+    judge_threads: int = 8,
 ) -> dict[str, Any]:
-    """The result.json document for a job (synthesis and cost are added by the caller)."""
+    """The result.json document for a job (synthesis and cost are added by the caller).
+
+    ``judge`` makes the extra call per item of the ``judge`` strategy; the
+    calls run ``judge_threads`` at a time.
+    """
     item_slots = slots(job)
     wanted = {item["id"] for item in items}
     known_slots = set(item_slots)
@@ -49,11 +53,11 @@ def aggregate(
             by_task[key] = record
 
     check = SchemaCheck(job.output_schema) if job.output_schema else None
-    counts = dict.fromkeys(("ok", "invalid", "failed"), 0)
+    counts = dict.fromkeys(("ok", "invalid", "failed", "skipped"), 0)
     counts.update(items=len(items), tasks=len(items) * len(item_slots))
     by_model: dict[str, list[int]] = {}
     synthetic = False
-    out_items = []
+    per_item: list[list[dict[str, Any]]] = []
     for item in items:
         outcomes = []
         for slot in item_slots:
@@ -78,11 +82,25 @@ def aggregate(
                 model[2] += spent.get("output_tokens") or 0
             synthetic = synthetic or bool(record.get("synthetic"))
             outcomes.append(record)
-        out = vote_item(job, item, outcomes) if job.pattern == "voting" else section_item(job, item, outcomes)
-        out_items.append(out)
+        per_item.append(outcomes)
 
+    verdicts: list[JudgeVerdict | None] = [None] * len(items)
+    if job.pattern == "voting" and job.strategy == "judge" and judge is not None:
+        verdicts = _judge_all(job, items, per_item, judge, judge_threads)
+        for verdict in verdicts:
+            if verdict is not None and verdict.usage[0]:
+                spent_by_judge = by_model.setdefault(verdict.model, [0, 0, 0])
+                for n in range(3):
+                    spent_by_judge[n] += verdict.usage[n]
+    if job.pattern == "voting":
+        out_items = [vote_item(job, i, o, v) for i, o, v in zip(items, per_item, verdicts, strict=True)]
+    else:
+        out_items = [section_item(job, i, o) for i, o in zip(items, per_item, strict=True)]
+
+    # votes not asked because the first ones agreed (stop_when_agree) are neither missing nor failed
     ok_tasks = counts["ok"]
-    status = "complete" if ok_tasks == counts["tasks"] else ("failed" if ok_tasks == 0 else "partial")
+    answered = ok_tasks + counts["skipped"]
+    status = "complete" if answered == counts["tasks"] else ("failed" if ok_tasks == 0 else "partial")
     result: dict[str, Any] = {
         "job_id": job.job_id,
         "pattern": job.pattern,
@@ -95,87 +113,71 @@ def aggregate(
             "input_tokens": sum(m[1] for m in by_model.values()),
             "output_tokens": sum(m[2] for m in by_model.values()),
             "estimated_cost_usd": None,
+            "calls_saved": counts["skipped"],
             "by_model": {
                 name: {"model_calls": m[0], "input_tokens": m[1], "output_tokens": m[2]} for name, m in sorted(by_model.items())
             },
         },
     }
+    if counts["skipped"]:
+        result["counts"]["skipped"] = counts["skipped"]
     if job.pattern == "voting":
         result["tie_break"] = TIE_BREAK_RULE
     if synthetic:
         result["synthetic"] = True
-    evaluation = evaluate(job, items, out_items)
+    evaluation = evaluate(job, items, out_items, per_item)
     if evaluation is not None:
         result["evaluation"] = evaluation
     return result
 
 
-def normalise(value: Any) -> str:
-    """The form answers are compared in: Unicode NFKC, case-folded, outer whitespace and punctuation removed."""
-    return _normalise_text(value if isinstance(value, str) else canonical(value))
+Judge = Callable[[dict[str, Any], list[tuple[Any, int]]], JudgeVerdict]
 
 
-@functools.lru_cache(maxsize=65_536)
-def _normalise_text(text: str) -> str:
-    return unicodedata.normalize("NFKC", text).casefold().strip(_STRIP)
-
-
-def answer_of(job: Job, output: Any) -> Any:
-    """The part of an output that is voted on: ``aggregate.field`` of a structured output, or the text."""
-    if job.aggregate.field is None:
-        return output
-    node = output
-    for part in job.aggregate.field.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def vote_item(job: Job, item: dict[str, Any], outcomes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Majority vote over an item's valid votes; confidence is the winner's share of them."""
-    tallies: dict[str, int] = {}
-    forms: dict[str, dict[str, int]] = {}
-    # votes are keyed by text; the answer keeps the value a model gave (true stays a boolean, 3 a number)
-    values: dict[str, Any] = {}
-    first_vote: dict[str, int] = {}
-    for position, record in enumerate(outcomes):
-        if record["status"] != "ok":
-            continue
-        value = answer_of(job, record["output"])
-        if value is None:
-            continue
-        key = normalise(value)
-        tallies[key] = tallies.get(key, 0) + 1
-        form = value if isinstance(value, str) else canonical(value)
-        seen = forms.setdefault(key, {})
-        seen[form] = seen.get(form, 0) + 1
-        values.setdefault(form, value)
-        first_vote.setdefault(key, position)
-    valid = sum(tallies.values())
-    out: dict[str, Any] = {"id": item["id"]}
-    if valid == 0:
-        out.update(answer=None, confidence=0.0, votes={}, valid_votes=0, tie=False)
-    else:
-        top = max(tallies.values())
-        tied = sorted((k for k, n in tallies.items() if n == top), key=lambda k: first_vote[k])
-        winner = tied[0]
-        # each answer is shown in its most common original form (the first seen wins a tie)
-        display = {k: max(forms[k], key=forms[k].__getitem__) for k in tallies}
-        out.update(
-            answer=values[display[winner]],
-            confidence=round(top / valid, 4),
-            votes={display[k]: n for k, n in sorted(tallies.items(), key=lambda kv: -kv[1])},
-            valid_votes=valid,
-            tie=len(tied) > 1,
-        )
-        if len(tied) > 1:
-            out["tied"] = [values[display[k]] for k in tied]
+def vote_item(
+    job: Job, item: dict[str, Any], outcomes: list[dict[str, Any]], verdict: JudgeVerdict | None = None
+) -> dict[str, Any]:
+    """One voting item: the strategy's answer over its valid votes, its status and errors, and evaluation marks."""
+    out: dict[str, Any] = {"id": item["id"], **decide(job, valid_votes(job, outcomes), verdict)}
     _attach_status(out, outcomes)
     if "expected" in item:
         out["expected"] = item["expected"]
-        out["correct"] = out["answer"] is not None and normalise(out["answer"]) == normalise(item["expected"])
+        out["correct"] = _matches(out["answer"], item["expected"])
     return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _judge_all(
+    job: Job, items: list[dict[str, Any]], per_item: list[list[dict[str, Any]]], judge: Judge, threads: int
+) -> list[JudgeVerdict | None]:
+    """The judge's verdict for every item with at least two distinct candidates (one needs no judging)."""
+
+    def one(pair: tuple[dict[str, Any], list[dict[str, Any]]]) -> JudgeVerdict | None:
+        item, outcomes = pair
+        offered = candidates(valid_votes(job, outcomes))
+        if len(offered) == 1:
+            return JudgeVerdict(choice=0, reason="every valid vote gave the same answer", model="")
+        return judge(item, offered) if offered else None
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return list(pool.map(one, zip(items, per_item, strict=True)))
+
+
+def _matches(answer: Any, expected: Any) -> bool:
+    if answer is None:
+        return False
+    numbers = (int, float)
+    if (
+        isinstance(answer, numbers)
+        and isinstance(expected, numbers)
+        and not isinstance(answer, bool)
+        and not isinstance(expected, bool)
+    ):
+        return abs(answer - expected) <= 1e-9 * max(1.0, abs(expected))
+    return normalise(answer) == normalise(expected)
 
 
 def section_item(job: Job, item: dict[str, Any], outcomes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -193,15 +195,6 @@ def section_item(job: Job, item: dict[str, Any], outcomes: list[dict[str, Any]])
         }
     _attach_status(out, outcomes)
     return out
-
-
-def answer_at(output: Any, path: str) -> Any:
-    node = output
-    for part in path.split("."):
-        if not isinstance(node, dict):
-            return None
-        node = node.get(part)
-    return node
 
 
 def merge_findings(sources: list[tuple[str, Any]], key: str, threshold: int, block_by: str | None = None) -> list[dict[str, Any]]:
@@ -236,27 +229,32 @@ def merge_findings(sources: list[tuple[str, Any]], key: str, threshold: int, blo
 
 def _attach_status(out: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
     ok = sum(1 for r in outcomes if r["status"] == "ok")
-    out["status"] = "ok" if ok == len(outcomes) else ("failed" if ok == 0 else "partial")
-    errors = [{"slot": r["slot"], "status": r["status"], "error": r.get("error")} for r in outcomes if r["status"] != "ok"]
+    done = ok + sum(1 for r in outcomes if r["status"] == "skipped")
+    out["status"] = "ok" if done == len(outcomes) else ("failed" if ok == 0 else "partial")
+    errors = [
+        {"slot": r["slot"], "status": r["status"], "error": r.get("error")}
+        for r in outcomes
+        if r["status"] not in ("ok", "skipped")
+    ]
     if errors:
         out["errors"] = errors
 
 
-def evaluate(job: Job, items: list[dict[str, Any]], out_items: list[dict[str, Any]]) -> dict[str, Any] | None:
+def evaluate(
+    job: Job, items: list[dict[str, Any]], out_items: list[dict[str, Any]], per_item: list[list[dict[str, Any]]]
+) -> dict[str, Any] | None:
     """Aggregated accuracy next to mean single-call accuracy (the voting uplift), over items with ``expected``."""
     if job.pattern != "voting":
         return None
-    scored = [(item, out) for item, out in zip(items, out_items, strict=True) if "expected" in item]
+    scored = [(item, out, outcomes) for item, out, outcomes in zip(items, out_items, per_item, strict=True) if "expected" in item]
     if not scored:
         return None
-    correct = sum(1 for _, out in scored if out.get("correct"))
+    correct = sum(1 for _, out, _ in scored if out.get("correct"))
     singles: list[float] = []
-    for item, out in scored:
-        votes = out.get("votes") or {}
-        total = sum(votes.values())
-        if total:
-            right = sum(n for answer, n in votes.items() if normalise(answer) == normalise(item["expected"]))
-            singles.append(right / total)
+    for item, _, outcomes in scored:
+        votes = valid_votes(job, outcomes)
+        if votes:
+            singles.append(sum(1 for v in votes if _matches(v.value, item["expected"])) / len(votes))
     accuracy = correct / len(scored)
     single = statistics.fmean(singles) if singles else 0.0
     return {

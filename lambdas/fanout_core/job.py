@@ -25,7 +25,7 @@ JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$"
 MAX_ITEM_ID_CHARS = 200
 
-VOTING_STRATEGIES = ("majority",)
+VOTING_STRATEGIES = ("majority", "weighted", "mean", "median", "threshold", "judge")
 SECTIONING_STRATEGIES = ("merge",)
 
 
@@ -53,10 +53,28 @@ class Dedupe(_Strict):
     block_by: str | None = None
 
 
+DEFAULT_JUDGE_PROMPT = "Pick the best of these candidate answers to the task. Judge accuracy, completeness and clarity."
+
+
+class Judge(_Strict):
+    prompt: str = Field(default=DEFAULT_JUDGE_PROMPT, min_length=1)
+    model: str | None = None
+
+
 class Aggregate(_Strict):
     strategy: str | None = None
+    # a dotted path into the structured output: what is voted on
     field: str | None = None
     dedupe: Dedupe | None = None
+    # weighted: weight of each model's vote, by model spec (unlisted models weigh 1)
+    weights: dict[str, float] | None = None
+    # threshold: an element is kept when at least k votes report it (default: more than half)
+    k: int | None = Field(default=None, ge=1)
+    # threshold over a list of objects: the property that identifies an element
+    key: str | None = None
+    # early stop: when the first n votes of an item agree, its other votes are not asked
+    stop_when_agree: int | None = Field(default=None, ge=2)
+    judge: Judge | None = None
 
 
 class Synthesis(_Strict):
@@ -169,6 +187,9 @@ def _check_sectioning(job: Job) -> None:
     for key in ("prompt", "votes", "models"):
         if getattr(job, key) is not None:
             raise InvalidJob(f"{key}: only for pattern 'voting'; sectioning uses 'sections'", key)
+    for key in ("weights", "k", "key", "stop_when_agree", "judge"):
+        if getattr(job.aggregate, key) is not None:
+            raise InvalidJob(f"aggregate.{key}: only for pattern 'voting'", f"aggregate.{key}")
     seen: dict[str, int] = {}
     for index, section in enumerate(job.sections):
         if section.name in seen:
@@ -207,20 +228,59 @@ def _check_voting(job: Job) -> None:
         )
     if job.aggregate.dedupe is not None:
         raise InvalidJob("aggregate.dedupe: only for pattern 'sectioning'", "aggregate.dedupe")
-    if job.output_schema is not None and job.aggregate.field is None:
+    strategy, field = job.strategy, job.aggregate.field
+    if job.output_schema is not None and field is None and strategy != "judge":
         raise InvalidJob(
             "aggregate.field: required when the job has an output_schema; name the output field to vote on (e.g. 'label')",
             "aggregate.field",
         )
-    if job.aggregate.field is not None:
+    node: dict[str, Any] = {}
+    if field is not None:
         if job.output_schema is None:
             raise InvalidJob(
                 "aggregate.field: needs an output_schema (structured output) to pick the field from", "aggregate.field"
             )
-        _check_path_in_schema(job, job.aggregate.field, "aggregate.field")
+        node = _check_path_in_schema(job, field, "aggregate.field")
+    kind = node.get("type")
+    if strategy in ("mean", "median") and field is not None and kind not in ("number", "integer"):
+        raise InvalidJob(
+            f"aggregate.field: '{field}' must be a number or integer in output_schema for strategy '{strategy}'",
+            "aggregate.field",
+        )
+    if strategy == "threshold":
+        if field is None or kind != "array":
+            raise InvalidJob(
+                'aggregate.field: strategy \'threshold\' needs a list field in output_schema ("type": "array")',
+                "aggregate.field",
+            )
+        element = node.get("items") or {}
+        if element.get("type") == "object" and job.aggregate.key is None:
+            raise InvalidJob("aggregate.key: name the property that identifies a list element (e.g. 'title')", "aggregate.key")
+        if job.aggregate.k is not None and job.aggregate.k > job.vote_count:
+            raise InvalidJob(f"aggregate.k: {job.aggregate.k} is more than the {job.vote_count} votes", "aggregate.k")
+    if job.aggregate.weights is not None and strategy != "weighted":
+        raise InvalidJob("aggregate.weights: only for strategy 'weighted'", "aggregate.weights")
+    for name, weight in (job.aggregate.weights or {}).items():
+        if weight < 0:
+            raise InvalidJob(f"aggregate.weights.{name}: must be 0 or more", f"aggregate.weights.{name}")
+    if job.aggregate.judge is not None and strategy != "judge":
+        raise InvalidJob("aggregate.judge: only for strategy 'judge'", "aggregate.judge")
+    if job.aggregate.judge is not None and job.aggregate.judge.model is not None:
+        _check_model_spec(job.aggregate.judge.model, "aggregate.judge.model")
+    stop = job.aggregate.stop_when_agree
+    if stop is not None:
+        if strategy not in ("majority", "weighted"):
+            raise InvalidJob(
+                "aggregate.stop_when_agree: only for strategies 'majority' and 'weighted'", "aggregate.stop_when_agree"
+            )
+        if stop >= job.vote_count:
+            raise InvalidJob(
+                f"aggregate.stop_when_agree: {stop} must be fewer than the {job.vote_count} votes to save any",
+                "aggregate.stop_when_agree",
+            )
 
 
-def _check_path_in_schema(job: Job, path: str, where: str) -> None:
+def _check_path_in_schema(job: Job, path: str, where: str) -> dict[str, Any]:
     schema = job.output_schema
     if schema is None:
         raise InvalidJob(f"{where}: needs an output_schema to find '{path}' in", where)
@@ -231,6 +291,7 @@ def _check_path_in_schema(job: Job, path: str, where: str) -> None:
             known = sorted(properties) if isinstance(properties, dict) else []
             raise InvalidJob(f"{where}: '{path}' is not a property of output_schema (has {known})", where)
         node = properties[part]
+    return node if isinstance(node, dict) else {}
 
 
 def _check_model_spec(spec: str, where: str) -> None:

@@ -82,11 +82,13 @@ def expand_tasks(job: Job, items: list[dict[str, Any]], default_model: str) -> l
     return tasks
 
 
-def choose_batching(task_count: int, max_concurrency: int, batch_size: int | None = None) -> Batching:
+def choose_batching(task_count: int, max_concurrency: int, batch_size: int | None = None, align: int = 1) -> Batching:
     """Batch size, batch count and the two levels of concurrency for ``task_count`` tasks.
 
     Batches come in whole waves of ``map_concurrency`` so the last wave is
     not a lone batch running while the allowed concurrency sits idle.
+    ``align`` keeps batches whole multiples of it (an item's votes in one
+    batch, which early stopping needs).
     """
     task_count = max(task_count, 1)
     parallel = math.ceil(max_concurrency / MAX_THREADS_PER_BATCH)
@@ -95,6 +97,7 @@ def choose_batching(task_count: int, max_concurrency: int, batch_size: int | Non
         needed = math.ceil(task_count / (threads * MAX_ROUNDS_PER_BATCH))
         count = parallel * math.ceil(needed / parallel)
         batch_size = math.ceil(task_count / min(count, task_count))
+    batch_size = math.ceil(batch_size / align) * align
     count = math.ceil(task_count / batch_size)
     threads = max(1, min(threads, batch_size))
     return Batching(

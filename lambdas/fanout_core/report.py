@@ -32,6 +32,7 @@ def report_markdown(result: dict[str, Any]) -> str:
         f"- model calls: {usage['model_calls']}",
         f"- tokens: {usage['input_tokens']} in, {usage['output_tokens']} out",
         f"- estimated cost: {'unknown (no price for this model)' if cost is None else f'${cost:.4f}'}",
+        *([f"- calls saved by early stopping: {usage['calls_saved']}"] if usage.get("calls_saved") else []),
         "",
     ]
     if "evaluation" in result:
@@ -64,15 +65,26 @@ def report_markdown(result: dict[str, Any]) -> str:
 
 def _voting(result: dict[str, Any]) -> list[str]:
     items = result["items"]
-    buckets = {"1.0": 0, "0.8-0.99": 0, "0.6-0.79": 0, "< 0.6": 0}
-    for item in items:
-        c = item.get("confidence") or 0.0
-        key = "1.0" if c >= 1.0 else "0.8-0.99" if c >= 0.8 else "0.6-0.79" if c >= 0.6 else "< 0.6"
-        buckets[key] += 1
-    lines = ["## Confidence", "", "| confidence | items |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in buckets.items()]
-    lines += ["", f"Ties are broken by: {result.get('tie_break', '')}.", ""]
-    doubtful = [i for i in items if i.get("tie") or (i.get("confidence") or 0.0) < _LOW_CONFIDENCE]
+    strategy = result.get("strategy", "majority")
+    lines = []
+    if strategy in ("mean", "median", "threshold"):
+        signal = (
+            "the spread of the votes (stdev for mean, IQR for median)"
+            if strategy != "threshold"
+            else ("each element's support (how many votes reported it)")
+        )
+        lines += [f"Strategy `{strategy}`: the confidence signal is {signal}.", ""]
+        doubtful: list[dict[str, Any]] = [i for i in items if i.get("answer") is None]
+    else:
+        buckets = {"1.0": 0, "0.8-0.99": 0, "0.6-0.79": 0, "< 0.6": 0}
+        for item in items:
+            c = item.get("confidence") or 0.0
+            key = "1.0" if c >= 1.0 else "0.8-0.99" if c >= 0.8 else "0.6-0.79" if c >= 0.6 else "< 0.6"
+            buckets[key] += 1
+        lines += ["## Confidence", "", "| confidence | items |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in buckets.items()]
+        lines += ["", f"Ties are broken by: {result.get('tie_break', '')}.", ""]
+        doubtful = [i for i in items if i.get("tie") or (i.get("confidence") or 0.0) < _LOW_CONFIDENCE]
     ordered = doubtful + [i for i in items if i not in doubtful]
     lines += [
         "## Items (tied and low-confidence first)",
@@ -81,17 +93,36 @@ def _voting(result: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for item in ordered[:500]:
-        votes = ", ".join(f"{_cell(k)}: {n}" for k, n in (item.get("votes") or {}).items())
         expected = item.get("expected", "")
         mark = "" if "correct" not in item else (" ✓" if item["correct"] else " ✗")
         lines.append(
-            f"| {_cell(item['id'])} | {_cell(item.get('answer'))} | {item.get('confidence', 0):.2f} | {votes} "
+            f"| {_cell(item['id'])} | {_cell(item.get('answer'))} | {_signal(item)} | {_votes(item)} "
             f"| {'yes' if item.get('tie') else ''} | {_cell(expected)}{mark} |"
         )
     if len(ordered) > 500:
         lines.append(f"| ... {len(ordered) - 500} more in results.jsonl | | | | | |")
     lines.append("")
     return lines
+
+
+def _signal(item: dict[str, Any]) -> str:
+    if item.get("confidence") is not None:
+        return f"{item['confidence']:.2f}"
+    spread = item.get("spread")
+    if spread:
+        name, value = next(iter(spread.items()))
+        return f"n={item.get('n', 0)}, {name} {value:g}"
+    return "-"
+
+
+def _votes(item: dict[str, Any]) -> str:
+    if "elements" in item:
+        return ", ".join(f"{_cell(e['value'])}: {e['support']}{'' if e['kept'] else ' (dropped)'}" for e in item["elements"])
+    shown = ", ".join(f"{_cell(k)}: {n}" for k, n in (item.get("votes") or {}).items())
+    judge = item.get("judge")
+    if judge and judge.get("reason"):
+        shown += f" (judge: {_cell(judge['reason'])})"
+    return shown
 
 
 def _sectioning(result: dict[str, Any]) -> list[str]:

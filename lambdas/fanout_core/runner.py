@@ -14,11 +14,12 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from fanout_core.answers import answer_at, normalise
 from fanout_core.errors import BatchIncomplete, ModelThrottled
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest, Provider
 from fanout_core.validation import SchemaCheck
@@ -89,32 +90,64 @@ def run_batch(
     writer = store.writer(batch["index"])
     providers = {model: provider_for(model) for model in {t["model"] for t in tasks}}
 
-    def run_one(task: dict[str, Any]) -> tuple[str, int, int, int]:
-        """(outcome, model calls, input tokens, output tokens) of one task."""
+    def run_one(task: dict[str, Any]) -> tuple[str, int, int, int, dict[str, Any] | None]:
+        """(outcome, model calls, input tokens, output tokens, record) of one task."""
         if deadline is not None and time.monotonic() > deadline:
-            return ("deferred", 0, 0, 0)
+            return ("deferred", 0, 0, 0, None)
         if task["task_id"] in done:
-            return ("skipped", 0, 0, 0)
+            return ("skipped", 0, 0, 0, None)
         try:
             record, calls = _call(task, batch, providers[task["model"]], validator, policy, sleep)
         except _Unfinished as exc:
-            return ("unfinished", exc.args[0], 0, 0)
+            return ("unfinished", exc.args[0], 0, 0, None)
         writer.add(record)
-        return (record["status"], calls, record["usage"]["input_tokens"], record["usage"]["output_tokens"])
+        return (record["status"], calls, record["usage"]["input_tokens"], record["usage"]["output_tokens"], record)
 
     counts: Counter[str] = Counter()
+
+    def tally(results: Iterable[tuple[str, int, int, int, dict[str, Any] | None]]) -> list[dict[str, Any]]:
+        records = []
+        for outcome, calls, tokens_in, tokens_out, record in results:
+            counts[outcome] += 1
+            counts["model_calls"] += calls
+            counts["input_tokens"] += tokens_in
+            counts["output_tokens"] += tokens_out
+            if record is not None:
+                records.append(record)
+        return records
+
+    stop = batch.get("stop_when_agree")
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(threads, len(tasks) or 1))) as pool:
-            for outcome, calls, tokens_in, tokens_out in pool.map(run_one, tasks):
-                counts[outcome] += 1
-                counts["model_calls"] += calls
-                counts["input_tokens"] += tokens_in
-                counts["output_tokens"] += tokens_out
+            if not stop:
+                tally(pool.map(run_one, tasks))
+            else:
+                # early stop: the first `stop` votes of every item first; an item whose first votes agree
+                # gets its other votes recorded as skipped instead of asked
+                first = [t for t in tasks if t["kind"] == "vote" and int(t["slot"][1:]) <= stop]
+                rest = [t for t in tasks if not (t["kind"] == "vote" and int(t["slot"][1:]) <= stop)]
+                agreed = _agreed_items(tally(pool.map(run_one, first)), batch.get("answer_field"), stop)
+                for task in rest:
+                    if task["item_id"] in agreed and task["task_id"] not in done:
+                        writer.add(
+                            _record(
+                                task,
+                                "skipped",
+                                None,
+                                f"not asked: the first {stop} votes agreed",
+                                0,
+                                time.monotonic(),
+                                model=task["model"],
+                            )
+                        )
+                        counts["stopped_early"] += 1
+                tally(pool.map(run_one, [t for t in rest if t["item_id"] not in agreed]))
     finally:
         writer.close()  # what finished is kept, even when the batch fails
 
     result = {
-        key: counts.get(key, 0) for key in ("ok", "invalid", "failed", "skipped", "model_calls", "input_tokens", "output_tokens")
+        key: counts.get(key, 0)
+        for key in ("ok", "invalid", "failed", "skipped", "stopped_early", "model_calls", "input_tokens", "output_tokens")
     }
     result["tasks"] = len(tasks)
     if counts["deferred"]:
@@ -128,6 +161,15 @@ def run_batch(
             f"{policy.max_attempts} attempts each; finished tasks are recorded and will not be called again"
         )
     return BatchOutcome(index=batch["index"], counts=result)
+
+
+def _agreed_items(records: list[dict[str, Any]], field: str | None, stop: int) -> set[str]:
+    """Items whose first ``stop`` votes all succeeded with the same (normalised) answer."""
+    answers: dict[str, list[str | None]] = {}
+    for record in records:
+        value = answer_at(record["output"], field) if record["status"] == "ok" else None
+        answers.setdefault(record["item_id"], []).append(None if value is None else normalise(value))
+    return {item for item, given in answers.items() if len(given) == stop and given[0] is not None and len(set(given)) == 1}
 
 
 def _call(
@@ -182,7 +224,7 @@ def _call(
         error,
         calls.attempts,
         started,
-        model=reply.model,
+        model=task["model"],  # the spec asked for: what weights and prices are keyed by
         usage=(calls.input_tokens, calls.output_tokens),
         synthetic=reply.synthetic,
     )
@@ -199,6 +241,17 @@ class _Calls:
     def add_usage(self, reply: ModelReply) -> None:
         self.input_tokens += reply.input_tokens
         self.output_tokens += reply.output_tokens
+
+
+def call_with_retries(
+    provider: Provider, request: ModelRequest, policy: RetryPolicy = RetryPolicy(), sleep: Callable[[float], None] = time.sleep
+) -> tuple[ModelReply, int]:
+    """One call outside a batch (a judge, a synthesis) with the same retry table; (reply, calls made)."""
+    calls = _Calls()
+    try:
+        return _invoke(provider, request, policy, sleep, calls), calls.attempts
+    except _Unfinished:
+        raise ModelError("ThrottlingException", f"still throttled after {calls.attempts} attempts", "throttled") from None
 
 
 def _invoke(

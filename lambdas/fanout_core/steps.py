@@ -7,23 +7,26 @@ as arguments; the handlers in ``fanout_core.handlers`` only wire them up.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from fanout_core.aggregation import aggregate
+from fanout_core.aggregation import Judge, aggregate
 from fanout_core.errors import InvalidJob
-from fanout_core.job import Job, parse_job
+from fanout_core.job import DEFAULT_JUDGE_PROMPT, Job, parse_job
 from fanout_core.loading import job_source, key_stem, load_items, read_job_object
 from fanout_core.planning import batch_ranges, choose_batching, choose_mode, expand_tasks, fingerprint
 from fanout_core.pricing import estimate_cost
 from fanout_core.providers.base import ModelError, ModelRequest, Provider
 from fanout_core.report import report_markdown, results_jsonl
-from fanout_core.runner import run_batch
+from fanout_core.runner import call_with_retries, run_batch
 from fanout_core.settings import Settings
 from fanout_core.store import RunStore, put_text
+from fanout_core.templating import render
+from fanout_core.voting import JudgeVerdict, judge_prompt, judge_schema
 
 ProviderFactory = Callable[[str], Provider]
 
@@ -33,13 +36,15 @@ def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) 
     source = job_source(event_input)
     if source is not None:
         bucket, key = source
-        data = read_job_object(s3, bucket, key)
-        job = parse_job(data, job_id_default=key_stem(key))
+        with _naming_the_object(f"s3://{bucket}/{key}"):
+            job = parse_job(read_job_object(s3, bucket, key), job_id_default=key_stem(key))
+            items = load_items(s3, job)
+            every_task = expand_tasks(job, items, settings.default_model)
     else:
         job = parse_job(event_input, job_id_default=execution_name)
+        items = load_items(s3, job)
+        every_task = expand_tasks(job, items, settings.default_model)
     assert job.job_id is not None
-    items = load_items(s3, job)
-    every_task = expand_tasks(job, items, settings.default_model)
     store = RunStore(s3, settings.results_bucket, job.job_id)
     print_ = fingerprint(job, items, settings.default_model)
     _refuse_stale_run(store, job.job_id, print_)
@@ -49,7 +54,9 @@ def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) 
         finished = {r["task_id"] for r in store.iter_records() if r.get("status") == "ok"}
         tasks = [t for t in every_task if t["task_id"] not in finished]
     concurrency = min(job.limits.max_concurrency, settings.max_concurrency_cap)
-    batching = choose_batching(len(tasks), concurrency, job.limits.batch_size)
+    # early stopping decides within a batch, so an item's votes must not be split between batches
+    align = job.vote_count if job.aggregate.stop_when_agree else 1
+    batching = choose_batching(len(tasks), concurrency, job.limits.batch_size, align)
 
     store.put_json(
         "job.json",
@@ -69,6 +76,7 @@ def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) 
         "inference": job.inference.model_dump(),
         "output_schema": job.output_schema,
         "answer_field": job.aggregate.field,
+        "stop_when_agree": job.aggregate.stop_when_agree,
     }
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(
@@ -106,6 +114,17 @@ def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) 
     return summary
 
 
+@contextmanager
+def _naming_the_object(where: str) -> Iterator[None]:
+    """A job read from S3 that is refused says which object it came from, as well as which field is wrong."""
+    try:
+        yield
+    except InvalidJob as exc:
+        if str(exc).startswith(where):
+            raise
+        raise InvalidJob(f"{where}: {exc}", exc.field) from None
+
+
 def _refuse_stale_run(store: RunStore, job_id: str, print_: str) -> None:
     try:
         previous = store.get_json("job.json")
@@ -138,7 +157,10 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, provider_for: ProviderFacto
     job = Job.model_validate(saved["job"])
     items: list[dict[str, Any]] = saved["items"]
     errors = _batch_errors(store)
-    result = aggregate(job, items, store.iter_records(), batch_errors=errors)
+    judge = _judge(job, provider_for, saved["default_model"]) if job.strategy == "judge" else None
+    result = aggregate(
+        job, items, store.iter_records(), batch_errors=errors, judge=judge, judge_threads=min(job.limits.max_concurrency, 32)
+    )
     if job.synthesis is not None:
         _synthesise(job, result, provider_for(job.model or saved["default_model"]))
     prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
@@ -164,6 +186,34 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, provider_for: ProviderFacto
         "report_uri": f"s3://{bucket}/{prefix}report.md",
         "message": message,
     }
+
+
+def _judge(job: Job, provider_for: ProviderFactory, default_model: str) -> Judge:
+    """The judge strategy's extra call per item: the candidates numbered, the best one picked with a reason."""
+    spec = (job.aggregate.judge.model if job.aggregate.judge else None) or job.model or default_model
+    instruction = job.aggregate.judge.prompt if job.aggregate.judge else DEFAULT_JUDGE_PROMPT
+    provider = provider_for(spec)
+
+    def judge(item: dict[str, Any], offered: list[tuple[Any, int]]) -> JudgeVerdict:
+        request = ModelRequest(
+            task_id=f"{item['id']}#judge",
+            prompt=judge_prompt(instruction, render(job.prompt or "", item), offered),
+            system=job.system,
+            output_schema=judge_schema(len(offered)),
+            max_tokens=max(256, job.inference.max_tokens),
+            temperature=0.0,
+        )
+        try:
+            reply, calls = call_with_retries(provider, request)
+        except ModelError as exc:
+            return JudgeVerdict(choice=None, reason="", model=spec, error=f"{exc.code}: {exc.message}")
+        spent = (calls, reply.input_tokens, reply.output_tokens)
+        best = reply.output.get("best") if isinstance(reply.output, dict) else None
+        if not isinstance(best, int) or not 1 <= best <= len(offered):
+            return JudgeVerdict(None, "", spec, error=f"the judge answered {str(reply.output)[:200]}", usage=spent)
+        return JudgeVerdict(best - 1, str(reply.output.get("reason", "")), spec, usage=spent)
+
+    return judge
 
 
 def _batch_errors(store: RunStore) -> dict[str, str]:
@@ -207,7 +257,7 @@ def _synthesise(job: Job, result: dict[str, Any], provider: Provider) -> None:
             temperature=job.inference.temperature,
         )
         try:
-            reply = provider.invoke(request, 1)
+            reply, calls = call_with_retries(provider, request)
             text = reply.output if isinstance(reply.output, str) else json.dumps(reply.output, ensure_ascii=False)
             if reply.synthetic:
                 text = "[synthetic] " + _synthetic_summary(subjects)
@@ -217,7 +267,7 @@ def _synthesise(job: Job, result: dict[str, Any], provider: Provider) -> None:
                 "input_chars": min(len(material), budget),
                 "input_truncated": truncated,
             }
-            spent = {"model_calls": 1, "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens}
+            spent = {"model_calls": calls, "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens}
             per_model = result["usage"]["by_model"].setdefault(reply.model, dict.fromkeys(spent, 0))
             for key, value in spent.items():
                 result["usage"][key] += value

@@ -213,7 +213,7 @@ BAD_JOBS: list[tuple[str, Any, str, str]] = [
     ),
     ("voting with schema but no aggregate.field", voting(output_schema=LABEL_SCHEMA), "aggregate.field:", "e.g. 'label'"),
     ("aggregate.field without schema", voting(aggregate={"field": "label"}), "aggregate.field:", "output_schema"),
-    ("unknown voting strategy", voting(aggregate={"strategy": "mean"}), "aggregate.strategy:", "['majority']"),
+    ("unknown voting strategy", voting(aggregate={"strategy": "plurality"}), "aggregate.strategy:", "majority"),
     ("unknown sectioning strategy", sectioning(aggregate={"strategy": "majority"}), "aggregate.strategy:", "['merge']"),
     (
         "dedupe field not in schema",

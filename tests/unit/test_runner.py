@@ -119,7 +119,7 @@ def test_every_task_gets_exactly_one_record_with_the_contract_fields() -> None:
         assert record["vote"] == int(task["slot"][1:])
         assert record["status"] == "ok" and record["error"] is None
         assert record["output"] == {"label": "yes"}
-        assert record["model"] == "fake-model"
+        assert record["model"] == task["model"]  # the spec that was asked for
         assert record["usage"] == {"input_tokens": 10, "output_tokens": 3}
         assert record["attempts"] == 1
         assert isinstance(record["latency_ms"], (int, float)) and record["latency_ms"] >= 0

@@ -1,0 +1,241 @@
+"""Voting strategies: how an item's valid votes become one answer with a confidence signal.
+
+- ``majority``: answers normalised before counting; confidence is the
+  winner's share of the valid votes; ties are broken by the earliest vote.
+- ``weighted``: the same, each vote counting its model's weight.
+- ``mean`` / ``median``: numbers; the spread (stdev / IQR) and ``n`` are the
+  confidence signal.
+- ``threshold``: list answers; elements reported by at least k votes, each
+  with its support.
+- ``judge``: one extra model call per item picks the best candidate, with
+  the judge's reason (its call is made by the caller, see ``JudgeVerdict``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from fanout_core.answers import answer_at, normalise
+from fanout_core.job import Job
+from fanout_core.validation import canonical
+
+TIE_BREAK_RULE = "earliest vote: among tied answers, the one given by the lowest-numbered vote wins"
+
+
+@dataclass(frozen=True)
+class Vote:
+    position: int  # 0-based vote number, for the tie rule
+    value: Any  # the voted-on part of the output
+    output: Any  # the whole output
+    model: str
+
+
+@dataclass(frozen=True)
+class JudgeVerdict:
+    choice: int | None  # index into the candidates, None when the judge failed
+    reason: str
+    model: str
+    error: str | None = None
+    usage: tuple[int, int, int] = (0, 0, 0)  # model calls, input tokens, output tokens
+
+
+def valid_votes(job: Job, outcomes: list[dict[str, Any]]) -> list[Vote]:
+    """The ok votes of an item that carry an answer, in vote order."""
+    votes = []
+    for position, record in enumerate(outcomes):
+        if record["status"] != "ok":
+            continue
+        value = answer_at(record["output"], job.aggregate.field)
+        if value is not None:
+            votes.append(Vote(position, value, record["output"], str(record.get("model", ""))))
+    return votes
+
+
+def decide(job: Job, votes: list[Vote], verdict: JudgeVerdict | None = None) -> dict[str, Any]:
+    """The answer fields of one voting item under the job's strategy."""
+    strategy = job.strategy
+    if strategy in ("mean", "median"):
+        return numeric(votes, strategy)
+    if strategy == "threshold":
+        return threshold(votes, job.aggregate.key, job.aggregate.k)
+    if strategy == "judge":
+        return judged(votes, verdict)
+    weights = job.aggregate.weights if strategy == "weighted" else None
+    return plurality(votes, weights)
+
+
+def plurality(votes: list[Vote], weights: dict[str, float] | None = None) -> dict[str, Any]:
+    """Majority (or weighted) vote over normalised answers; the answer keeps its most common original form."""
+    tallies: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    forms: dict[str, dict[str, int]] = {}
+    values: dict[str, Any] = {}
+    first: dict[str, int] = {}
+    for vote in votes:
+        key = normalise(vote.value)
+        weight = 1.0 if weights is None else float(weights.get(vote.model, 1.0))
+        tallies[key] = tallies.get(key, 0.0) + weight
+        counts[key] = counts.get(key, 0) + 1
+        form = vote.value if isinstance(vote.value, str) else canonical(vote.value)
+        seen = forms.setdefault(key, {})
+        seen[form] = seen.get(form, 0) + 1
+        values.setdefault(form, vote.value)
+        first.setdefault(key, vote.position)
+    total = sum(tallies.values())
+    if not votes or total <= 0:
+        return {"answer": None, "confidence": 0.0, "votes": {}, "valid_votes": len(votes), "tie": False}
+    top = max(tallies.values())
+    tied = sorted((k for k, w in tallies.items() if w == top), key=first.__getitem__)
+    # each answer is shown in its most common original form (the first seen wins a tie)
+    display = {k: max(forms[k], key=forms[k].__getitem__) for k in tallies}
+    out: dict[str, Any] = {
+        "answer": values[display[tied[0]]],
+        "confidence": round(top / total, 4),
+        "votes": {display[k]: counts[k] for k in sorted(counts, key=lambda k: (-tallies[k], first[k]))},
+        "valid_votes": len(votes),
+        "tie": len(tied) > 1,
+    }
+    if weights is not None:
+        out["weighted_votes"] = {display[k]: round(tallies[k], 4) for k in out_order(tallies, first)}
+    if len(tied) > 1:
+        out["tied"] = [values[display[k]] for k in tied]
+    return out
+
+
+def out_order(tallies: dict[str, float], first: dict[str, int]) -> list[str]:
+    return sorted(tallies, key=lambda k: (-tallies[k], first[k]))
+
+
+def numeric(votes: list[Vote], strategy: str) -> dict[str, Any]:
+    """Mean or median of the numeric votes, with n and the spread (stdev for mean, IQR for median)."""
+    numbers = [n for n in (_number(v.value) for v in votes) if n is not None]
+    out: dict[str, Any] = {
+        "answer": None,
+        "confidence": None,
+        "n": len(numbers),
+        "valid_votes": len(numbers),
+        "votes": {},
+        "tie": False,
+    }
+    if not numbers:
+        return out
+    tally: dict[str, int] = {}
+    for n in numbers:
+        tally[_show(n)] = tally.get(_show(n), 0) + 1
+    out["votes"] = tally
+    if strategy == "mean":
+        out["answer"] = _round(statistics.fmean(numbers))
+        out["spread"] = {"stdev": _round(statistics.stdev(numbers)) if len(numbers) > 1 else 0.0}
+    else:
+        out["answer"] = _round(statistics.median(numbers))
+        if len(numbers) > 1:
+            q1, _, q3 = statistics.quantiles(numbers, n=4, method="inclusive")
+            out["spread"] = {"iqr": _round(q3 - q1)}
+        else:
+            out["spread"] = {"iqr": 0.0}
+    out["values"] = numbers
+    return out
+
+
+def threshold(votes: list[Vote], key: str | None, k: int | None) -> dict[str, Any]:
+    """Elements of list answers reported by at least k votes (default: more than half), each with its support."""
+    support: dict[str, int] = {}
+    shown: dict[str, Any] = {}
+    order: dict[str, int] = {}
+    for vote in votes:
+        elements = vote.value if isinstance(vote.value, list) else []
+        mine: set[str] = set()
+        for element in elements:
+            ident = element.get(key) if key is not None and isinstance(element, dict) else element
+            if ident is None:
+                continue
+            norm = normalise(ident)
+            if norm in mine:
+                continue  # a vote that lists an element twice supports it once
+            mine.add(norm)
+            support[norm] = support.get(norm, 0) + 1
+            shown.setdefault(norm, element)
+            order.setdefault(norm, len(order))
+    need = k if k is not None else len(votes) // 2 + 1
+    ranked = sorted(support, key=lambda n: (-support[n], order[n]))
+    elements_out = [{"value": shown[n], "support": support[n], "kept": support[n] >= need} for n in ranked]
+    return {
+        "answer": [e["value"] for e in elements_out if e["kept"]],
+        "confidence": None,
+        "elements": elements_out,
+        "k": need,
+        "valid_votes": len(votes),
+        "votes": {},
+        "tie": False,
+    }
+
+
+def candidates(votes: list[Vote]) -> list[tuple[Any, int]]:
+    """Distinct outputs offered to the judge, with how many votes gave each."""
+    seen: dict[str, list[Any]] = {}
+    for vote in votes:
+        seen.setdefault(normalise(vote.value), [vote.value, 0])[1] += 1
+    return [(value, count) for value, count in seen.values()]
+
+
+def judged(votes: list[Vote], verdict: JudgeVerdict | None) -> dict[str, Any]:
+    """The judge's pick among the distinct candidates; agreement with it is the confidence."""
+    offered = candidates(votes)
+    if verdict is None or verdict.choice is None or not 0 <= verdict.choice < len(offered):
+        out = plurality(votes)
+        out["judge"] = {"error": (verdict.error if verdict else None) or "no verdict", "fallback": "majority"}
+        return out
+    value, count = offered[verdict.choice]
+    return {
+        "answer": value,
+        "confidence": round(count / len(votes), 4),
+        "candidates": len(offered),
+        "valid_votes": len(votes),
+        "votes": {},
+        "tie": False,
+        "judge": {"choice": verdict.choice + 1, "reason": verdict.reason, "model": verdict.model},
+    }
+
+
+def judge_schema(count: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["best", "reason"],
+        "properties": {
+            "best": {"type": "integer", "minimum": 1, "maximum": count},
+            "reason": {"type": "string"},
+        },
+    }
+
+
+def judge_prompt(instruction: str, task: str, offered: list[tuple[Any, int]]) -> str:
+    shown = "\n".join(
+        f"[{n}] {value if isinstance(value, str) else canonical(value)}" for n, (value, _) in enumerate(offered, start=1)
+    )
+    return (
+        f"{instruction}\n\n<task>\n{task}\n</task>\n\n<candidates>\n{shown}\n</candidates>\n\n"
+        f"Reply with the number of the best candidate (1 to {len(offered)}) as 'best' and one sentence as 'reason'."
+    )
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _round(value: float) -> float:
+    return round(value, 6)
+
+
+def _show(value: float) -> str:
+    return str(int(value)) if value.is_integer() else str(value)
