@@ -35,6 +35,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+	$(PY) -m bench.faults
 
 synth: $(STAMP) node_modules/.installed
 	npx --no-install cdk synth --quiet --output cdk.out

@@ -1,4 +1,4 @@
-"""``python -m fanout run|validate``: run a job on the real state machine locally, or check it.
+"""``python -m fanout run|validate|serve``: run a job on the real state machine locally, check it, or serve the stack's APIs.
 
 Exit codes: 0 complete, 3 partial, 2 invalid job (one message naming the
 field; nothing written), 1 any other failure.
@@ -12,17 +12,20 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fanout  # noqa: F401 - puts lambdas/ on the path
 from fanout_core.errors import InvalidJob
-from fanout_core.job import Job, parse_job
-from fanout_core.loading import decode_json
+from fanout_core.job import Job, check_items, parse_job
+from fanout_core.loading import decode_json, parse_items
 from fanout_core.planning import choose_batching, expand_tasks
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
 SIMULATOR = "sim"
+LOCAL_INPUT_BUCKET = "fanout-local-input"
+SERVE_PORT = 4599
 
 
 def cloud_default_model() -> str:
@@ -47,31 +50,45 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("job", help="the job file (JSON)")
     validate.add_argument("--model", help="model spec, as for run")
     validate.add_argument("--concurrency", type=int, help="as for run")
+    serve = commands.add_parser("serve", help="S3 and Step Functions on 127.0.0.1 with the stack's resources, until Ctrl-C")
+    serve.add_argument("--port", type=int, default=SERVE_PORT, help=f"port on 127.0.0.1 (default {SERVE_PORT}; 0: any free port)")
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        from fanout.serve import serve as serve_endpoint
+
+        return serve_endpoint(args.port)
     from fanout.runtime import caller_session
 
     session = caller_session()
     default_model = cloud_default_model() if session is not None else SIMULATOR
     try:
-        data, job, tasks = _load(Path(args.job), args.model, args.concurrency, default_model)
+        loaded = _load(Path(args.job), args.model, args.concurrency, default_model)
     except InvalidJob as exc:
         print(f"error: invalid job: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if args.command == "validate":
-        return _validate(job, tasks)
+        return _validate(loaded.job, loaded.tasks)
     try:
-        return _run(
-            data, job, tasks, Path(args.out), fresh=args.fresh, quiet=args.quiet, default_model=default_model, session=session
-        )
+        return _run(loaded, Path(args.out), fresh=args.fresh, quiet=args.quiet, default_model=default_model, session=session)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED
 
 
-def _load(
-    path: Path, model: str | None, concurrency: int | None, default_model: str
-) -> tuple[dict[str, Any], Job, list[dict[str, Any]]]:
-    """Read, override and check a job file exactly as Plan will, so a bad job fails here with nothing written."""
+@dataclass(frozen=True)
+class LoadedJob:
+    data: dict[str, Any]  # the execution input
+    job: Job
+    tasks: list[dict[str, Any]]
+    items_body: bytes | None = None  # a local items_uri file, uploaded where data["items_uri"] points
+
+
+def _load(path: Path, model: str | None, concurrency: int | None, default_model: str) -> LoadedJob:
+    """Read, override and check a job file exactly as Plan will, so a bad job fails here with nothing written.
+
+    A local ``items_uri`` (a path, relative to the job file) is read here and
+    rewritten to the object the run uploads it to, in the local input bucket.
+    """
     try:
         body = path.read_bytes()
     except OSError as exc:
@@ -85,13 +102,28 @@ def _load(
                 raise InvalidJob("--concurrency: must be 1 or more", "--concurrency")
             limits = data.get("limits") if isinstance(data.get("limits"), dict) else {}
             data = {**data, "limits": {**limits, "max_concurrency": concurrency}}
+    items_body = None
+    if isinstance(data, dict) and isinstance(data.get("items_uri"), str) and not data["items_uri"].startswith("s3://"):
+        local = path.parent / data["items_uri"].removeprefix("file://")
+        try:
+            items_body = local.read_bytes()
+        except OSError as exc:
+            raise InvalidJob(f"items_uri: cannot read {local} ({exc.strerror})", "items_uri") from None
+        data = {**data, "items_uri": f"s3://{LOCAL_INPUT_BUCKET}/items/{path.stem}{local.suffix or '.jsonl'}"}
     job = parse_job(data, job_id_default=path.stem)
     assert job.job_id is not None
     data = {**data, "job_id": job.job_id}
+    items = job.items or []
     if job.items_uri is not None:
-        raise InvalidJob("items_uri: local runs take the items inline; put them in 'items'", "items_uri")
-    tasks = expand_tasks(job, job.items or [], default_model)
-    return data, job, tasks
+        if items_body is None:
+            raise InvalidJob(
+                "items_uri: a local run reads items from a file; give its path relative to the job file "
+                "(s3:// objects are read where fanout is deployed)",
+                "items_uri",
+            )
+        items = parse_items(items_body, "items_uri")
+        check_items(job, items, where="items_uri")
+    return LoadedJob(data, job, expand_tasks(job, items, default_model), items_body)
 
 
 def _with_model(data: dict[str, Any], model: str) -> dict[str, Any]:
@@ -138,19 +170,10 @@ def _validate(job: Job, tasks: list[dict[str, Any]]) -> int:
     return EXIT_OK
 
 
-def _run(
-    data: dict[str, Any],
-    job: Job,
-    tasks: list[dict[str, Any]],
-    out: Path,
-    *,
-    fresh: bool,
-    quiet: bool,
-    default_model: str,
-    session: Any,
-) -> int:
+def _run(loaded: LoadedJob, out: Path, *, fresh: bool, quiet: bool, default_model: str, session: Any) -> int:
     from fanout.runtime import RESULTS_BUCKET, local_aws
 
+    data, job, tasks = loaded.data, loaded.job, loaded.tasks
     job_id = str(job.job_id)
     target = out / job_id
     if fresh and target.exists():
@@ -168,6 +191,9 @@ def _run(
 
         s3 = boto3.client("s3")
         _restore_records(s3, RESULTS_BUCKET, job_id, target)
+        if loaded.items_body is not None:
+            bucket, key = data["items_uri"][5:].split("/", 1)
+            s3.put_object(Bucket=bucket, Key=key, Body=loaded.items_body)
         name = f"{job_id}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%f')}"[:80]
         execution_arn = runtime.start(data, name)
         with _Progress(len(tasks), quiet, _RecordCounter(job_id)) as progress:

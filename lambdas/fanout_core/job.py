@@ -144,8 +144,15 @@ class Job(_Strict):
         return self.model_dump(exclude={"job_id", "description", "limits", "items_uri", "items", "prices"})
 
 
-def parse_job(data: Any, *, job_id_default: str | None = None) -> Job:
-    """Parse and check a job document (already decoded from JSON); raise InvalidJob on the first problem."""
+CAPPED_LIMITS = ("max_items", "max_tasks", "max_votes", "max_item_bytes", "max_prompt_bytes")
+
+
+def parse_job(data: Any, *, job_id_default: str | None = None, caps: dict[str, int] | None = None) -> Job:
+    """Parse and check a job document (already decoded from JSON); raise InvalidJob on the first problem.
+
+    ``caps`` are the deployment's ceilings for the job's limits: a job may
+    lower a limit, never raise it above its cap.
+    """
     if not isinstance(data, dict):
         raise InvalidJob(f"job: must be a JSON object, got {_type_name(data)}", "job")
     if not data:
@@ -156,8 +163,23 @@ def parse_job(data: Any, *, job_id_default: str | None = None) -> Job:
         raise _from_validation_error(exc, data) from None
     if job.job_id is None and job_id_default:
         job = job.model_copy(update={"job_id": safe_job_id(job_id_default)})
+    for name, cap in (caps or {}).items():
+        if getattr(job.limits, name) > cap:
+            asked = "limits." + name in _given_limits(data)
+            if asked:
+                raise InvalidJob(
+                    f"limits.{name}: {getattr(job.limits, name)} is above this deployment's cap ({cap}); "
+                    "ask for less, or raise the cap where fanout is deployed",
+                    f"limits.{name}",
+                )
+            job = job.model_copy(update={"limits": job.limits.model_copy(update={name: cap})})
     check_job(job)
     return job
+
+
+def _given_limits(data: dict[str, Any]) -> set[str]:
+    limits = data.get("limits")
+    return {f"limits.{k}" for k in limits} if isinstance(limits, dict) else set()
 
 
 def check_job(job: Job) -> None:

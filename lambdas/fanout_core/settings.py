@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from fanout_core.job import CAPPED_LIMITS
 
 
 @dataclass(frozen=True)
@@ -12,6 +14,10 @@ class Settings:
     default_model: str = "sim"
     max_concurrency_cap: int = 50
     model_timeout_seconds: float = 120.0
+    # the debug setting: log each model call's prompt and output (FANOUT_LOG_CONTENT, fanout:logContent)
+    log_content: bool = False
+    # the deployment's ceilings for a job's limits (fanout:caps in cdk.json)
+    caps: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -20,4 +26,10 @@ class Settings:
             default_model=os.environ.get("FANOUT_DEFAULT_MODEL", "sim"),
             max_concurrency_cap=int(os.environ.get("FANOUT_MAX_CONCURRENCY", "50")),
             model_timeout_seconds=float(os.environ.get("FANOUT_MODEL_TIMEOUT_SECONDS", "120")),
+            log_content=os.environ.get("FANOUT_LOG_CONTENT", "false").strip().lower() in ("true", "1", "yes", "on"),
+            caps={
+                name: int(os.environ[f"FANOUT_CAP_{name.upper()}"])
+                for name in CAPPED_LIMITS
+                if os.environ.get(f"FANOUT_CAP_{name.upper()}")
+            },
         )

@@ -63,8 +63,13 @@ def test_bedrock_converse_endpoint_with_throttling_and_503s(
         path = tmp_path / "job.json"
         path.write_text(json.dumps(job))
 
-        # When the job runs locally
+        # When the job runs locally, and then once more
         code = main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])
+        requests_after_first_run = len(served.requests)
+        assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+
+    # Then the second run called the model for no task: every task already had an ok record
+    assert len(served.requests) == requests_after_first_run
 
     # Then it completes with the scripted answers
     assert code == 0

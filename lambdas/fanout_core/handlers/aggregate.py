@@ -1,20 +1,24 @@
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fanout_core import steps
-from fanout_core.handlers._clients import s3
-from fanout_core.observability import logger, metrics, tracer
+from fanout_core.handlers._clients import s3, settings
+from fanout_core.observability import ModelCalls, correlate, count, logger, metrics, tracer
 from fanout_core.providers.registry import provider_for
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(log_event=False, clear_state=True)
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    logger.append_keys(job_id=event["job_id"])
-    summary = steps.run_aggregate(event, s3=s3(), provider_for=provider_for)
-    metrics.add_metric(name=f"jobs_{summary['status']}", unit=MetricUnit.Count, value=1)
+    correlate(event["job_id"], event.get("execution"))
+    # the optional synthesis call is a model call like the batches' ones
+    calls = ModelCalls(log_content=settings().log_content)
+    try:
+        summary = steps.run_aggregate(event, s3=s3(), provider_for=calls.observe(provider_for))
+    finally:
+        calls.publish()
+    count(f"jobs_{summary['status']}")
     logger.info("aggregated", extra={"status": summary["status"], "counts": summary["counts"]})
     return summary

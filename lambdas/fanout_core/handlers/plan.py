@@ -1,19 +1,27 @@
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fanout_core import steps
+from fanout_core.errors import InvalidJob
 from fanout_core.handlers._clients import s3, settings
-from fanout_core.observability import logger, metrics, tracer
+from fanout_core.observability import JOBS_INVALID, correlate, count, logger, metrics, tracer
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(log_event=False, clear_state=True)
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    plan = steps.plan(event["input"], event.get("execution", "job"), s3=s3(), settings=settings())
-    logger.append_keys(job_id=plan["job_id"])
-    metrics.add_metric(name="tasks_planned", unit=MetricUnit.Count, value=plan["counts"]["tasks"])
-    logger.info("planned", extra={"counts": plan["counts"], "threads": plan["threads"]})
+    execution = event.get("execution")
+    correlate(None, execution)
+    try:
+        plan = steps.plan(event["input"], execution or "job", s3=s3(), settings=settings())
+    except InvalidJob as exc:
+        # the user's mistake, reported in the execution's Fail state; the field only, the message may quote the job
+        count(JOBS_INVALID)
+        logger.warning("invalid job", extra={"field": exc.field})
+        raise
+    correlate(plan["job_id"])
+    count("tasks_planned", plan["counts"]["tasks"])
+    logger.info("planned", extra={"mode": plan["mode"], "counts": plan["counts"], "threads": plan["threads"]})
     return plan

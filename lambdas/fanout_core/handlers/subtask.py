@@ -1,24 +1,50 @@
 import time
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fanout_core import steps
+from fanout_core.errors import BatchIncomplete, ModelThrottled
 from fanout_core.handlers._clients import s3, settings
-from fanout_core.observability import logger, metrics, tracer
+from fanout_core.observability import (
+    BATCH_RETRIES,
+    BATCHES_INCOMPLETE,
+    BATCHES_THROTTLED,
+    TASKS_FAILED,
+    TASKS_INVALID,
+    TASKS_OK,
+    ModelCalls,
+    correlate,
+    count,
+    logger,
+    metrics,
+    tracer,
+)
 from fanout_core.providers.registry import provider_for
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(log_event=False, clear_state=True)
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    logger.append_keys(job_id=event["job_id"], batch=event["batch"]["index"])
+    correlate(event["job_id"], event.get("execution"), batch=event["batch"]["index"])
+    config = settings()
+    if event.get("retry"):
+        count(BATCH_RETRIES)
     # no call starts once too little time is left for it to finish and its records to be written
-    margin = settings().model_timeout_seconds + 30
+    margin = config.model_timeout_seconds + 30
     deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000 - margin
-    result = steps.run_subtask(event, s3=s3(), provider_for=provider_for, deadline=deadline)
-    for name in ("ok", "invalid", "failed"):
-        metrics.add_metric(name=f"tasks_{name}", unit=MetricUnit.Count, value=result["counts"][name])
+    calls = ModelCalls(log_content=config.log_content)
+    try:
+        result = steps.run_subtask(event, s3=s3(), provider_for=calls.observe(provider_for), deadline=deadline)
+    except (ModelThrottled, BatchIncomplete) as exc:
+        # handed back to the state machine, whose Retry continues the batch: an error by design
+        count(BATCHES_THROTTLED if isinstance(exc, ModelThrottled) else BATCHES_INCOMPLETE)
+        logger.warning("batch handed back for a retry", extra={"error": type(exc).__name__})
+        raise
+    finally:
+        calls.publish()
+    for name, key in ((TASKS_OK, "ok"), (TASKS_INVALID, "invalid"), (TASKS_FAILED, "failed")):
+        count(name, result["counts"][key])
+    logger.info("batch done", extra={"counts": result["counts"]})
     return result

@@ -24,6 +24,7 @@ DEFAULTS: dict[str, float | int] = {
     "throttle_rate": 0.0,
     "error_rate": 0.0,
     "invalid_rate": 0.0,
+    "timeout_rate": 0.0,
     "accuracy": 0.8,
     "seed": 7,
 }
@@ -55,6 +56,7 @@ class Simulator:
         self.throttle_rate = float(merged["throttle_rate"])
         self.error_rate = float(merged["error_rate"])
         self.invalid_rate = float(merged["invalid_rate"])
+        self.timeout_rate = float(merged["timeout_rate"])
         self.accuracy = float(merged["accuracy"])
         self.seed = int(merged["seed"])
         self._sleep = sleep
@@ -62,9 +64,12 @@ class Simulator:
     def invoke(self, request: ModelRequest, attempt: int) -> ModelReply:
         # faults depend on the attempt, so a retry can succeed; the answer does not, so retries agree
         jitter, throttle, error, invalid = _uniforms(f"{self.seed}|{request.task_id}|{attempt}")
+        timeout = _uniforms(f"{self.seed}|{request.task_id}|{attempt}|timeout")[0] if self.timeout_rate else 1.0
         delay = self.latency_ms + self.jitter_ms * jitter
         if delay > 0:
             self._sleep(delay / 1000.0)
+        if timeout < self.timeout_rate:
+            raise ModelError("ModelTimeoutException", "simulated timeout (sim timeout_rate)", "timeout")
         if throttle < self.throttle_rate:
             raise ModelError("ThrottlingException", "simulated throttling (sim throttle_rate)", "throttled")
         if error < self.error_rate:

@@ -10,10 +10,11 @@ SIM_KEYS = {
     "throttle_rate": float,
     "error_rate": float,
     "invalid_rate": float,
+    "timeout_rate": float,
     "accuracy": float,
     "seed": int,
 }
-_RATES = ("throttle_rate", "error_rate", "invalid_rate", "accuracy")
+_RATES = ("throttle_rate", "error_rate", "invalid_rate", "timeout_rate", "accuracy")
 
 
 @dataclass(frozen=True)
