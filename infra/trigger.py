@@ -1,4 +1,4 @@
-"""Start an execution when a job file is uploaded under jobs/ in the input bucket."""
+"""Start an execution when a job file (jobs/*.json) is uploaded to the input bucket."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from infra.storage import JOBS_PREFIX
+from infra import job_rule
 
 
 class JobTrigger(Construct):
@@ -26,18 +26,23 @@ class JobTrigger(Construct):
         self.rule = self._build_rule()
 
     def _build_rule(self) -> events.Rule:
+        # the pattern and transformer live in infra/job_rule.py, which `fanout serve` evaluates locally too
+        pattern = job_rule.event_pattern(self._input_bucket.bucket_name)
         return events.Rule(
             self,
             "JobUploaded",
-            description=f"start fanout for each object created under {JOBS_PREFIX} in the input bucket",
+            description=f"start fanout for each {job_rule.KEY_WILDCARD} object created in the input bucket",
             event_pattern=events.EventPattern(
-                source=["aws.s3"],
-                detail_type=["Object Created"],
-                detail={
-                    "bucket": {"name": [self._input_bucket.bucket_name]},
-                    "object": {"key": [{"prefix": JOBS_PREFIX}]},
-                },
+                source=pattern["source"],
+                detail_type=pattern["detail-type"],
+                detail=pattern["detail"],
             ),
-            # the whole EventBridge event is the execution input; Plan loads the job from detail.bucket/object
-            targets=[targets.SfnStateMachine(self._state_machine)],
+            targets=[targets.SfnStateMachine(self._state_machine, input=self._execution_input())],
+        )
+
+    @staticmethod
+    def _execution_input() -> events.RuleTargetInput:
+        # {"bucket": ..., "key": ...}: Plan loads the job from that object; the target names each execution
+        return events.RuleTargetInput.from_object(
+            {name: events.EventField.from_path(path) for name, path in job_rule.INPUT_PATHS.items()}
         )

@@ -327,7 +327,7 @@ def test_job_upload_under_jobs_starts_the_state_machine(
     assert rule["EventPattern"] == {
         "source": ["aws.s3"],
         "detail-type": ["Object Created"],
-        "detail": {"bucket": {"name": [{"Ref": bucket_ids["input"]}]}, "object": {"key": [{"prefix": "jobs/"}]}},
+        "detail": {"bucket": {"name": [{"Ref": bucket_ids["input"]}]}, "object": {"key": [{"wildcard": "jobs/*.json"}]}},
     }
 
     # Then its one target is the state machine, through a role that may only start it

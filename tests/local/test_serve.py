@@ -1,0 +1,250 @@
+"""``python -m fanout serve`` end to end, as a user runs it and driven only by a plain boto3 client."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from fanout.serve import execution_name
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST_SIM = "sim:latency_ms=1,jitter_ms=1"
+SUMMARY_FIELDS = {"job_id", "status", "counts", "usage", "result_uri", "results_uri", "report_uri", "message"}
+
+
+def voting_job(**extra: Any) -> dict[str, Any]:
+    items = [{"id": "t-1", "text": "Refund took three weeks.", "expected": "negative"}, {"id": "t-2", "text": "Great app."}]
+    return {
+        "pattern": "voting",
+        "votes": 3,
+        "model": FAST_SIM,
+        "prompt": "Classify the sentiment of this ticket: {text}",
+        "items": items,
+        "output_schema": {
+            "type": "object",
+            "required": ["label"],
+            "properties": {"label": {"enum": ["positive", "neutral", "negative"]}},
+        },
+        "aggregate": {"strategy": "majority", "field": "label"},
+        **extra,
+    }
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[str]
+    info: dict[str, Any]
+    lines: queue.Queue[dict[str, Any]]
+    stderr: Path
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.info["endpoint"],
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+
+    def line_where(self, timeout: float = 15, **wanted: Any) -> dict[str, Any]:
+        """The first printed line (read so far or next) with these field values."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.seen:
+                if all(line.get(k) == v for k, v in wanted.items()):
+                    return line
+            try:
+                self.seen.append(self.lines.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(f"no line with {wanted}; printed: {self.seen}") from None
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    # Given `python -m fanout serve --port N` started from the repository, as a user would
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stderr = tmp_path_factory.mktemp("serve") / "stderr.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    with stderr.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fanout", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    lines: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for text in process.stdout:
+            lines.put(json.loads(text))
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        info = lines.get(timeout=60)
+    except queue.Empty:
+        process.kill()
+        raise AssertionError(f"serve printed nothing; stderr: {stderr.read_text()}") from None
+    yield Served(process, info, lines, stderr)
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def wait_for(sfn: Any, execution_arn: str, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        described: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
+        if described["status"] != "RUNNING" or time.monotonic() > deadline:
+            return described
+        time.sleep(0.1)
+
+
+def execution_named(sfn: Any, machine: str, prefix: str, timeout: float = 10) -> str:
+    """The ARN of the execution the upload rule started, found as any client would: by listing them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for execution in sfn.list_executions(stateMachineArn=machine)["executions"]:
+            if execution["name"].startswith(prefix):
+                return str(execution["executionArn"])
+        time.sleep(0.1)
+    raise AssertionError(f"no execution named {prefix}*")
+
+
+def read_json(s3: Any, uri: str) -> Any:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def test_startup_line_names_the_endpoint_state_machine_and_buckets(served: Served) -> None:
+    assert set(served.info) >= {"endpoint", "state_machine_arn", "input_bucket", "results_bucket"}
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", served.info["endpoint"])
+    machines = served.client("stepfunctions").list_state_machines()["stateMachines"]
+    assert [m["stateMachineArn"] for m in machines] == [served.info["state_machine_arn"]]
+    buckets = {b["Name"] for b in served.client("s3").list_buckets()["Buckets"]}
+    assert buckets == {served.info["input_bucket"], served.info["results_bucket"]}
+
+
+def test_an_uploaded_job_runs_to_a_complete_result(served: Served) -> None:
+    s3, sfn = served.client("s3"), served.client("stepfunctions")
+
+    # When a job file is put under jobs/ in the input bucket
+    s3.put_object(Bucket=served.info["input_bucket"], Key="jobs/x.json", Body=json.dumps(voting_job()))
+
+    # Then an execution starts on its own, named after the file, and succeeds
+    arn = execution_named(sfn, served.info["state_machine_arn"], "x-")
+    execution = wait_for(sfn, arn)
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+
+    # with the Aggregate summary as its small output: status, counts, result URIs, cost
+    output = json.loads(execution["output"])
+    assert set(output) == SUMMARY_FIELDS
+    assert output["job_id"] == "x" and output["status"] == "complete"
+    assert output["counts"] == {"items": 2, "tasks": 6, "ok": 6, "invalid": 0, "failed": 0}
+    assert output["usage"]["estimated_cost_usd"] == 0.0
+    assert output["result_uri"] == f"s3://{served.info['results_bucket']}/results/x/result.json"
+    assert len(execution["output"]) < 2000
+
+    # and a complete result.json in the results bucket, under results/<job_id>/
+    result = read_json(s3, output["result_uri"])
+    assert result["job_id"] == "x" and result["status"] == "complete"
+    assert [i["id"] for i in result["items"]] == ["t-1", "t-2"]
+    assert all(i["valid_votes"] == 3 and i["answer"] in ("positive", "neutral", "negative") for i in result["items"])
+
+    # and serve said so, one line as it started and one as it ended
+    name = arn.rsplit(":", 1)[-1]
+    started = served.line_where(event="started", execution=name)
+    assert started["trigger"] == f"s3://{served.info['input_bucket']}/jobs/x.json"
+    ended = served.line_where(event="ended", execution=name)
+    assert ended["status"] == "SUCCEEDED" and ended["output"] == output
+
+
+def test_a_started_execution_runs_to_a_complete_result(served: Served) -> None:
+    s3, sfn = served.client("s3"), served.client("stepfunctions")
+
+    # When a job is the input of StartExecution, with no name, as the console and the CLI allow
+    job = voting_job(job_id="from-api")
+    arn = sfn.start_execution(stateMachineArn=served.info["state_machine_arn"], input=json.dumps(job))["executionArn"]
+
+    # Then it succeeds and leaves result.json under its job_id
+    execution = wait_for(sfn, arn)
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    output = json.loads(execution["output"])
+    assert set(output) == SUMMARY_FIELDS and output["status"] == "complete"
+    result = read_json(s3, f"s3://{served.info['results_bucket']}/results/from-api/result.json")
+    assert result["counts"]["ok"] == 6 and len(result["items"]) == 2
+    assert served.line_where(event="started", execution=execution["name"])["trigger"] == "StartExecution"
+
+    # and {"job_uri": ...} runs a job file kept anywhere in S3, named after its file
+    s3.put_object(Bucket=served.info["input_bucket"], Key="library/kept.json", Body=json.dumps(voting_job()))
+    pointed = sfn.start_execution(
+        stateMachineArn=served.info["state_machine_arn"],
+        name="kept-1",
+        input=json.dumps({"job_uri": f"s3://{served.info['input_bucket']}/library/kept.json"}),
+    )["executionArn"]
+    assert json.loads(wait_for(sfn, pointed)["output"])["result_uri"].endswith("/results/kept/result.json")
+
+
+def test_an_invalid_upload_fails_with_invalid_job_naming_the_object_and_field(served: Served) -> None:
+    s3, sfn = served.client("s3"), served.client("stepfunctions")
+
+    s3.put_object(Bucket=served.info["input_bucket"], Key="jobs/broken.json", Body=json.dumps(voting_job(votes=1)))
+
+    execution = wait_for(sfn, execution_named(sfn, served.info["state_machine_arn"], "broken-"))
+    assert execution["status"] == "FAILED"
+    assert execution["error"] == "InvalidJob"
+    assert execution["cause"].startswith(f"s3://{served.info['input_bucket']}/jobs/broken.json: votes: ")
+    ended = served.line_where(event="ended", execution=execution["name"])
+    assert (ended["status"], ended["error"]) == ("FAILED", "InvalidJob")
+
+
+def test_objects_the_rule_does_not_match_start_nothing(served: Served) -> None:
+    s3, sfn = served.client("s3"), served.client("stepfunctions")
+    bucket = served.info["input_bucket"]
+
+    for key in ("notes/skipped.json", "jobs/skipped.txt"):
+        s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(voting_job()))
+        served.line_where(event="ignored", object=f"s3://{bucket}/{key}")
+
+    names = [e["name"] for e in sfn.list_executions(stateMachineArn=served.info["state_machine_arn"])["executions"]]
+    assert not [n for n in names if n.startswith("skipped")]
+
+
+def test_execution_names_are_valid_unique_and_short() -> None:
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    assert execution_name("jobs/ticket-triage.json", now) == "ticket-triage-20260102T030405678901"
+    odd = execution_name("jobs/team a/ünï:cødé {1}.json", now)
+    assert re.fullmatch(r"[0-9A-Za-z_-]+", odd) and odd.endswith("-20260102T030405678901")
+    assert len(execution_name("jobs/" + "x" * 300 + ".json", now)) == 80
+
+
+def test_ctrl_c_stops_cleanly(served: Served) -> None:
+    # runs last in this module: it stops the server the other tests use
+    started = time.monotonic()
+    served.process.send_signal(signal.SIGINT)
+
+    assert served.process.wait(timeout=10) == 0
+    assert time.monotonic() - started < 5
+    assert served.line_where(event="stopped")
+    assert "Traceback" not in served.stderr.read_text()
