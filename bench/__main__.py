@@ -111,13 +111,15 @@ job = parse_job({{"job_id": "agg", "pattern": "voting", "votes": votes, "prompt"
     "aggregate": {{"strategy": "majority", "field": "label"}}, "items": [{{"id": "x", "text": "t"}}],
     "limits": {{"max_items": 10**6}}}})
 labels = ["positive", "neutral", "negative"]
+from fanout_core.validation import SchemaCheck
+checked = SchemaCheck(job.output_schema).digest  # as the batch runner marks the outputs it validated
 def stream():
     for n, item in enumerate(items):
         for v in range(votes):
             yield {{"task_id": item["id"] + f"#v{{v+1}}", "item_id": item["id"], "slot": f"v{{v+1}}", "vote": v + 1,
                    "status": "ok", "output": {{"label": labels[(n + v) % 3 if v < 2 else 2]}}, "error": None,
                    "model": "sim", "usage": {{"input_tokens": 40, "output_tokens": 4}}, "latency_ms": 100.0,
-                   "attempts": 1}}
+                   "attempts": 1, "checked": checked}}
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()
 result = aggregate(job, items, stream())

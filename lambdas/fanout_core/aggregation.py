@@ -19,7 +19,7 @@ from fanout_core.answers import answer_at, normalise
 from fanout_core.job import Job
 from fanout_core.planning import slots
 from fanout_core.validation import SchemaCheck
-from fanout_core.voting import TIE_BREAK_RULE, JudgeVerdict, candidates, decide, valid_votes
+from fanout_core.voting import TIE_BREAK_RULE, JudgeVerdict, Vote, candidates, decide, valid_votes
 
 _STATUS_RANK = {"ok": 4, "skipped": 3, "invalid": 2, "failed": 1}
 _SEVERITY_RANK = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
@@ -67,7 +67,7 @@ def aggregate(
                 record = {"item_id": item["id"], "slot": slot, "status": "failed", "output": None, "error": reason}
             else:
                 record = found
-            if found is not None and record["status"] == "ok" and check is not None:
+            if found is not None and record["status"] == "ok" and check is not None and record.get("checked") != check.digest:
                 problem = check(record["output"])
                 if problem is not None:
                     record = {**record, "status": "invalid", "error": problem}
@@ -85,15 +85,16 @@ def aggregate(
         per_item.append(outcomes)
 
     verdicts: list[JudgeVerdict | None] = [None] * len(items)
+    votes = [valid_votes(job, o) for o in per_item] if job.pattern == "voting" else []
     if job.pattern == "voting" and job.strategy == "judge" and judge is not None:
-        verdicts = _judge_all(job, items, per_item, judge, judge_threads)
+        verdicts = _judge_all(items, votes, judge, judge_threads)
         for verdict in verdicts:
             if verdict is not None and verdict.usage[0]:
                 spent_by_judge = by_model.setdefault(verdict.model, [0, 0, 0])
                 for n in range(3):
                     spent_by_judge[n] += verdict.usage[n]
     if job.pattern == "voting":
-        out_items = [vote_item(job, i, o, v) for i, o, v in zip(items, per_item, verdicts, strict=True)]
+        out_items = [vote_item(job, i, o, v, w) for i, o, v, w in zip(items, per_item, verdicts, votes, strict=True)]
     else:
         out_items = [section_item(job, i, o) for i, o in zip(items, per_item, strict=True)]
 
@@ -125,7 +126,7 @@ def aggregate(
         result["tie_break"] = TIE_BREAK_RULE
     if synthetic:
         result["synthetic"] = True
-    evaluation = evaluate(job, items, out_items, per_item)
+    evaluation = evaluate(job, items, out_items, votes)
     if evaluation is not None:
         result["evaluation"] = evaluation
     return result
@@ -135,10 +136,15 @@ Judge = Callable[[dict[str, Any], list[tuple[Any, int]]], JudgeVerdict]
 
 
 def vote_item(
-    job: Job, item: dict[str, Any], outcomes: list[dict[str, Any]], verdict: JudgeVerdict | None = None
+    job: Job,
+    item: dict[str, Any],
+    outcomes: list[dict[str, Any]],
+    verdict: JudgeVerdict | None = None,
+    votes: list[Vote] | None = None,
 ) -> dict[str, Any]:
     """One voting item: the strategy's answer over its valid votes, its status and errors, and evaluation marks."""
-    out: dict[str, Any] = {"id": item["id"], **decide(job, valid_votes(job, outcomes), verdict)}
+    votes = valid_votes(job, outcomes) if votes is None else votes
+    out: dict[str, Any] = {"id": item["id"], **decide(job, votes, verdict)}
     _attach_status(out, outcomes)
     if "expected" in item:
         out["expected"] = item["expected"]
@@ -150,20 +156,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _judge_all(
-    job: Job, items: list[dict[str, Any]], per_item: list[list[dict[str, Any]]], judge: Judge, threads: int
-) -> list[JudgeVerdict | None]:
+def _judge_all(items: list[dict[str, Any]], votes: list[list[Vote]], judge: Judge, threads: int) -> list[JudgeVerdict | None]:
     """The judge's verdict for every item with at least two distinct candidates (one needs no judging)."""
 
-    def one(pair: tuple[dict[str, Any], list[dict[str, Any]]]) -> JudgeVerdict | None:
-        item, outcomes = pair
-        offered = candidates(valid_votes(job, outcomes))
+    def one(pair: tuple[dict[str, Any], list[Vote]]) -> JudgeVerdict | None:
+        item, item_votes = pair
+        offered = candidates(item_votes)
         if len(offered) == 1:
             return JudgeVerdict(choice=0, reason="every valid vote gave the same answer", model="")
         return judge(item, offered) if offered else None
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        return list(pool.map(one, zip(items, per_item, strict=True)))
+        return list(pool.map(one, zip(items, votes, strict=True)))
 
 
 def _matches(answer: Any, expected: Any) -> bool:
@@ -241,20 +245,19 @@ def _attach_status(out: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
 
 
 def evaluate(
-    job: Job, items: list[dict[str, Any]], out_items: list[dict[str, Any]], per_item: list[list[dict[str, Any]]]
+    job: Job, items: list[dict[str, Any]], out_items: list[dict[str, Any]], votes: list[list[Vote]]
 ) -> dict[str, Any] | None:
     """Aggregated accuracy next to mean single-call accuracy (the voting uplift), over items with ``expected``."""
     if job.pattern != "voting":
         return None
-    scored = [(item, out, outcomes) for item, out, outcomes in zip(items, out_items, per_item, strict=True) if "expected" in item]
+    scored = [(item, out, mine) for item, out, mine in zip(items, out_items, votes, strict=True) if "expected" in item]
     if not scored:
         return None
     correct = sum(1 for _, out, _ in scored if out.get("correct"))
     singles: list[float] = []
-    for item, _, outcomes in scored:
-        votes = valid_votes(job, outcomes)
-        if votes:
-            singles.append(sum(1 for v in votes if _matches(v.value, item["expected"])) / len(votes))
+    for item, _, mine in scored:
+        if mine:
+            singles.append(sum(1 for v in mine if _matches(v.value, item["expected"])) / len(mine))
     accuracy = correct / len(scored)
     single = statistics.fmean(singles) if singles else 0.0
     return {

@@ -229,6 +229,8 @@ def _call(
         synthetic=reply.synthetic,
     )
     record.update(extra)
+    if validator is not None:
+        record["checked"] = validator.digest
     return record, calls.attempts
 
 

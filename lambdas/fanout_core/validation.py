@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from typing import Any
@@ -16,6 +17,8 @@ class SchemaCheck:
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.validator = Draft202012Validator(schema)
+        # records carry the digest of the schema their output was checked against, so a check is not repeated
+        self.digest = hashlib.sha256(canonical(schema).encode()).hexdigest()[:16]
         self.seen: dict[Any, str | None] = {}
         self._lock = threading.Lock()
 

@@ -24,7 +24,7 @@ from fanout_core.validation import canonical
 TIE_BREAK_RULE = "earliest vote: among tied answers, the one given by the lowest-numbered vote wins"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Vote:
     position: int  # 0-based vote number, for the tie rule
     value: Any  # the voted-on part of the output
