@@ -22,6 +22,20 @@ def write_job(tmp_path: Path, job: dict[str, Any], name: str = "job.json") -> Pa
     return path
 
 
+def batch_one_crashes(message: str) -> Any:
+    """A stand-in for steps.run_batch whose batch 1 raises every time it runs."""
+    from fanout_core import steps
+
+    real_run_batch = steps.run_batch
+
+    def crashing(batch: dict[str, Any], **kwargs: Any) -> Any:
+        if batch["index"] == 1:
+            raise RuntimeError(message)
+        return real_run_batch(batch, **kwargs)
+
+    return crashing
+
+
 def read_records(out: Path, job_id: str) -> list[dict[str, Any]]:
     """The task records the CLI copied out, one JSON line each."""
     files = (out / job_id / "records").rglob("*.jsonl")
@@ -158,12 +172,7 @@ def test_a_failed_batch_is_recorded_not_lost(tmp_path: Path, monkeypatch: pytest
     # Given a job in several batches, one of which crashes every time it runs
     from fanout_core import steps
 
-    real_run_batch = steps.run_batch
-
-    def crashing(batch: dict[str, Any], **kwargs: Any) -> Any:
-        if batch["index"] == 1:
-            raise RuntimeError("disk on fire")
-        return real_run_batch(batch, **kwargs)
+    crashing = batch_one_crashes("disk on fire")
 
     monkeypatch.setattr(steps, "run_batch", crashing)
     items = [{"id": f"i{n}", "text": "t"} for n in range(6)]
@@ -222,12 +231,7 @@ def test_a_rerun_calls_the_model_only_for_tasks_without_an_ok_record(
     # Given a first run whose batch 1 crashed, leaving 4 of 12 tasks without a record
     from fanout_core import steps
 
-    real_run_batch = steps.run_batch
-
-    def crashing(batch: dict[str, Any], **kwargs: Any) -> Any:
-        if batch["index"] == 1:
-            raise RuntimeError("container lost")
-        return real_run_batch(batch, **kwargs)
+    crashing = batch_one_crashes("container lost")
 
     items = [{"id": f"i{n}", "text": "t"} for n in range(6)]
     job = {

@@ -135,6 +135,18 @@ def batch(n: int) -> dict[str, Any]:
     }
 
 
+def run(store: MemoryRunStore, provider: BedrockProvider, tasks: int) -> Any:
+    """One batch of ``tasks`` on one thread (so the stubbed replies keep their order), without sleeping."""
+    return run_batch(
+        batch(tasks),
+        store=store,
+        provider_for=lambda _: provider,
+        threads=1,
+        policy=RetryPolicy(max_attempts=3, base_seconds=0),
+        sleep=lambda s: None,
+    )
+
+
 def test_throttled_then_success_and_usage_summed(client: Any) -> None:
     # Given one throttle, then a valid answer for each of two tasks (one thread keeps the order)
     store = MemoryStore()
@@ -145,14 +157,7 @@ def test_throttled_then_success_and_usage_summed(client: Any) -> None:
         stub.add_response("converse", tool_reply({"label": "no"}, (12, 3)))
 
         # When the batch runs
-        outcome = run_batch(
-            batch(2),
-            store=store,
-            provider_for=lambda _: provider,
-            threads=1,  # type: ignore[arg-type]
-            policy=RetryPolicy(max_attempts=3, base_seconds=0),
-            sleep=lambda s: None,
-        )
+        outcome = run(store, provider, 2)
 
     # Then both tasks are ok, the first after 2 attempts, and usage is the sum of what was served
     assert outcome.counts["ok"] == 2 and outcome.counts["model_calls"] == 3
@@ -168,26 +173,12 @@ def test_throttled_past_budget_keeps_finished_records_and_raises(client: Any) ->
         for _ in range(3):
             stub.add_client_error("converse", service_error_code="ThrottlingException", http_status_code=429)
         with pytest.raises(ModelThrottled, match="1 of 2 tasks"):
-            run_batch(
-                batch(2),
-                store=store,
-                provider_for=lambda _: provider,
-                threads=1,  # type: ignore[arg-type]
-                policy=RetryPolicy(max_attempts=3, base_seconds=0),
-                sleep=lambda s: None,
-            )
+            run(store, provider, 2)
     # the finished task is recorded; the throttled one has no record, so a retry calls only it
     assert list(store.records) == [("i0", "v1")]
     with Stubber(client) as stub:
         stub.add_response("converse", tool_reply({"label": "no"}))
-        outcome = run_batch(
-            batch(2),
-            store=store,
-            provider_for=lambda _: provider,
-            threads=1,  # type: ignore[arg-type]
-            policy=RetryPolicy(max_attempts=3, base_seconds=0),
-            sleep=lambda s: None,
-        )
+        outcome = run(store, provider, 2)
         stub.assert_no_pending_responses()
     assert outcome.counts["skipped"] == 1 and outcome.counts["ok"] == 1 and outcome.counts["model_calls"] == 1
 
@@ -202,14 +193,7 @@ def test_validation_error_fails_the_task_without_retry(client: Any) -> None:
             service_message="The model returned the following errors: bad input",
             http_status_code=400,
         )
-        outcome = run_batch(
-            batch(1),
-            store=store,
-            provider_for=lambda _: provider,
-            threads=1,  # type: ignore[arg-type]
-            policy=RetryPolicy(max_attempts=3, base_seconds=0),
-            sleep=lambda s: None,
-        )
+        outcome = run(store, provider, 1)
         stub.assert_no_pending_responses()
     record = store.records[("i0", "v1")]
     assert outcome.counts["failed"] == 1
@@ -224,14 +208,7 @@ def test_out_of_schema_output_gets_one_repair_request(client: Any) -> None:
     with Stubber(client) as stub:
         stub.add_response("converse", tool_reply({"label": "maybe"}, (10, 2)))
         stub.add_response("converse", tool_reply({"label": "no"}, (30, 2)))
-        outcome = run_batch(
-            batch(1),
-            store=store,
-            provider_for=lambda _: provider,
-            threads=1,  # type: ignore[arg-type]
-            policy=RetryPolicy(max_attempts=3, base_seconds=0),
-            sleep=lambda s: None,
-        )
+        outcome = run(store, provider, 1)
     record = store.records[("i0", "v1")]
     assert outcome.counts["ok"] == 1
     assert record["output"] == {"label": "no"} and record["repaired"] is True
