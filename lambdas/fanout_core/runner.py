@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -118,7 +118,7 @@ def run_batch(
 
     stop = batch.get("stop_when_agree")
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(tasks) or 1))) as pool:
+        with _Workers(threads) as pool:
             if not stop:
                 tally(pool.map(run_one, tasks))
             else:
@@ -161,6 +161,49 @@ def run_batch(
             f"{policy.max_attempts} attempts each; finished tasks are recorded and will not be called again"
         )
     return BatchOutcome(index=batch["index"], counts=result)
+
+
+class _Workers:
+    """Up to ``threads`` threads pulling tasks from one queue: no Future per task, results in task order.
+
+    A failure in any task is raised from ``map`` after the other threads
+    have finished the tasks they already started (they take no new ones).
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, threads)
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        results: list[Any] = [None] * len(items)
+        indexes = iter(range(len(items)))
+        lock = threading.Lock()
+        failures: list[BaseException] = []
+
+        def work() -> None:
+            while not failures:
+                with lock:
+                    index = next(indexes, None)
+                if index is None:
+                    return
+                try:
+                    results[index] = fn(items[index])
+                except BaseException as exc:
+                    failures.append(exc)
+
+        workers = [threading.Thread(target=work, daemon=True) for _ in range(min(self.threads, len(items)))]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        if failures:
+            raise failures[0]
+        return results
 
 
 def _agreed_items(records: list[dict[str, Any]], field: str | None, stop: int) -> set[str]:
