@@ -37,19 +37,19 @@ def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) 
     if source is not None:
         bucket, key = source
         with _naming_the_object(f"s3://{bucket}/{key}"):
-            job = parse_job(read_job_object(s3, bucket, key), job_id_default=key_stem(key))
+            job = parse_job(read_job_object(s3, bucket, key), job_id_default=key_stem(key), caps=settings.caps)
             items = load_items(s3, job)
             every_task = expand_tasks(job, items, settings.default_model)
     else:
-        job = parse_job(event_input, job_id_default=execution_name)
+        job = parse_job(event_input, job_id_default=execution_name, caps=settings.caps)
         items = load_items(s3, job)
         every_task = expand_tasks(job, items, settings.default_model)
     assert job.job_id is not None
     store = RunStore(s3, settings.results_bucket, job.job_id)
     print_ = fingerprint(job, items, settings.default_model)
-    _refuse_stale_run(store, job.job_id, print_)
+    rerun = _earlier_run(store, job.job_id, print_)
     tasks = every_task
-    if store.has_records():
+    if rerun and store.has_records():
         # a re-run (or a resumed one): tasks with an ok record are not called again
         finished = {r["task_id"] for r in store.iter_records() if r.get("status") == "ok"}
         tasks = [t for t in every_task if t["task_id"] not in finished]
@@ -69,7 +69,8 @@ def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) 
     )
     ranges = batch_ranges(len(tasks), batching.batch_size)
     mode = choose_mode(job.limits.mode, batching)
-    store.delete_prefix("failures/")  # failures of an earlier run of this job_id describe other batches
+    if rerun:
+        store.delete_prefix("failures/")  # failures of an earlier run of this job_id describe other batches
     shared = {
         "job_id": job.job_id,
         "system": job.system,
@@ -125,12 +126,13 @@ def _naming_the_object(where: str) -> Iterator[None]:
         raise InvalidJob(f"{where}: {exc}", exc.field) from None
 
 
-def _refuse_stale_run(store: RunStore, job_id: str, print_: str) -> None:
+def _earlier_run(store: RunStore, job_id: str, print_: str) -> bool:
+    """Whether this job_id ran before; refuses a changed job whose earlier records would be reused."""
     try:
         previous = store.get_json("job.json")
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return  # a first run
+            return False
         raise
     if previous.get("fingerprint") != print_ and next(iter(store.record_keys()), None) is not None:
         raise InvalidJob(
@@ -138,6 +140,7 @@ def _refuse_stale_run(store: RunStore, job_id: str, print_: str) -> None:
             "use a new job_id, or start fresh (CLI: --fresh)",
             "job_id",
         )
+    return True
 
 
 def run_subtask(

@@ -1,0 +1,63 @@
+"""The deployment's caps on a job's limits: a job may lower a limit, never raise it above the cap."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from fanout_core.errors import InvalidJob
+from fanout_core.job import parse_job
+from fanout_core.settings import Settings
+from fanout_core.steps import plan
+
+JOB: dict[str, Any] = {
+    "pattern": "voting",
+    "votes": 3,
+    "prompt": "{text}",
+    "items": [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}],
+}
+
+
+def test_a_cap_lowers_a_default_limit() -> None:
+    job = parse_job(JOB, caps={"max_items": 5, "max_votes": 4})
+
+    assert (job.limits.max_items, job.limits.max_votes) == (5, 4)
+
+
+def test_a_job_asking_for_more_than_the_cap_is_refused_by_the_field() -> None:
+    with pytest.raises(InvalidJob, match=r"^limits.max_items: 500 is above this deployment's cap \(100\)"):
+        parse_job({**JOB, "limits": {"max_items": 500}}, caps={"max_items": 100})
+
+
+def test_a_job_beyond_a_capped_default_is_refused_by_what_it_exceeds() -> None:
+    with pytest.raises(InvalidJob, match=r"^items: 2 items exceed limits.max_items \(1\)"):
+        parse_job(JOB, caps={"max_items": 1})
+
+
+def test_a_job_may_ask_for_less_than_the_cap() -> None:
+    assert parse_job({**JOB, "limits": {"max_votes": 3}}, caps={"max_votes": 10}).limits.max_votes == 3
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="results")
+        yield client
+
+
+def test_plan_applies_the_settings_caps_before_writing_anything(s3: Any) -> None:
+    settings = Settings(results_bucket="results", caps={"max_tasks": 5})
+
+    with pytest.raises(InvalidJob, match=r"^limits.max_tasks: the job expands to 6 tasks"):
+        plan(JOB, "exec-1", s3=s3, settings=settings)
+
+    assert s3.list_objects_v2(Bucket="results").get("KeyCount", 0) == 0
+    assert plan(JOB, "exec-2", s3=s3, settings=Settings(results_bucket="results"))["counts"]["tasks"] == 6
