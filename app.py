@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""CDK app: one FanoutStack, configured by the `fanout:*` context in cdk.json. Synth needs no credentials or Docker."""
+"""CDK app: one FanoutStack, configured by the `fanout:*` context in cdk.json. Synth needs no credentials or Docker.
+
+cdk-nag's AwsSolutions checks run on every synth: an unacknowledged finding is an error and fails `cdk synth`.
+"""
 
 from __future__ import annotations
 
 import os
 
 import aws_cdk as cdk
+from cdk_nag import AwsSolutionsChecks
 
 from infra.config import FanoutConfig
 from infra.stack import FanoutStack
@@ -30,6 +34,7 @@ def main() -> None:
         env=_environment(),
         description="fanout: parallel LLM workflows on Step Functions, Lambda and Bedrock",
     )
+    cdk.Aspects.of(app).add(AwsSolutionsChecks(verbose=True))
     app.synth()
 
 

@@ -1,1 +1,1 @@
-"""CDK constructs for fanout: storage, functions, workflow and trigger, composed by one stack."""
+"""CDK constructs for fanout: storage, functions, workflow, trigger and observability, composed by one stack."""

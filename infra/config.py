@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,13 @@ INFERENCE_PROFILE_PREFIXES = ("us.", "eu.", "apac.", "global.")
 # take (900 s, plus retries), so STANDARD is the default when cdk.json does not set fanout:childExecutionType
 DEFAULT_CHILD_EXECUTION_TYPE = "STANDARD"
 CHILD_EXECUTION_TYPES = ("STANDARD", "EXPRESS")
+
+# the state machine's CloudWatch Logs level: ERROR by default (see Workflow); ALL for a closer look
+STATE_MACHINE_LOG_LEVELS = ("ALL", "ERROR", "FATAL", "OFF")
+DEFAULT_STATE_MACHINE_LOG_LEVEL = "ERROR"
+
+# a key ARN, not an alias: IAM grants and bucket encryption both need the key itself
+KMS_KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+")
 
 # the only values CloudWatch Logs accepts for a retention period
 LOG_RETENTION_DAYS = (
@@ -36,6 +44,13 @@ class FanoutConfig:
     lambda_runtime: str
     log_retention_days: int
     child_execution_type: str = DEFAULT_CHILD_EXECUTION_TYPE
+    # SSE-KMS with this key for both buckets; None: S3-managed keys (SSE-S3)
+    kms_key_arn: str | None = None
+    # an address subscribed to the alarms (through an SNS topic); None: alarms without actions
+    alarm_email: str | None = None
+    # the debug setting: prompts and outputs in the function logs, execution data in the state machine logs
+    log_content: bool = False
+    state_machine_log_level: str = DEFAULT_STATE_MACHINE_LOG_LEVEL
 
     @property
     def python_version(self) -> str:
@@ -57,6 +72,10 @@ class FanoutConfig:
             child_execution_type=str(
                 node.try_get_context(CONTEXT_PREFIX + "childExecutionType") or DEFAULT_CHILD_EXECUTION_TYPE
             ).upper(),
+            kms_key_arn=_optional(node, "kmsKeyArn"),
+            alarm_email=_optional(node, "alarmEmail"),
+            log_content=_as_bool(node, "logContent"),
+            state_machine_log_level=(_optional(node, "stateMachineLogLevel") or DEFAULT_STATE_MACHINE_LOG_LEVEL).upper(),
         )
         config.validate()
         return config
@@ -95,6 +114,20 @@ class FanoutConfig:
                 f"context {CONTEXT_PREFIX}childExecutionType is {self.child_execution_type!r}: "
                 f"use one of {', '.join(CHILD_EXECUTION_TYPES)}"
             )
+        if self.kms_key_arn is not None and not KMS_KEY_ARN.fullmatch(self.kms_key_arn):
+            raise ValueError(
+                f"context {CONTEXT_PREFIX}kmsKeyArn is {self.kms_key_arn!r}: give the ARN of a KMS key "
+                "(arn:aws:kms:<region>:<account>:key/<key-id>), not an alias or a key id, or leave it empty for SSE-S3"
+            )
+        if self.alarm_email is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", self.alarm_email):
+            raise ValueError(
+                f"context {CONTEXT_PREFIX}alarmEmail is {self.alarm_email!r}: give one e-mail address, or leave it empty"
+            )
+        if self.state_machine_log_level not in STATE_MACHINE_LOG_LEVELS:
+            raise ValueError(
+                f"context {CONTEXT_PREFIX}stateMachineLogLevel is {self.state_machine_log_level!r}: "
+                f"use one of {', '.join(STATE_MACHINE_LOG_LEVELS)}"
+            )
         if self.log_retention_days not in LOG_RETENTION_DAYS:
             raise ValueError(
                 f"context {CONTEXT_PREFIX}logRetentionDays is {self.log_retention_days}: "
@@ -107,6 +140,27 @@ def _require(node: Node, key: str) -> Any:
     if value is None or value == "":
         raise ValueError(f"context {CONTEXT_PREFIX}{key} is missing: set it in cdk.json or with -c {CONTEXT_PREFIX}{key}=...")
     return value
+
+
+def _optional(node: Node, key: str) -> str | None:
+    # cdk.json lists optional keys with "" so they can be found; "" and a missing key both mean unset
+    value = node.try_get_context(CONTEXT_PREFIX + key)
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def _as_bool(node: Node, key: str) -> bool:
+    value = node.try_get_context(CONTEXT_PREFIX + key)
+    if value is None or value == "" or isinstance(value, bool):
+        return bool(value)
+    # -c on the command line passes a string
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"context {CONTEXT_PREFIX}{key} must be true or false, got {value!r}")
 
 
 def _as_int(node: Node, key: str) -> int:

@@ -1,4 +1,5 @@
-"""The three Lambda functions (plan, subtask, aggregate), sharing one code asset, each with least-privilege IAM."""
+"""The three Lambda functions (plan, subtask, aggregate), sharing one code asset, each with a role of its own
+that allows what its step does and nothing more: its log group, its S3 prefixes, the configured models."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import cast
 
 from aws_cdk import Aws, Duration, RemovalPolicy
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
@@ -13,28 +15,51 @@ from constructs import Construct
 
 from infra.bundling import ARCHITECTURE, lambda_code
 from infra.config import INFERENCE_PROFILE_PREFIXES, FanoutConfig
+from infra.nag import nag_reads, suppress, suppress_wildcards, template_arn
 from infra.storage import RESULTS_PREFIX, RUNS_PREFIX
 
 HANDLERS = "fanout_core.handlers"
+# where the handlers' Powertools Metrics publish (fanout_core.observability); the alarms and dashboard read them
+METRICS_NAMESPACE = "Fanout"
+SERVICE = "fanout"
+
+# why each wildcard resource is there: cdk-nag reports every one, and these are the reasons it is acknowledged
+X_RAY_ANY_RESOURCE = "X-Ray PutTraceSegments and PutTelemetryRecords have no resource-level permissions (active tracing)"
+INPUT_ANY_KEY = (
+    "plan reads the job file or items_uri object wherever the user put it in the input bucket (StartExecution "
+    "takes any key, the upload rule only jobs/*.json); read-only, and the bucket holds nothing but user input"
+)
+RUN_DATA = "run data is keyed runs/<job_id>/...; the job id is chosen per job at run time, so the prefix is the fixed part"
+RUN_FAILURES = "delete only the failures/ a batch left under runs/<job_id>/: a re-run of the job clears the earlier run's"
+RESULT_FILES = "results are written to results/<job_id>/; the job id is chosen per job at run time"
+MODEL_ANY_REGION = (
+    "a cross-region inference profile sends each call to its foundation model in any region of its geography; "
+    "the model id is fixed, the region cannot be"
+)
+RUNTIME_FROM_CONTEXT = (
+    "the runtime is fanout:lambdaRuntime (python3.12 or later, checked by FanoutConfig) because the bundled wheels "
+    "are built for that Python version; it moves forward in cdk.json together with the wheels, not by this check"
+)
 
 
 def bedrock_model_arns(models: tuple[str, ...]) -> list[str]:
-    """ARNs the functions may invoke: each foundation model in any region, each inference profile in this
+    """ARNs the functions may invoke: each foundation model in this region, each inference profile in this
     account and region, and for a profile also the foundation model it routes to, in any region."""
     arns: list[str] = []
     for model in models:
         profile_prefix = next((p for p in INFERENCE_PROFILE_PREFIXES if model.startswith(p)), None)
         if profile_prefix is None:
-            arns.append(_foundation_model_arn(model))
+            # a model id (not a profile) is called in the functions' own region
+            arns.append(_foundation_model_arn(model, Aws.REGION))
             continue
         arns.append(f"arn:{Aws.PARTITION}:bedrock:{Aws.REGION}:{Aws.ACCOUNT_ID}:inference-profile/{model}")
         # a cross-region profile sends the call to the model in another region of its geography
-        arns.append(_foundation_model_arn(model.removeprefix(profile_prefix)))
+        arns.append(_foundation_model_arn(model.removeprefix(profile_prefix), "*"))
     return list(dict.fromkeys(arns))
 
 
-def _foundation_model_arn(model_id: str) -> str:
-    return f"arn:{Aws.PARTITION}:bedrock:*::foundation-model/{model_id}"
+def _foundation_model_arn(model_id: str, region: str) -> str:
+    return f"arn:{Aws.PARTITION}:bedrock:{region}::foundation-model/{model_id}"
 
 
 class Functions(Construct):
@@ -46,11 +71,13 @@ class Functions(Construct):
         config: FanoutConfig,
         input_bucket: s3.IBucket,
         results_bucket: s3.IBucket,
+        data_key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self._config = config
         self._input_bucket = input_bucket
         self._results_bucket = results_bucket
+        self._data_key = data_key
         self._runtime = lambda_.Runtime(config.lambda_runtime, lambda_.RuntimeFamily.PYTHON)
         self._code = lambda_code(self._runtime, config.python_version)
 
@@ -58,12 +85,28 @@ class Functions(Construct):
         self.subtask = self._build_subtask()
         self.aggregate = self._build_aggregate()
 
+    @property
+    def all(self) -> tuple[lambda_.Function, ...]:
+        return (self.plan, self.subtask, self.aggregate)
+
     def _build_plan(self) -> lambda_.Function:
         fn = self._build_function("Plan", "plan", memory_mb=512, timeout=Duration.seconds(300))
         # job files and items_uri objects may sit anywhere in the input bucket, not only under jobs/
         self._allow_read(fn, self._input_bucket, "*")
         self._allow_read(fn, self._results_bucket, f"{RUNS_PREFIX}*")
         self._allow_write(fn, self._results_bucket, f"{RUNS_PREFIX}*")
+        failures = f"{RUNS_PREFIX}*/failures/*"
+        fn.add_to_role_policy(
+            iam.PolicyStatement(actions=["s3:DeleteObject"], resources=[self._results_bucket.arn_for_objects(failures)])
+        )
+        suppress_wildcards(
+            _role(fn),
+            {
+                template_arn(self._input_bucket, "/*"): INPUT_ANY_KEY,
+                template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA,
+                template_arn(self._results_bucket, f"/{failures}"): RUN_FAILURES,
+            },
+        )
         return fn
 
     def _build_subtask(self) -> lambda_.Function:
@@ -71,6 +114,7 @@ class Functions(Construct):
         self._allow_read(fn, self._results_bucket, f"{RUNS_PREFIX}*")
         self._allow_write(fn, self._results_bucket, f"{RUNS_PREFIX}*")
         self._allow_bedrock(fn)
+        suppress_wildcards(_role(fn), {template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA})
         return fn
 
     def _build_aggregate(self) -> lambda_.Function:
@@ -79,6 +123,13 @@ class Functions(Construct):
         self._allow_write(fn, self._results_bucket, f"{RESULTS_PREFIX}*")
         # the optional synthesis call of a sectioning job
         self._allow_bedrock(fn)
+        suppress_wildcards(
+            _role(fn),
+            {
+                template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA,
+                template_arn(self._results_bucket, f"/{RESULTS_PREFIX}*"): RESULT_FILES,
+            },
+        )
         return fn
 
     def _build_function(self, construct_id: str, name: str, *, memory_mb: int, timeout: Duration) -> lambda_.Function:
@@ -92,7 +143,15 @@ class Functions(Construct):
         )
         # the L2 takes retention as an enum only; context holds a day count (checked in FanoutConfig)
         cast(logs.CfnLogGroup, log_group.node.default_child).retention_in_days = self._config.log_retention_days
-        return lambda_.Function(
+        # a role of its own instead of AWSLambdaBasicExecutionRole, which may write to every log group
+        role = iam.Role(
+            self,
+            f"{construct_id}Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"fanout {name} function",
+        )
+        log_group.grant_write(role)
+        fn = lambda_.Function(
             self,
             construct_id,
             function_name=function_name,
@@ -103,17 +162,26 @@ class Functions(Construct):
             handler=f"{HANDLERS}.{name}.lambda_handler",
             memory_size=memory_mb,
             timeout=timeout,
+            role=role,
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
             environment={
-                "POWERTOOLS_SERVICE_NAME": "fanout",
-                "POWERTOOLS_METRICS_NAMESPACE": "Fanout",
-                "LOG_LEVEL": "INFO",
+                "POWERTOOLS_SERVICE_NAME": SERVICE,
+                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
+                "POWERTOOLS_LOG_LEVEL": "INFO",
+                # events are never logged whole: they carry job items (the handlers also say log_event=False)
+                "POWERTOOLS_LOGGER_LOG_EVENT": "false",
+                "FANOUT_LOG_CONTENT": "true" if self._config.log_content else "false",
                 "FANOUT_RESULTS_BUCKET": self._results_bucket.bucket_name,
                 "FANOUT_DEFAULT_MODEL": self._config.default_model,
                 "FANOUT_MAX_CONCURRENCY": str(self._config.max_concurrency),
             },
         )
+        if self._data_key is not None:
+            self._allow_data_key(fn)
+        suppress_wildcards(role, {"*": X_RAY_ANY_RESOURCE})
+        suppress(fn, "AwsSolutions-L1", RUNTIME_FROM_CONTEXT)
+        return fn
 
     def _allow_read(self, fn: lambda_.Function, bucket: s3.IBucket, key_pattern: str) -> None:
         fn.add_to_role_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[bucket.arn_for_objects(key_pattern)]))
@@ -125,6 +193,24 @@ class Functions(Construct):
         fn.add_to_role_policy(iam.PolicyStatement(actions=["s3:PutObject"], resources=[bucket.arn_for_objects(key_pattern)]))
 
     def _allow_bedrock(self, fn: lambda_.Function) -> None:
-        fn.add_to_role_policy(
-            iam.PolicyStatement(actions=["bedrock:InvokeModel"], resources=bedrock_model_arns(self._config.models))
-        )
+        arns = bedrock_model_arns(self._config.models)
+        fn.add_to_role_policy(iam.PolicyStatement(actions=["bedrock:InvokeModel"], resources=arns))
+        any_region = [arn for arn in arns if ":bedrock:*:" in arn]
+        suppress_wildcards(_role(fn), {nag_reads(arn): MODEL_ANY_REGION for arn in any_region})
+
+    def _allow_data_key(self, fn: lambda_.Function) -> None:
+        fn.add_to_role_policy(data_key_statement(cast(kms.IKey, self._data_key)))
+
+
+def data_key_statement(key: kms.IKey) -> iam.PolicyStatement:
+    """Use of the buckets' KMS key, only through S3 in this region: read (Decrypt) and write (GenerateDataKey)."""
+    return iam.PolicyStatement(
+        actions=["kms:Decrypt", "kms:GenerateDataKey"],
+        resources=[key.key_arn],
+        conditions={"StringEquals": {"kms:ViaService": f"s3.{Aws.REGION}.amazonaws.com"}},
+    )
+
+
+def _role(fn: lambda_.Function) -> iam.IRole:
+    assert fn.role is not None, f"{fn.node.path} has no role"
+    return fn.role

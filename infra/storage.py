@@ -1,37 +1,70 @@
-"""Buckets: job uploads come into the input bucket; task records and results go to the results bucket."""
+"""Buckets: job uploads come into the input bucket; task records and results go to the results bucket.
+
+Both block all public access, deny requests without TLS 1.2+, disable ACLs, and are encrypted with S3-managed
+keys, or with the customer key of `fanout:kmsKeyArn` when it is set. Both are retained when the stack is
+deleted: they hold the user's jobs and results, not the stack's state (README, "Tearing it down").
+"""
 
 from __future__ import annotations
 
 from typing import cast
 
 from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from infra.config import FanoutConfig
+from infra.nag import suppress
 
 JOBS_PREFIX = "jobs/"
 RUNS_PREFIX = "runs/"
 RESULTS_PREFIX = "results/"
+
+# the Distributed Map's ResultWriter uploads in parts; parts of an upload that never completed are billed
+ABORT_INCOMPLETE_UPLOADS = Duration.days(1)
+
+_NO_ACCESS_LOGS = (
+    "server access logs would need a third, unlogged bucket and grow without bound; object-level access is "
+    "audited with CloudTrail S3 data events when the account enables them, and nothing here is public "
+    "(public access blocked, TLS-only policy, ACLs disabled)"
+)
 
 
 class Storage(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, config: FanoutConfig) -> None:
         super().__init__(scope, construct_id)
         self._config = config
+        # a key of the user's, imported by ARN: its key policy stays theirs (it must let this account's roles use it)
+        self.data_key: kms.IKey | None = kms.Key.from_key_arn(self, "DataKey", config.kms_key_arn) if config.kms_key_arn else None
         self.input_bucket = self._build_input_bucket()
         self.results_bucket = self._build_results_bucket()
 
-    def _build_input_bucket(self) -> s3.Bucket:
+    def _bucket(
+        self, construct_id: str, *, versioned: bool = False, lifecycle_rules: list[s3.LifecycleRule] | None = None
+    ) -> s3.Bucket:
+        """A bucket with the settings both share: private, TLS-only, encrypted, retained."""
         bucket = s3.Bucket(
             self,
-            "InputBucket",
+            construct_id,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            encryption=s3.BucketEncryption.S3_MANAGED,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
             enforce_ssl=True,
-            # retained on `cdk destroy`: job files are the user's data, not the stack's
+            minimum_tls_version=1.2,
+            encryption=s3.BucketEncryption.KMS if self.data_key else s3.BucketEncryption.S3_MANAGED,
+            encryption_key=self.data_key,
+            # one data key per bucket for a while instead of a KMS request per object: cheaper, fewer throttles
+            bucket_key_enabled=True if self.data_key else None,
+            versioned=versioned,
+            lifecycle_rules=lifecycle_rules,
+            # retained on `cdk destroy`: jobs and results are the user's data, not the stack's
             removal_policy=RemovalPolicy.RETAIN,
         )
+        suppress(bucket, "AwsSolutions-S1", _NO_ACCESS_LOGS)
+        return bucket
+
+    def _build_input_bucket(self) -> s3.Bucket:
+        bucket = self._bucket("InputBucket")
         # an object put under jobs/ starts an execution through an EventBridge rule; set natively in
         # CloudFormation, where event_bridge_enabled=True would add a custom resource and its own Lambda
         cast(s3.CfnBucket, bucket.node.default_child).notification_configuration = s3.CfnBucket.NotificationConfigurationProperty(
@@ -40,22 +73,21 @@ class Storage(Construct):
         return bucket
 
     def _build_results_bucket(self) -> s3.Bucket:
-        return s3.Bucket(
-            self,
+        days = Duration.days(self._config.runs_expiration_days)
+        return self._bucket(
             "ResultsBucket",
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            enforce_ssl=True,
+            # an overwritten or deleted result can be recovered for runsExpirationDays
             versioned=True,
             lifecycle_rules=[
-                # task records are only needed to resume or re-aggregate a recent run; results/ is kept
+                # task records are only needed to resume or re-aggregate a recent run
                 s3.LifecycleRule(
                     id="ExpireRunRecords",
                     prefix=RUNS_PREFIX,
-                    expiration=Duration.days(self._config.runs_expiration_days),
-                    noncurrent_version_expiration=Duration.days(self._config.runs_expiration_days),
+                    expiration=days,
+                    noncurrent_version_expiration=days,
+                    abort_incomplete_multipart_upload_after=ABORT_INCOMPLETE_UPLOADS,
                 ),
+                # results/ is kept; only the versions a re-run replaced expire
+                s3.LifecycleRule(id="ExpireReplacedResults", prefix=RESULTS_PREFIX, noncurrent_version_expiration=days),
             ],
-            # retained on `cdk destroy`: results outlive the stack that produced them
-            removal_policy=RemovalPolicy.RETAIN,
         )

@@ -3,23 +3,54 @@ substituted in, and a role that allows exactly what the definition does."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
-from aws_cdk import ArnFormat, RemovalPolicy, Stack
+from aws_cdk import Aws, RemovalPolicy
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from infra.config import FanoutConfig
-from infra.functions import Functions
+from infra.functions import RUN_DATA, Functions, data_key_statement
+from infra.nag import nag_reads, suppress, suppress_wildcards, template_arn
 from infra.storage import RUNS_PREFIX
 
 # the one definition, also run by the local runtime
 ASL_FILE = Path(__file__).resolve().parent.parent / "statemachine" / "fanout.asl.json"
+
+# what CDK adds for tracing and for logging to CloudWatch Logs, on every resource because AWS allows no other
+AWS_REQUIRES_ANY_RESOURCE = (
+    "X-Ray (PutTraceSegments, PutTelemetryRecords, GetSamplingRules, GetSamplingTargets) and CloudWatch Logs "
+    "vended log delivery (CreateLogDelivery and the rest, which Step Functions logging needs) have no "
+    "resource-level permissions"
+)
+CHILD_EXECUTIONS = (
+    "the Distributed Map's child executions are named <state machine>/<map run label>:<generated id>; the "
+    "grant names this state machine and the label of its Distributed Map, the id cannot be known"
+)
+LOGGING_WITHOUT_DATA = (
+    "logs ERROR events without execution data by default (fanout:stateMachineLogLevel, fanout:logContent): state "
+    "input and output carry job items, and ALL would log every transition of every batch; execution history "
+    "and X-Ray traces cover the rest"
+)
+
+
+def distributed_map_labels(definition: dict[str, Any]) -> list[str]:
+    """The Label of each Distributed Map of a definition (nested ones included); "*" for one without a label."""
+    labels: list[str] = []
+    for state in definition["States"].values():
+        processor = state.get("ItemProcessor") or state.get("Iterator")
+        if state["Type"] == "Map" and processor and processor.get("ProcessorConfig", {}).get("Mode") == "DISTRIBUTED":
+            labels.append(state.get("Label", "*"))
+        for inner in [processor, *state.get("Branches", [])]:
+            if inner:
+                labels.extend(distributed_map_labels(inner))
+    return list(dict.fromkeys(labels))
 
 
 class Workflow(Construct):
@@ -31,6 +62,7 @@ class Workflow(Construct):
         config: FanoutConfig,
         functions: Functions,
         results_bucket: s3.IBucket,
+        data_key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self._config = config
@@ -42,6 +74,11 @@ class Workflow(Construct):
         self._grant_invoke()
         self._grant_run_data()
         self._grant_child_executions()
+        if data_key is not None:
+            self.state_machine.add_to_role_policy(data_key_statement(data_key))
+        suppress_wildcards(self.state_machine.role, {"*": AWS_REQUIRES_ANY_RESOURCE})
+        if config.state_machine_log_level != "ALL":
+            suppress(self.state_machine, "AwsSolutions-SF1", LOGGING_WITHOUT_DATA)
 
     def _substitutions(self) -> dict[str, str]:
         # keys match the ${...} placeholders of the ASL file
@@ -72,19 +109,21 @@ class Workflow(Construct):
             state_machine_type=sfn.StateMachineType.STANDARD,
             definition_body=sfn.DefinitionBody.from_file(str(ASL_FILE)),
             definition_substitutions=self._substitutions(),
-            # errors only, and no state input/output in the logs: job items and model answers stay in S3
-            logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ERROR, include_execution_data=False),
+            # errors only, and no state input/output in the logs unless fanout:logContent says so: job items
+            # and model answers stay in S3
+            logs=sfn.LogOptions(
+                destination=self.log_group,
+                level=sfn.LogLevel[self._config.state_machine_log_level],
+                include_execution_data=self._config.log_content,
+            ),
             tracing_enabled=True,
         )
 
     def _grant_invoke(self) -> None:
-        functions: tuple[lambda_.Function, ...] = (
-            self._functions.plan,
-            self._functions.subtask,
-            self._functions.aggregate,
+        # the definition invokes each function by its unqualified ARN: no version or alias (":*") is granted
+        self.state_machine.add_to_role_policy(
+            iam.PolicyStatement(actions=["lambda:InvokeFunction"], resources=[fn.function_arn for fn in self._functions.all])
         )
-        for fn in functions:
-            fn.grant_invoke(self.state_machine)
 
     def _grant_run_data(self) -> None:
         # RecordBatchFailure writes runs/<job>/failures/; the Distributed Map reads its batch list and writes
@@ -95,35 +134,23 @@ class Workflow(Construct):
                 resources=[self._results_bucket.arn_for_objects(f"{RUNS_PREFIX}*")],
             )
         )
+        suppress_wildcards(self.state_machine.role, {template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA})
 
     def _grant_child_executions(self) -> None:
         # the Distributed Map runs each batch as a child execution of this same state machine; its ARNs are built
         # from the fixed name, since a reference to the state machine from its own role would be circular
-        stack = Stack.of(self)
         name = self._config.name_prefix
+        prefix = f"arn:{Aws.PARTITION}:states:{Aws.REGION}:{Aws.ACCOUNT_ID}"
+        children = [f"{prefix}:execution:{name}/{label}:*" for label in distributed_map_labels(json.loads(ASL_FILE.read_text()))]
+        if not children:
+            return
+        self.state_machine.add_to_role_policy(
+            iam.PolicyStatement(actions=["states:StartExecution"], resources=[f"{prefix}:stateMachine:{name}"])
+        )
+        # watch and stop the children of a map run, and rerun its failed ones when the parent is redriven
         self.state_machine.add_to_role_policy(
             iam.PolicyStatement(
-                actions=["states:StartExecution"],
-                resources=[
-                    stack.format_arn(
-                        service="states",
-                        resource="stateMachine",
-                        resource_name=name,
-                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
-                    )
-                ],
+                actions=["states:DescribeExecution", "states:StopExecution", "states:RedriveExecution"], resources=children
             )
         )
-        self.state_machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["states:DescribeExecution", "states:StopExecution", "states:RedriveExecution"],
-                resources=[
-                    stack.format_arn(
-                        service="states",
-                        resource="execution",
-                        resource_name=f"{name}/*",
-                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
-                    )
-                ],
-            )
-        )
+        suppress_wildcards(self.state_machine.role, {nag_reads(arn): CHILD_EXECUTIONS for arn in children})

@@ -27,6 +27,7 @@ logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 
+TASKS_PLANNED = "tasks_planned"  # plan
 # task outcomes of a batch (subtask)
 TASKS_OK = "tasks_ok"
 TASKS_INVALID = "tasks_invalid"
@@ -45,6 +46,7 @@ BATCHES_INCOMPLETE = "batches_incomplete"  # a batch ran out of Lambda time (Bat
 BATCH_RETRIES = "batch_retries"  # the state machine's retries of a batch
 METRIC_NAMES = frozenset(
     {
+        TASKS_PLANNED,
         TASKS_OK,
         TASKS_INVALID,
         TASKS_FAILED,
@@ -164,7 +166,7 @@ def _model_call_segment(spec: str, attempt: int) -> Iterator[Any]:
         return
     with tracer.provider.in_subsegment(name="## model_call") as segment:
         segment.put_annotation("model", spec)
-        segment.put_annotation("attempt", attempt)
+        segment.put_annotation("attempt", str(attempt))
         yield segment
 
 

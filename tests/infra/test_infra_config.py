@@ -58,8 +58,36 @@ def test_json_list_on_the_command_line(context: dict[str, Any]) -> None:
         ({"fanout:models": ["arn:aws:bedrock:us-east-1::foundation-model/x"]}, "fanout:models"),
         ({"fanout:namePrefix": ""}, "fanout:namePrefix"),
         ({"fanout:childExecutionType": "SOMETIMES"}, "fanout:childExecutionType"),
+        ({"fanout:kmsKeyArn": "alias/fanout"}, "fanout:kmsKeyArn"),
+        ({"fanout:kmsKeyArn": "1234abcd-12ab-34cd-56ef-1234567890ab"}, "fanout:kmsKeyArn"),
+        ({"fanout:alarmEmail": "oncall"}, "fanout:alarmEmail"),
+        ({"fanout:logContent": "maybe"}, "fanout:logContent"),
+        ({"fanout:stateMachineLogLevel": "DEBUG"}, "fanout:stateMachineLogLevel"),
     ],
 )
 def test_bad_context_is_refused_naming_the_key(context: dict[str, Any], overrides: dict[str, Any], names: str) -> None:
     with pytest.raises(ValueError, match=names):
         _config(context, **overrides)
+
+
+def test_optional_settings_are_off_by_default_and_read_from_command_line_strings(context: dict[str, Any]) -> None:
+    # Given cdk.json as it is: the optional keys present but empty, the debug switch off
+    config = _config(context)
+    assert (config.kms_key_arn, config.alarm_email, config.log_content) == (None, None, False)
+    assert config.state_machine_log_level == "ERROR"
+
+    # When each is set as `-c key=value` sets it
+    key = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    config = _config(
+        context,
+        **{
+            "fanout:kmsKeyArn": key,
+            "fanout:alarmEmail": "oncall@example.com",
+            "fanout:logContent": "true",
+            "fanout:stateMachineLogLevel": "all",
+        },
+    )
+
+    # Then the values are understood
+    assert (config.kms_key_arn, config.alarm_email, config.log_content) == (key, "oncall@example.com", True)
+    assert config.state_machine_log_level == "ALL"

@@ -5,7 +5,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from fanout_core import steps
 from fanout_core.errors import InvalidJob
 from fanout_core.handlers._clients import s3, settings
-from fanout_core.observability import JOBS_INVALID, correlate, count, logger, metrics, tracer
+from fanout_core.observability import JOBS_INVALID, TASKS_PLANNED, correlate, count, logger, metrics, tracer
 
 
 @logger.inject_lambda_context(log_event=False, clear_state=True)
@@ -22,6 +22,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         logger.warning("invalid job", extra={"field": exc.field})
         raise
     correlate(plan["job_id"])
-    count("tasks_planned", plan["counts"]["tasks"])
+    count(TASKS_PLANNED, plan["counts"]["tasks"])
     logger.info("planned", extra={"mode": plan["mode"], "counts": plan["counts"], "threads": plan["threads"]})
     return plan
