@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) -m bench.faults
 
 synth: $(STAMP) node_modules/.installed
+	rm -rf cdk.out  # stale asset folders from earlier synths would sit next to the new one
 	npx --no-install cdk synth --quiet --output cdk.out
 	@echo "template: cdk.out/$$(ls cdk.out | grep -m1 '.template.json$$')"
 

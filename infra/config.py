@@ -33,6 +33,10 @@ LOG_RETENTION_DAYS = (
 )  # fmt: skip
 
 
+# a job's limits the deployment caps (fanout:caps), as the functions read them (FANOUT_CAP_<NAME>)
+CAPPED_LIMITS = ("max_items", "max_tasks", "max_votes", "max_item_bytes", "max_prompt_bytes")
+
+
 @dataclass(frozen=True)
 class FanoutConfig:
     stack_name: str
@@ -51,6 +55,8 @@ class FanoutConfig:
     # the debug setting: prompts and outputs in the function logs, execution data in the state machine logs
     log_content: bool = False
     state_machine_log_level: str = DEFAULT_STATE_MACHINE_LOG_LEVEL
+    # ceilings for a job's limits: a job may lower them, never raise them
+    caps: tuple[tuple[str, int], ...] = ()
 
     @property
     def python_version(self) -> str:
@@ -76,9 +82,13 @@ class FanoutConfig:
             alarm_email=_optional(node, "alarmEmail"),
             log_content=_as_bool(node, "logContent"),
             state_machine_log_level=(_optional(node, "stateMachineLogLevel") or DEFAULT_STATE_MACHINE_LOG_LEVEL).upper(),
+            caps=_as_caps(node.try_get_context(CONTEXT_PREFIX + "caps")),
         )
         config.validate()
         return config
+
+    def cap_environment(self) -> dict[str, str]:
+        return {f"FANOUT_CAP_{name.upper()}": str(value) for name, value in self.caps}
 
     def validate(self) -> None:
         minor = self.lambda_runtime.removeprefix("python3.")
@@ -181,3 +191,24 @@ def _as_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     return tuple(dict.fromkeys(str(v).strip() for v in value if str(v).strip()))
+
+
+def _as_caps(value: object) -> tuple[tuple[str, int], ...]:
+    """fanout:caps as an object (cdk.json) or JSON text (-c): {"max_items": 100000, ...}."""
+    if value in (None, ""):
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f'context {CONTEXT_PREFIX}caps is not JSON: give an object like {{"max_items": 100000}}') from None
+    if not isinstance(value, dict):
+        raise ValueError(f'context {CONTEXT_PREFIX}caps must be an object like {{"max_items": 100000}}')
+    caps = []
+    for name, cap in value.items():
+        if name not in CAPPED_LIMITS:
+            raise ValueError(f"context {CONTEXT_PREFIX}caps has {name!r}: use {', '.join(CAPPED_LIMITS)}")
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+            raise ValueError(f"context {CONTEXT_PREFIX}caps.{name} must be a whole number of 1 or more, got {cap!r}")
+        caps.append((name, cap))
+    return tuple(sorted(caps))

@@ -175,6 +175,7 @@ class Functions(Construct):
                 "FANOUT_RESULTS_BUCKET": self._results_bucket.bucket_name,
                 "FANOUT_DEFAULT_MODEL": self._config.default_model,
                 "FANOUT_MAX_CONCURRENCY": str(self._config.max_concurrency),
+                **self._config.cap_environment(),
             },
         )
         if self._data_key is not None:

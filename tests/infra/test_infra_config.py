@@ -42,6 +42,11 @@ def test_child_execution_type_defaults_to_standard_and_may_be_express(context: d
     assert _config(context, **{"fanout:childExecutionType": "express"}).child_execution_type == "EXPRESS"
 
 
+def test_caps_become_the_functions_environment(context: dict[str, Any]) -> None:
+    config = _config(context, **{"fanout:caps": '{"max_items": 50, "max_votes": 7}'})
+    assert config.cap_environment() == {"FANOUT_CAP_MAX_ITEMS": "50", "FANOUT_CAP_MAX_VOTES": "7"}
+
+
 def test_json_list_on_the_command_line(context: dict[str, Any]) -> None:
     config = _config(context, **{"fanout:models": '["amazon.nova-lite-v1:0"]', "fanout:defaultModel": "sim"})
     assert config.models == ("amazon.nova-lite-v1:0",)
@@ -63,6 +68,9 @@ def test_json_list_on_the_command_line(context: dict[str, Any]) -> None:
         ({"fanout:alarmEmail": "oncall"}, "fanout:alarmEmail"),
         ({"fanout:logContent": "maybe"}, "fanout:logContent"),
         ({"fanout:stateMachineLogLevel": "DEBUG"}, "fanout:stateMachineLogLevel"),
+        ({"fanout:caps": {"max_itmes": 5}}, "fanout:caps"),
+        ({"fanout:caps": {"max_items": 0}}, "fanout:caps.max_items"),
+        ({"fanout:caps": "not json"}, "fanout:caps"),
     ],
 )
 def test_bad_context_is_refused_naming_the_key(context: dict[str, Any], overrides: dict[str, Any], names: str) -> None:

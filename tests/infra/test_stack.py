@@ -245,6 +245,8 @@ def test_function_environment(
             "FANOUT_RESULTS_BUCKET": {"Ref": bucket_ids["results"]},
             "FANOUT_DEFAULT_MODEL": context["fanout:defaultModel"],
             "FANOUT_MAX_CONCURRENCY": str(context["fanout:maxConcurrency"]),
+            # the deployment's ceilings on a job's limits, read by Plan
+            **{f"FANOUT_CAP_{name.upper()}": str(cap) for name, cap in context["fanout:caps"].items()},
         }
 
 
