@@ -43,10 +43,23 @@ def aggregate(
     wanted = {item["id"] for item in items}
     known_slots = set(item_slots)
     by_task: dict[tuple[str, str], dict[str, Any]] = {}
+    # usage counts every record read, a task's duplicates included: those calls were made and paid for
+    by_model: dict[str, list[int]] = {}
+    synthetic = False
     for record in records:
         key = (record.get("item_id", ""), record.get("slot", ""))
         if key[0] not in wanted or key[1] not in known_slots:
             continue
+        name = record.get("model") or "unknown"
+        model = by_model.get(name)
+        if model is None:
+            model = by_model[str(name)] = [0, 0, 0]
+        model[0] += record.get("attempts") or 0
+        spent = record.get("usage")
+        if spent:
+            model[1] += spent.get("input_tokens") or 0
+            model[2] += spent.get("output_tokens") or 0
+        synthetic = synthetic or bool(record.get("synthetic"))
         current = by_task.get(key)
         # a task recorded twice (a retried batch) counts once, by its best outcome
         if current is None or _STATUS_RANK.get(record.get("status", ""), 0) > _STATUS_RANK.get(current["status"], 0):
@@ -55,8 +68,6 @@ def aggregate(
     check = SchemaCheck(job.output_schema) if job.output_schema else None
     counts = dict.fromkeys(("ok", "invalid", "failed", "skipped"), 0)
     counts.update(items=len(items), tasks=len(items) * len(item_slots))
-    by_model: dict[str, list[int]] = {}
-    synthetic = False
     per_item: list[list[dict[str, Any]]] = []
     for item in items:
         outcomes = []
@@ -72,15 +83,6 @@ def aggregate(
                 if problem is not None:
                     record = {**record, "status": "invalid", "error": problem}
             counts[record["status"]] += 1
-            spent = record.get("usage")
-            model = by_model.get(record.get("model") or "unknown")
-            if model is None:
-                model = by_model[str(record.get("model") or "unknown")] = [0, 0, 0]
-            model[0] += record.get("attempts") or 0
-            if spent:
-                model[1] += spent.get("input_tokens") or 0
-                model[2] += spent.get("output_tokens") or 0
-            synthetic = synthetic or bool(record.get("synthetic"))
             outcomes.append(record)
         per_item.append(outcomes)
 
@@ -257,7 +259,13 @@ def evaluate(
     singles: list[float] = []
     for item, _, mine in scored:
         if mine:
-            singles.append(sum(1 for v in mine if _matches(v.value, item["expected"])) / len(mine))
+            expected = item["expected"]
+            if _is_number(expected):
+                right = sum(1 for v in mine if _matches(v.value, expected))
+            else:
+                target = normalise(expected)
+                right = sum(1 for v in mine if v.key == target)
+            singles.append(right / len(mine))
     accuracy = correct / len(scored)
     single = statistics.fmean(singles) if singles else 0.0
     return {

@@ -30,6 +30,7 @@ class Vote:
     value: Any  # the voted-on part of the output
     output: Any  # the whole output
     model: str
+    key: str  # the normalised answer votes are compared by
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,18 @@ class JudgeVerdict:
 def valid_votes(job: Job, outcomes: list[dict[str, Any]]) -> list[Vote]:
     """The ok votes of an item that carry an answer, in vote order."""
     votes = []
+    field = job.aggregate.field
     for position, record in enumerate(outcomes):
         if record["status"] != "ok":
             continue
-        value = answer_at(record["output"], job.aggregate.field)
+        output = record["output"]
+        value = (
+            output.get(field)
+            if field is not None and "." not in field and isinstance(output, dict)
+            else (answer_at(output, field))
+        )
         if value is not None:
-            votes.append(Vote(position, value, record["output"], str(record.get("model", ""))))
+            votes.append(Vote(position, value, output, str(record.get("model", "")), normalise(value)))
     return votes
 
 
@@ -66,46 +73,53 @@ def decide(job: Job, votes: list[Vote], verdict: JudgeVerdict | None = None) -> 
     return plurality(votes, weights)
 
 
+class _Answer:
+    """One distinct (normalised) answer among an item's votes."""
+
+    __slots__ = ("count", "first", "forms", "weight")
+
+    def __init__(self, first: int) -> None:
+        self.weight = 0.0
+        self.count = 0
+        self.first = first
+        self.forms: dict[str, list[Any]] = {}  # original form -> [votes, value]
+
+
 def plurality(votes: list[Vote], weights: dict[str, float] | None = None) -> dict[str, Any]:
     """Majority (or weighted) vote over normalised answers; the answer keeps its most common original form."""
-    tallies: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    forms: dict[str, dict[str, int]] = {}
-    values: dict[str, Any] = {}
-    first: dict[str, int] = {}
+    answers: dict[str, _Answer] = {}
     for vote in votes:
-        key = normalise(vote.value)
-        weight = 1.0 if weights is None else float(weights.get(vote.model, 1.0))
-        tallies[key] = tallies.get(key, 0.0) + weight
-        counts[key] = counts.get(key, 0) + 1
+        answer = answers.get(vote.key)
+        if answer is None:
+            answer = answers[vote.key] = _Answer(vote.position)
+        answer.weight += 1.0 if weights is None else float(weights.get(vote.model, 1.0))
+        answer.count += 1
         form = vote.value if isinstance(vote.value, str) else canonical(vote.value)
-        seen = forms.setdefault(key, {})
-        seen[form] = seen.get(form, 0) + 1
-        values.setdefault(form, vote.value)
-        first.setdefault(key, vote.position)
-    total = sum(tallies.values())
+        seen = answer.forms.get(form)
+        if seen is None:
+            answer.forms[form] = [1, vote.value]
+        else:
+            seen[0] += 1
+    total = sum(a.weight for a in answers.values())
     if not votes or total <= 0:
         return {"answer": None, "confidence": 0.0, "votes": {}, "valid_votes": len(votes), "tie": False}
-    top = max(tallies.values())
-    tied = sorted((k for k, w in tallies.items() if w == top), key=first.__getitem__)
+    ranked = sorted(answers.values(), key=lambda a: (-a.weight, a.first))
+    top = ranked[0].weight
+    tied = [a for a in ranked if a.weight == top]  # already in earliest-vote order
     # each answer is shown in its most common original form (the first seen wins a tie)
-    display = {k: max(forms[k], key=forms[k].__getitem__) for k in tallies}
+    shown = {id(a): max(a.forms.items(), key=lambda f: f[1][0]) for a in ranked}
     out: dict[str, Any] = {
-        "answer": values[display[tied[0]]],
+        "answer": shown[id(ranked[0])][1][1],
         "confidence": round(top / total, 4),
-        "votes": {display[k]: counts[k] for k in sorted(counts, key=lambda k: (-tallies[k], first[k]))},
+        "votes": {shown[id(a)][0]: a.count for a in ranked},
         "valid_votes": len(votes),
         "tie": len(tied) > 1,
     }
     if weights is not None:
-        out["weighted_votes"] = {display[k]: round(tallies[k], 4) for k in out_order(tallies, first)}
+        out["weighted_votes"] = {shown[id(a)][0]: round(a.weight, 4) for a in ranked}
     if len(tied) > 1:
-        out["tied"] = [values[display[k]] for k in tied]
+        out["tied"] = [shown[id(a)][1][1] for a in tied]
     return out
-
-
-def out_order(tallies: dict[str, float], first: dict[str, int]) -> list[str]:
-    return sorted(tallies, key=lambda k: (-tallies[k], first[k]))
 
 
 def numeric(votes: list[Vote], strategy: str) -> dict[str, Any]:
@@ -176,7 +190,7 @@ def candidates(votes: list[Vote]) -> list[tuple[Any, int]]:
     """Distinct outputs offered to the judge, with how many votes gave each."""
     seen: dict[str, list[Any]] = {}
     for vote in votes:
-        seen.setdefault(normalise(vote.value), [vote.value, 0])[1] += 1
+        seen.setdefault(vote.key, [vote.value, 0])[1] += 1
     return [(value, count) for value, count in seen.values()]
 
 
