@@ -60,7 +60,7 @@ class RunStore:
     def batch_name(self, index: int) -> str:
         return f"batches/{index:05d}.json"
 
-    def writer(self, batch_index: int, flush_records: int = 200, flush_seconds: float = 1.0) -> RecordWriter:
+    def writer(self, batch_index: int, flush_records: int = 500, flush_seconds: float = 1.0) -> RecordWriter:
         """Where one run of batch ``batch_index`` writes its records."""
         prefix = f"{self.prefix}records/b{batch_index:05d}/{uuid.uuid4().hex[:12]}"
         return RecordWriter(self.s3, self.bucket, prefix, flush_records, flush_seconds)
