@@ -8,9 +8,11 @@ and excluded from votes, and a task recorded twice counts once.
 
 from __future__ import annotations
 
+import gc
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from rapidfuzz import fuzz
@@ -39,6 +41,31 @@ def aggregate(
     ``judge`` makes the extra call per item of the ``judge`` strategy; the
     calls run ``judge_threads`` at a time.
     """
+    with _collector_paused():
+        return _aggregate(job, items, records, batch_errors, judge, judge_threads)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Aggregation allocates hundreds of thousands of small dicts and makes no reference cycles of note;
+    pausing the cyclic collector meanwhile saves about a third of the time (refcounting still frees memory)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _aggregate(
+    job: Job,
+    items: list[dict[str, Any]],
+    records: Iterable[dict[str, Any]],
+    batch_errors: dict[str, str] | None,
+    judge: Judge | None,
+    judge_threads: int,
+) -> dict[str, Any]:
     item_slots = slots(job)
     wanted = {item["id"] for item in items}
     known_slots = set(item_slots)
@@ -46,7 +73,8 @@ def aggregate(
     # usage counts every record read, a task's duplicates included: those calls were made and paid for
     by_model: dict[str, list[int]] = {}
     synthetic = False
-    for record in records:
+    rank = _STATUS_RANK.get
+    for record in records:  # the hot loop of a large job: locals and direct lookups on purpose
         key = (record.get("item_id", ""), record.get("slot", ""))
         if key[0] not in wanted or key[1] not in known_slots:
             continue
@@ -59,31 +87,33 @@ def aggregate(
         if spent:
             model[1] += spent.get("input_tokens") or 0
             model[2] += spent.get("output_tokens") or 0
-        synthetic = synthetic or bool(record.get("synthetic"))
+        if not synthetic and record.get("synthetic"):
+            synthetic = True
         current = by_task.get(key)
         # a task recorded twice (a retried batch) counts once, by its best outcome
-        if current is None or _STATUS_RANK.get(record.get("status", ""), 0) > _STATUS_RANK.get(current["status"], 0):
+        if current is None or rank(record.get("status", ""), 0) > rank(current["status"], 0):
             by_task[key] = record
 
     check = SchemaCheck(job.output_schema) if job.output_schema else None
     counts = dict.fromkeys(("ok", "invalid", "failed", "skipped"), 0)
     counts.update(items=len(items), tasks=len(items) * len(item_slots))
     per_item: list[list[dict[str, Any]]] = []
+    digest = check.digest if check is not None else None
+    find = by_task.get
     for item in items:
+        item_id = item["id"]
         outcomes = []
         for slot in item_slots:
-            found = by_task.get((item["id"], slot))
-            if found is None:
-                reason = (batch_errors or {}).get(f"{item['id']}#{slot}", "no result")
-                record = {"item_id": item["id"], "slot": slot, "status": "failed", "output": None, "error": reason}
-            else:
-                record = found
-            if found is not None and record["status"] == "ok" and check is not None and record.get("checked") != check.digest:
-                problem = check(record["output"])
+            outcome = find((item_id, slot))
+            if outcome is None:
+                reason = (batch_errors or {}).get(f"{item_id}#{slot}", "no result")
+                outcome = {"item_id": item_id, "slot": slot, "status": "failed", "output": None, "error": reason}
+            elif check is not None and outcome["status"] == "ok" and outcome.get("checked") != digest:
+                problem = check(outcome["output"])
                 if problem is not None:
-                    record = {**record, "status": "invalid", "error": problem}
-            counts[record["status"]] += 1
-            outcomes.append(record)
+                    outcome = {**outcome, "status": "invalid", "error": problem}
+            counts[outcome["status"]] += 1
+            outcomes.append(outcome)
         per_item.append(outcomes)
 
     verdicts: list[JudgeVerdict | None] = [None] * len(items)
