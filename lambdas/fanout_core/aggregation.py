@@ -8,17 +8,16 @@ and excluded from votes, and a task recorded twice counts once.
 
 from __future__ import annotations
 
-import gc
 import statistics
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 from rapidfuzz import fuzz
 
 from fanout_core.answers import answer_at, normalise
 from fanout_core.job import Job
+from fanout_core.memory import collector_paused
 from fanout_core.planning import slots
 from fanout_core.validation import SchemaCheck
 from fanout_core.voting import TIE_BREAK_RULE, JudgeVerdict, Vote, candidates, decide, valid_votes
@@ -41,21 +40,8 @@ def aggregate(
     ``judge`` makes the extra call per item of the ``judge`` strategy; the
     calls run ``judge_threads`` at a time.
     """
-    with _collector_paused():
+    with collector_paused():
         return _aggregate(job, items, records, batch_errors, judge, judge_threads)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Aggregation allocates hundreds of thousands of small dicts and makes no reference cycles of note;
-    pausing the cyclic collector meanwhile saves about a third of the time (refcounting still frees memory)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _aggregate(
