@@ -5,7 +5,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from fanout_core import steps
 from fanout_core.handlers._clients import s3, settings
 from fanout_core.observability import ModelCalls, correlate, count, logger, metrics, tracer
-from fanout_core.providers.registry import provider_for
+from fanout_core.providers import registry
 
 
 @logger.inject_lambda_context(log_event=False, clear_state=True)
@@ -14,9 +14,11 @@ from fanout_core.providers.registry import provider_for
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     correlate(event["job_id"], event.get("execution"))
     # the optional synthesis call is a model call like the batches' ones
-    calls = ModelCalls(log_content=settings().log_content)
+    config = settings()
+    registry.configure(config.model_timeout_seconds)
+    calls = ModelCalls(log_content=config.log_content)
     try:
-        summary = steps.run_aggregate(event, s3=s3(), provider_for=calls.observe(provider_for))
+        summary = steps.run_aggregate(event, s3=s3(), provider_for=calls.observe(registry.provider_for))
     finally:
         calls.publish()
     count(f"jobs_{summary['status']}")

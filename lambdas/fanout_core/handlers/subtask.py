@@ -20,7 +20,7 @@ from fanout_core.observability import (
     metrics,
     tracer,
 )
-from fanout_core.providers.registry import provider_for
+from fanout_core.providers import registry
 
 
 @logger.inject_lambda_context(log_event=False, clear_state=True)
@@ -29,6 +29,7 @@ from fanout_core.providers.registry import provider_for
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     correlate(event["job_id"], event.get("execution"), batch=event["batch"]["index"])
     config = settings()
+    registry.configure(config.model_timeout_seconds)
     if event.get("retry"):
         count(BATCH_RETRIES)
     # no call starts once too little time is left for it to finish and its records to be written
@@ -36,7 +37,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000 - margin
     calls = ModelCalls(log_content=config.log_content)
     try:
-        result = steps.run_subtask(event, s3=s3(), provider_for=calls.observe(provider_for), deadline=deadline)
+        result = steps.run_subtask(event, s3=s3(), provider_for=calls.observe(registry.provider_for), deadline=deadline)
     except (ModelThrottled, BatchIncomplete) as exc:
         # handed back to the state machine, whose Retry continues the batch: an error by design
         count(BATCHES_THROTTLED if isinstance(exc, ModelThrottled) else BATCHES_INCOMPLETE)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 from collections import Counter
 from typing import Any
@@ -20,6 +19,16 @@ _cache: dict[str, Provider] = {}
 _lock = threading.Lock()
 _bedrock_session: Any = None
 _call_counter: Counter[str] | None = None
+_timeout_seconds = 120.0
+
+
+def configure(model_timeout_seconds: float) -> None:
+    """The read timeout of every model call (from the function's settings); rebuilds clients if it changed."""
+    global _timeout_seconds
+    with _lock:
+        if model_timeout_seconds != _timeout_seconds:
+            _timeout_seconds = model_timeout_seconds
+            _cache.clear()
 
 
 def count_calls(counter: Counter[str] | None) -> None:
@@ -64,7 +73,7 @@ class _Counted:
 
 def _build(spec_text: str) -> Provider:
     spec = parse_model_spec(spec_text)
-    timeout = float(os.environ.get("FANOUT_MODEL_TIMEOUT_SECONDS", "120"))
+    timeout = _timeout_seconds
     if spec.provider == "sim":
         return Simulator(spec.options)
     if spec.provider == "bedrock":
