@@ -6,8 +6,6 @@ STAMP := $(VENV)/.installed
 # the simulator by default; e.g. make run MODEL=bedrock:us.amazon.nova-lite-v1:0
 MODEL ?= sim
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-# jsii warns on every run that Node 20 is past end-of-life; synth works the same
-export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 
 .PHONY: run test lint bench synth clean
 
