@@ -184,7 +184,8 @@ def _run(loaded: LoadedJob, out: Path, *, fresh: bool, quiet: bool, default_mode
     elif job.model is None and not job.models:
         print(f"model: {default_model} (AWS credentials found and no model named; pass --model sim for the simulator)")
     else:
-        print(f"model: {', '.join(models)}")
+        simulated = all(m == SIMULATOR or m.startswith(SIMULATOR + ":") for m in models)
+        print(f"model: {', '.join(models)}" + (" (the built-in simulator; outputs are synthetic)" if simulated else ""))
     started = time.monotonic()
     with local_aws(default_model, bedrock_session=session) as runtime:
         import boto3
