@@ -158,14 +158,14 @@ def main() -> int:
             run = run_fanout(
                 voting_job("bench-latency", latency_tasks, concurrency), f"sim:latency_ms={latency_ms},jitter_ms=0", work
             )
-            ratio_fanout.append(run["execution_seconds"] / ideal)
+            ratio_fanout.append(run["wall_seconds"] / ideal)
             ratio_pool.append(run_thread_pool(latency_tasks, concurrency, {"latency_ms": latency_ms, "jitter_ms": 0}) / ideal)
             transitions.append(run["state_transitions"] * 1000 / latency_tasks)
             lambda_seconds.append(run["lambda_seconds"])
             invocations.append(sum(run["lambda_invocations"].values()))
             # (b) orchestration-bound: 0 ms calls
             run = run_fanout(voting_job("bench-overhead", overhead_tasks, concurrency), "sim:latency_ms=0,jitter_ms=0", work)
-            per_task_fanout.append(run["execution_seconds"] / overhead_tasks * 1000)
+            per_task_fanout.append(run["wall_seconds"] / overhead_tasks * 1000)
             per_task_pool.append(
                 run_thread_pool(overhead_tasks, concurrency, {"latency_ms": 0, "jitter_ms": 0}) / overhead_tasks * 1000
             )
