@@ -165,7 +165,8 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, provider_for: ProviderFacto
         job, items, store.iter_records(), batch_errors=errors, judge=judge, judge_threads=min(job.limits.max_concurrency, 32)
     )
     if job.synthesis is not None:
-        _synthesise(job, result, provider_for(job.model or saved["default_model"]))
+        spec = job.model or saved["default_model"]
+        _synthesise(job, result, provider_for(spec), spec)
     prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
     result["usage"]["estimated_cost_usd"] = estimate_cost(result["usage"]["by_model"], prices)
 
@@ -243,40 +244,45 @@ def _cause(cause: Any) -> str:
     return str(cause)[:500]
 
 
-def _synthesise(job: Job, result: dict[str, Any], provider: Provider) -> None:
-    """One final call over the merged results (or one per item), its input cut to the stated budget."""
+def _synthesise(job: Job, result: dict[str, Any], provider: Provider, spec: str) -> None:
+    """One final call over the merged results (or one per item, concurrently), its input cut to the stated budget."""
     assert job.synthesis is not None
-    budget = job.synthesis.max_input_chars
-    targets = [(item, [item]) for item in result["items"]] if job.synthesis.per_item else [(None, result["items"])]
-    for owner, subjects in targets:
+    synthesis = job.synthesis
+    targets = [(item, [item]) for item in result["items"]] if synthesis.per_item else [(None, result["items"])]
+
+    def one(target: tuple[dict[str, Any] | None, list[dict[str, Any]]]) -> tuple[dict[str, Any], tuple[int, int, int]]:
+        owner, subjects = target
         material = json.dumps([_digest(i) for i in subjects], ensure_ascii=False)
-        truncated = len(material) > budget
-        prompt = f"{job.synthesis.prompt}\n\n<results>\n{material[:budget]}\n</results>"
+        budget = synthesis.max_input_chars
         request = ModelRequest(
             task_id=f"synthesis#{owner['id'] if owner else '*'}",
-            prompt=prompt,
+            prompt=f"{synthesis.prompt}\n\n<results>\n{material[:budget]}\n</results>",
             system=job.system,
             max_tokens=max(job.inference.max_tokens, 1024),
             temperature=job.inference.temperature,
         )
         try:
             reply, calls = call_with_retries(provider, request)
-            text = reply.output if isinstance(reply.output, str) else json.dumps(reply.output, ensure_ascii=False)
-            if reply.synthetic:
-                text = "[synthetic] " + _synthetic_summary(subjects)
-            block: dict[str, Any] = {
-                "text": text,
-                "model": reply.model,
-                "input_chars": min(len(material), budget),
-                "input_truncated": truncated,
-            }
-            spent = {"model_calls": calls, "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens}
-            per_model = result["usage"]["by_model"].setdefault(reply.model, dict.fromkeys(spent, 0))
-            for key, value in spent.items():
-                result["usage"][key] += value
-                per_model[key] += value
         except ModelError as exc:
-            block = {"text": None, "error": f"{exc.code}: {exc.message}"}
+            return {"text": None, "model": spec, "error": f"{exc.code}: {exc.message}"}, (0, 0, 0)
+        text = reply.output if isinstance(reply.output, str) else json.dumps(reply.output, ensure_ascii=False)
+        if reply.synthetic:
+            text = "[synthetic] " + _synthetic_summary(subjects)
+        block = {
+            "text": text,
+            "model": spec,
+            "input_chars": min(len(material), budget),
+            "input_truncated": len(material) > budget,
+        }
+        return block, (calls, reply.input_tokens, reply.output_tokens)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(job.limits.max_concurrency, 16))) as pool:
+        done = list(pool.map(one, targets))
+    per_model = result["usage"]["by_model"].setdefault(spec, {"model_calls": 0, "input_tokens": 0, "output_tokens": 0})
+    for (owner, _), (block, spent) in zip(targets, done, strict=True):
+        for key, value in zip(("model_calls", "input_tokens", "output_tokens"), spent, strict=True):
+            result["usage"][key] += value
+            per_model[key] += value
         if owner is None:
             result["synthesis"] = block
         else:
