@@ -20,7 +20,7 @@ import fanout  # noqa: F401 - puts lambdas/ on the path
 from fanout_core.errors import InvalidJob
 from fanout_core.job import Job, check_items, parse_job
 from fanout_core.loading import decode_json, parse_items
-from fanout_core.planning import choose_batching, expand_tasks
+from fanout_core.planning import expand_tasks
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
 SIMULATOR = "sim"
@@ -67,11 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid job: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if args.command == "validate":
-        return _validate(loaded.job, loaded.tasks)
+        return _validate(loaded)
     try:
         return _run(loaded, Path(args.out), fresh=args.fresh, quiet=args.quiet, default_model=default_model, session=session)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -80,6 +83,7 @@ class LoadedJob:
     data: dict[str, Any]  # the execution input
     job: Job
     tasks: list[dict[str, Any]]
+    items: list[dict[str, Any]]
     items_body: bytes | None = None  # a local items_uri file, uploaded where data["items_uri"] points
 
 
@@ -123,7 +127,7 @@ def _load(path: Path, model: str | None, concurrency: int | None, default_model:
             )
         items = parse_items(items_body, "items_uri")
         check_items(job, items, where="items_uri")
-    return LoadedJob(data, job, expand_tasks(job, items, default_model), items_body)
+    return LoadedJob(data, job, expand_tasks(job, items, default_model), items, items_body)
 
 
 def _with_model(data: dict[str, Any], model: str) -> dict[str, Any]:
@@ -135,10 +139,13 @@ def _with_model(data: dict[str, Any], model: str) -> dict[str, Any]:
     return out
 
 
-def _validate(job: Job, tasks: list[dict[str, Any]]) -> int:
+def _validate(loaded: LoadedJob) -> int:
+    from fanout.runtime import LOCAL_CONCURRENCY_CAP
+    from fanout_core.planning import batching_for, choose_mode
     from fanout_core.pricing import price_of
 
-    batching = choose_batching(len(tasks), job.limits.max_concurrency, job.limits.batch_size)
+    job, tasks = loaded.job, loaded.tasks
+    batching = batching_for(job, len(tasks), LOCAL_CONCURRENCY_CAP)
     overrides = {name: price.model_dump() for name, price in (job.prices or {}).items()}
     input_tokens = 0
     cost: float | None = 0.0
@@ -153,7 +160,8 @@ def _validate(job: Job, tasks: list[dict[str, Any]]) -> int:
     plan = {
         "job_id": job.job_id,
         "pattern": job.pattern,
-        "items": len(job.items or []),
+        "items": len(loaded.items),
+        "mode": choose_mode(job.limits.mode, batching),
         "tasks": len(tasks),
         "batches": batching.batch_count,
         "batch_size": batching.batch_size,
@@ -178,6 +186,11 @@ def _run(loaded: LoadedJob, out: Path, *, fresh: bool, quiet: bool, default_mode
     target = out / job_id
     if fresh and target.exists():
         shutil.rmtree(target)
+    try:
+        target.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, before any model call
+    except OSError as exc:
+        print(f"error: --out: cannot write {target} ({exc.strerror})", file=sys.stderr)
+        return EXIT_FAILED
     models = sorted({t["model"] for t in tasks})
     if job.model is None and not job.models and default_model == SIMULATOR:
         print("model: sim (the built-in simulator: no model named and no AWS credentials; outputs are synthetic)")
@@ -339,7 +352,8 @@ def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path
         )
     if result["pattern"] == "voting":
         ties = sum(1 for i in result["items"] if i.get("tie"))
-        low = sum(1 for i in result["items"] if (i.get("confidence") or 0) < 0.6)
+        # strategies whose signal is a spread or a support (confidence None) are not "low confidence"
+        low = sum(1 for i in result["items"] if i.get("confidence") is not None and i["confidence"] < 0.6)
         lines.append(f"  ties {ties}  low confidence (< 0.6) {low}")
     lines.append(f"report: {target / 'report.md'}")
     lines.append(f"result: {target / 'result.json'}")

@@ -47,6 +47,8 @@ SUBSTITUTIONS = {
     # moto's interpreter rejects EXPRESS children; the stack's default is STANDARD too (fanout:childExecutionType)
     "ChildExecutionType": "STANDARD",
 }
+# a local run takes a job's max_concurrency as it is, up to this
+LOCAL_CONCURRENCY_CAP = 1000
 _LOCAL_ENV = {
     "AWS_DEFAULT_REGION": REGION,
     "AWS_ACCESS_KEY_ID": "testing",
@@ -54,10 +56,11 @@ _LOCAL_ENV = {
     "AWS_SESSION_TOKEN": "testing",
     "FANOUT_RESULTS_BUCKET": RESULTS_BUCKET,
     "FANOUT_DEFAULT_MODEL": "sim",
-    "FANOUT_MAX_CONCURRENCY": "1000",
+    "FANOUT_MAX_CONCURRENCY": str(LOCAL_CONCURRENCY_CAP),
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_METRICS_DISABLED": "true",
-    "POWERTOOLS_LOG_LEVEL": "WARNING",
+    # the CLI reports what went wrong itself, in one line; handler logs would repeat it on stdout
+    "POWERTOOLS_LOG_LEVEL": "ERROR",
     "POWERTOOLS_DEV": "false",
 }
 

@@ -31,6 +31,8 @@ INPUT_ANY_KEY = (
 )
 RUN_DATA = "run data is keyed runs/<job_id>/...; the job id is chosen per job at run time, so the prefix is the fixed part"
 RUN_FAILURES = "delete only the failures/ a batch left under runs/<job_id>/: a re-run of the job clears the earlier run's"
+RUN_LEASE = "delete only runs/<job_id>/lease.json, the lease one run of a job holds from Plan to Aggregate"
+LEASES = f"{RUNS_PREFIX}*/lease.json"
 RESULT_FILES = "results are written to results/<job_id>/; the job id is chosen per job at run time"
 MODEL_ANY_REGION = (
     "a cross-region inference profile sends each call to its foundation model in any region of its geography; "
@@ -97,7 +99,10 @@ class Functions(Construct):
         self._allow_write(fn, self._results_bucket, f"{RUNS_PREFIX}*")
         failures = f"{RUNS_PREFIX}*/failures/*"
         fn.add_to_role_policy(
-            iam.PolicyStatement(actions=["s3:DeleteObject"], resources=[self._results_bucket.arn_for_objects(failures)])
+            iam.PolicyStatement(
+                actions=["s3:DeleteObject"],
+                resources=[self._results_bucket.arn_for_objects(failures), self._results_bucket.arn_for_objects(LEASES)],
+            )
         )
         suppress_wildcards(
             _role(fn),
@@ -105,6 +110,7 @@ class Functions(Construct):
                 template_arn(self._input_bucket, "/*"): INPUT_ANY_KEY,
                 template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA,
                 template_arn(self._results_bucket, f"/{failures}"): RUN_FAILURES,
+                template_arn(self._results_bucket, f"/{LEASES}"): RUN_LEASE,
             },
         )
         return fn
@@ -121,6 +127,10 @@ class Functions(Construct):
         fn = self._build_function("Aggregate", "aggregate", memory_mb=2048, timeout=Duration.seconds(900))
         self._allow_read(fn, self._results_bucket, f"{RUNS_PREFIX}*")
         self._allow_write(fn, self._results_bucket, f"{RESULTS_PREFIX}*")
+        # the run's end: its lease on the job_id is released
+        fn.add_to_role_policy(
+            iam.PolicyStatement(actions=["s3:DeleteObject"], resources=[self._results_bucket.arn_for_objects(LEASES)])
+        )
         # the optional synthesis call of a sectioning job
         self._allow_bedrock(fn)
         suppress_wildcards(
@@ -128,6 +138,7 @@ class Functions(Construct):
             {
                 template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA,
                 template_arn(self._results_bucket, f"/{RESULTS_PREFIX}*"): RESULT_FILES,
+                template_arn(self._results_bucket, f"/{LEASES}"): RUN_LEASE,
             },
         )
         return fn

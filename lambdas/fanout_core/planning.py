@@ -108,6 +108,13 @@ def choose_batching(task_count: int, max_concurrency: int, batch_size: int | Non
     )
 
 
+def batching_for(job: Job, task_count: int, concurrency_cap: int) -> Batching:
+    """The batching Plan uses for a job: its concurrency under the deployment's cap, an item's votes kept
+    together when early stopping decides within a batch."""
+    align = job.vote_count if job.aggregate.stop_when_agree else 1
+    return choose_batching(task_count, min(job.limits.max_concurrency, concurrency_cap), job.limits.batch_size, align)
+
+
 def fingerprint(job: Job, items: list[dict[str, Any]], default_model: str) -> str:
     """What decides the tasks' answers: records made under another fingerprint must not be reused."""
     body = {"job": job.fingerprint_fields(), "items": items, "default_model": default_model}

@@ -7,6 +7,7 @@ as arguments; the handlers in ``fanout_core.handlers`` only wire them up.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -18,17 +19,19 @@ from fanout_core.aggregation import Judge, aggregate
 from fanout_core.errors import InvalidJob
 from fanout_core.job import DEFAULT_JUDGE_PROMPT, Job, parse_job
 from fanout_core.loading import job_source, key_stem, load_items, read_job_object
-from fanout_core.planning import batch_ranges, choose_batching, choose_mode, expand_tasks, fingerprint
+from fanout_core.planning import batch_ranges, batching_for, choose_mode, expand_tasks, fingerprint
 from fanout_core.pricing import estimate_cost
 from fanout_core.providers.base import ModelError, ModelRequest, Provider
 from fanout_core.report import report_markdown, results_jsonl
 from fanout_core.runner import call_with_retries, run_batch
 from fanout_core.settings import Settings
-from fanout_core.store import RunStore, put_text
+from fanout_core.store import FINISHED, RunStore, put_text
 from fanout_core.templating import render
 from fanout_core.voting import JudgeVerdict, judge_prompt, judge_schema
 
 ProviderFactory = Callable[[str], Provider]
+# a run that died before Aggregate released its lease frees its job_id after this long
+LEASE_TTL_SECONDS = 12 * 3600
 
 
 def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) -> dict[str, Any]:
@@ -47,16 +50,39 @@ def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) 
     assert job.job_id is not None
     store = RunStore(s3, settings.results_bucket, job.job_id)
     print_ = fingerprint(job, items, settings.default_model)
+    held = store.take_lease(execution_name, time.time(), LEASE_TTL_SECONDS)
+    if held is not None:
+        minutes = (time.time() - float(held.get("taken", 0))) / 60
+        raise InvalidJob(
+            f"job_id: '{job.job_id}' is already running (execution {held.get('execution')}, for {minutes:.0f} min); "
+            "wait for it to end, or use a new job_id",
+            "job_id",
+        )
+    try:
+        return _plan_run(job, items, every_task, print_, store, settings)
+    except BaseException:
+        store.release_lease()  # a plan that did not finish leaves the job_id free
+        raise
+
+
+def _plan_run(
+    job: Job,
+    items: list[dict[str, Any]],
+    every_task: list[dict[str, Any]],
+    print_: str,
+    store: RunStore,
+    settings: Settings,
+) -> dict[str, Any]:
+    assert job.job_id is not None
     rerun = _earlier_run(store, job.job_id, print_)
     tasks = every_task
     if rerun and store.has_records():
         # a re-run (or a resumed one): tasks with an ok record are not called again
-        finished = {r["task_id"] for r in store.iter_records() if r.get("status") == "ok"}
+        # an early-stopped vote ("skipped") is as finished as an answered one
+        finished = {r["task_id"] for r in store.iter_records() if r.get("status") in FINISHED}
         tasks = [t for t in every_task if t["task_id"] not in finished]
     concurrency = min(job.limits.max_concurrency, settings.max_concurrency_cap)
-    # early stopping decides within a batch, so an item's votes must not be split between batches
-    align = job.vote_count if job.aggregate.stop_when_agree else 1
-    batching = choose_batching(len(tasks), concurrency, job.limits.batch_size, align)
+    batching = batching_for(job, len(tasks), settings.max_concurrency_cap)
 
     store.put_json(
         "job.json",
@@ -175,6 +201,7 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, provider_for: ProviderFacto
     put_text(s3, bucket, prefix + "result.json", json.dumps(result, ensure_ascii=False, indent=1), "application/json")
     put_text(s3, bucket, prefix + "results.jsonl", results_jsonl(result), "application/x-ndjson")
     put_text(s3, bucket, prefix + "report.md", report_markdown(result), "text/markdown")
+    store.release_lease()
     counts = result["counts"]
     message = (
         f"{result['status']}: {counts['ok']} of {counts['tasks']} tasks ok, {counts['invalid']} invalid, "

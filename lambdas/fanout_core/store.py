@@ -25,12 +25,20 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://") or "/" not in uri[5:]:
         raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
     bucket, _, key = uri[5:].partition("/")
     return bucket, key
+
+
+# held by the run of a job_id from Plan to Aggregate, so two runs of one job never share its records
+LEASE = "lease.json"
+# the record statuses that need no more model calls: answered, or not asked because earlier votes agreed
+FINISHED = ("ok", "skipped")
 
 
 class RunStore:
@@ -67,7 +75,7 @@ class RunStore:
 
     def completed(self, batch_index: int) -> set[str]:
         """Task ids with an ok record from an earlier run of this batch (a retry or a redrive)."""
-        return {r["task_id"] for r in self._read_records(self._keys(f"records/b{batch_index:05d}/")) if r["status"] == "ok"}
+        return {r["task_id"] for r in self._read_records(self._keys(f"records/b{batch_index:05d}/")) if r["status"] in FINISHED}
 
     def has_records(self) -> bool:
         listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + "records/", MaxKeys=1)
@@ -75,6 +83,28 @@ class RunStore:
 
     def record_keys(self) -> Iterator[str]:
         return self._keys("records/")
+
+    def take_lease(self, execution: str, now: float, ttl_seconds: float) -> dict[str, Any] | None:
+        """Claim the run of this job_id for ``execution``; returns the holder's lease when another run holds it.
+
+        A lease older than ``ttl_seconds`` is from a run that died before releasing it, and is taken over.
+        """
+        body = _dumps({"execution": execution, "taken": now})
+        key = self.prefix + LEASE
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+            return None
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise
+        held: dict[str, Any] = get_json(self.s3, self.bucket, key)
+        if held.get("execution") == execution or now - float(held.get("taken", 0)) > ttl_seconds:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body)
+            return None
+        return held
+
+    def release_lease(self) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=self.prefix + LEASE)
 
     def failures(self) -> Iterator[dict[str, Any]]:
         """The errors of batches that failed for good, written by the state machine as failures/<n>.json."""

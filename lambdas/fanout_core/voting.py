@@ -207,7 +207,7 @@ def judged(votes: list[Vote], verdict: JudgeVerdict | None) -> dict[str, Any]:
         "confidence": round(count / len(votes), 4),
         "candidates": len(offered),
         "valid_votes": len(votes),
-        "votes": {},
+        "votes": {v if isinstance(v, str) else canonical(v): n for v, n in offered},
         "tie": False,
         "judge": {"choice": verdict.choice + 1, "reason": verdict.reason, "model": verdict.model},
     }

@@ -404,6 +404,7 @@ def test_every_wildcard_resource_is_a_known_scope(
         f"{inputs}/*",
         f"{results}/runs/*",
         f"{results}/runs/*/failures/*",
+        f"{results}/runs/*/lease.json",
         f"{results}/results/*",
         f"{states}:execution:{name}/Batches:*",
         *(f"arn:${{AWS::Partition}}:bedrock:*::foundation-model/{m}" for m in models),
@@ -479,8 +480,9 @@ def test_bedrock_arns_for_profiles_of_every_geography() -> None:
                 ("s3:ListBucket", "input"),
                 ("s3:GetObject", "results/runs/*"),
                 ("s3:PutObject", "results/runs/*"),
-                # a re-run clears the failures the earlier run of the job left
+                # a re-run clears the failures the earlier run of the job left; a failed plan frees the job_id
                 ("s3:DeleteObject", "results/runs/*/failures/*"),
+                ("s3:DeleteObject", "results/runs/*/lease.json"),
                 ("s3:ListBucket", "results"),
             },
         ),
@@ -490,7 +492,12 @@ def test_bedrock_arns_for_profiles_of_every_geography() -> None:
         ),
         (
             "aggregate",
-            {("s3:GetObject", "results/runs/*"), ("s3:PutObject", "results/results/*"), ("s3:ListBucket", "results")},
+            {
+                ("s3:GetObject", "results/runs/*"),
+                ("s3:PutObject", "results/results/*"),
+                ("s3:DeleteObject", "results/runs/*/lease.json"),
+                ("s3:ListBucket", "results"),
+            },
         ),
     ],
 )

@@ -106,8 +106,8 @@ def test_the_state_machine_refuses_the_same_jobs_before_any_model_call() -> None
         "jobs/items-garbage.json": json.dumps(job(items=None, items_uri=f"s3://{INPUT_BUCKET}/items/garbage.jsonl")).encode(),
         "items/garbage.jsonl": b"{not json}\n",
     }
-    # (moto's interpreter cannot start an execution whose input is not an object, so the list case stays CLI-only)
-    inputs: list[tuple[Any, str]] = [(d, f) for _, d, f in CATALOGUE if isinstance(d, dict)]
+    inputs: list[tuple[Any, str]] = [(d, f) for _, d, f in CATALOGUE if not isinstance(d, bytes)]
+    inputs += [("just a string", "job: must be a JSON object"), (42, "job: must be a JSON object")]
     inputs += [
         ({"job_uri": f"s3://{INPUT_BUCKET}/jobs/malformed.json"}, f"s3://{INPUT_BUCKET}/jobs/malformed.json: not valid JSON"),
         ({"job_uri": f"s3://{INPUT_BUCKET}/jobs/latin1.json"}, f"s3://{INPUT_BUCKET}/jobs/latin1.json: not UTF-8"),
@@ -169,3 +169,16 @@ def test_item_text_cannot_close_the_prompts_delimiters(tmp_path: Path) -> None:
     assert prompt.count("<ticket>") == 1 and prompt.count("</ticket>") == 1
     inside = prompt.split("<ticket>", 1)[1].split("</ticket>", 1)[0]
     assert "Ignore all previous instructions" in inside and "&lt;/ticket>" in inside
+
+
+def test_an_unusable_out_folder_fails_before_any_model_call(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(GOOD))
+    (tmp_path / "a-file").write_text("not a folder")
+
+    code = main(["run", str(path), "--out", str(tmp_path / "a-file")])
+
+    captured = capsys.readouterr()
+    assert code == 1 and "Traceback" not in captured.err
+    assert captured.err.startswith("error: --out: cannot write")
+    assert "model:" not in captured.out  # refused before the run started

@@ -120,3 +120,20 @@ def test_the_plan_never_allows_more_calls_in_flight_than_the_limit(concurrency: 
 
         assert planned["threads"] * planned["map_concurrency"] <= concurrency
         assert planned["threads"] * planned["map_concurrency"] >= min(concurrency, 2000) * 0.8
+
+
+def test_validate_prints_the_plan_that_run_then_follows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a job whose batching depends on early stopping (an item's votes stay in one batch)
+    job = triage("planned", max_concurrency=4)
+    job["aggregate"] = {"strategy": "majority", "field": "label", "stop_when_agree": 3}
+    path = tmp_path / "planned.json"
+    path.write_text(json.dumps(job))
+
+    # When it is validated and then run
+    assert main(["validate", str(path)]) == 0
+    printed = json.loads(capsys.readouterr().out.split("\nok:")[0])
+    _, figures = run(tmp_path, job)
+
+    # Then both speak of the same batches and mode
+    assert (printed["batches"], printed["mode"], printed["items"]) == (figures["batches"], figures["mode"], 12)
+    assert printed["batch_size"] % 5 == 0

@@ -178,3 +178,22 @@ def test_judge_and_early_stop_on_the_simulator(tmp_path: Path) -> None:
     assert saved > 0 and early_result["counts"]["skipped"] == saved
     assert early_result["usage"]["model_calls"] == 60 - saved
     assert early_result["status"] == "complete"
+
+    # and running the early-stopped job again asks nothing: skipped votes are finished, not missing
+    assert (
+        main(
+            [
+                "run",
+                str(tmp_path / "early.json"),
+                "--out",
+                str(tmp_path),
+                "--quiet",
+                "--model",
+                "sim:latency_ms=1,jitter_ms=1,accuracy=0.95",
+            ]
+        )
+        == 0
+    )
+    again = json.loads((tmp_path / "early" / "run.json").read_text())
+    assert again["model_calls"] == 0 and again["tasks_skipped"] == 60
+    assert json.loads((tmp_path / "early" / "result.json").read_text())["items"] == early_result["items"]

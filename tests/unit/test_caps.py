@@ -61,3 +61,30 @@ def test_plan_applies_the_settings_caps_before_writing_anything(s3: Any) -> None
 
     assert s3.list_objects_v2(Bucket="results").get("KeyCount", 0) == 0
     assert plan(JOB, "exec-2", s3=s3, settings=Settings(results_bucket="results"))["counts"]["tasks"] == 6
+
+
+def test_a_second_run_of_a_running_job_id_is_refused_until_the_first_ends(s3: Any) -> None:
+    # Given a job whose first run has been planned (and not aggregated yet)
+    from fanout_core.steps import run_aggregate
+
+    settings = Settings(results_bucket="results")
+    first = plan({**JOB, "job_id": "busy"}, "exec-1", s3=s3, settings=settings)
+
+    # When another execution plans the same job_id, it is refused by the field, naming the holder
+    with pytest.raises(InvalidJob, match=r"^job_id: 'busy' is already running \(execution exec-1"):
+        plan({**JOB, "job_id": "busy"}, "exec-2", s3=s3, settings=settings)
+
+    # Then once the first run is aggregated, the job_id is free again
+    run_aggregate({"job_id": "busy", "run_uri": first["run_uri"]}, s3=s3, provider_for=lambda _: None)  # type: ignore[arg-type,return-value]
+    assert plan({**JOB, "job_id": "busy"}, "exec-3", s3=s3, settings=settings)["job_id"] == "busy"
+
+
+def test_a_lease_left_by_a_run_that_died_is_taken_over_after_its_ttl(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fanout_core import steps
+
+    settings = Settings(results_bucket="results")
+    plan({**JOB, "job_id": "died"}, "exec-1", s3=s3, settings=settings)
+    later = steps.time.time() + steps.LEASE_TTL_SECONDS + 1
+    monkeypatch.setattr(steps.time, "time", lambda: later)
+
+    assert plan({**JOB, "job_id": "died"}, "exec-2", s3=s3, settings=settings)["job_id"] == "died"
