@@ -148,12 +148,8 @@ def test_judge_and_early_stop_on_the_simulator(tmp_path: Path) -> None:
     for job in (judged, early):
         (tmp_path / f"{job['job_id']}.json").write_text(json.dumps(job))
 
-    assert (
-        main(["run", str(tmp_path / "judged.json"), "--out", str(tmp_path), "--quiet", "--model", "sim:latency_ms=1,jitter_ms=1"])
-        == 0
-    )
-    assert (
-        main(
+    def run_early() -> int:
+        return main(
             [
                 "run",
                 str(tmp_path / "early.json"),
@@ -164,8 +160,12 @@ def test_judge_and_early_stop_on_the_simulator(tmp_path: Path) -> None:
                 "sim:latency_ms=1,jitter_ms=1,accuracy=0.95",
             ]
         )
+
+    assert (
+        main(["run", str(tmp_path / "judged.json"), "--out", str(tmp_path), "--quiet", "--model", "sim:latency_ms=1,jitter_ms=1"])
         == 0
     )
+    assert run_early() == 0
 
     judged_result = json.loads((tmp_path / "judged" / "result.json").read_text())
     assert all("judge" in i for i in judged_result["items"])
@@ -180,20 +180,7 @@ def test_judge_and_early_stop_on_the_simulator(tmp_path: Path) -> None:
     assert early_result["status"] == "complete"
 
     # and running the early-stopped job again asks nothing: skipped votes are finished, not missing
-    assert (
-        main(
-            [
-                "run",
-                str(tmp_path / "early.json"),
-                "--out",
-                str(tmp_path),
-                "--quiet",
-                "--model",
-                "sim:latency_ms=1,jitter_ms=1,accuracy=0.95",
-            ]
-        )
-        == 0
-    )
+    assert run_early() == 0
     again = json.loads((tmp_path / "early" / "run.json").read_text())
     assert again["model_calls"] == 0 and again["tasks_skipped"] == 60
     assert json.loads((tmp_path / "early" / "result.json").read_text())["items"] == early_result["items"]
