@@ -7,6 +7,7 @@ Layout in the results bucket::
     runs/<job_id>/batches/<n>.json               the rendered tasks of batch n
     runs/<job_id>/records/b<n>/<writer>-<k>.jsonl   task records, one JSON line each
     runs/<job_id>/failures/<n>.json              the error of a batch that failed for good
+    runs/<job_id>/lease.json                     held by the one run of the job_id in progress
     results/<job_id>/result.json, results.jsonl, report.md
 
 Records are written as the batch goes, a chunk at a time (every
@@ -74,7 +75,7 @@ class RunStore:
         return RecordWriter(self.s3, self.bucket, prefix, flush_records, flush_seconds)
 
     def completed(self, batch_index: int) -> set[str]:
-        """Task ids with an ok record from an earlier run of this batch (a retry or a redrive)."""
+        """Task ids finished (ok, or skipped by early stopping) by an earlier run of this batch (a retry or a redrive)."""
         return {r["task_id"] for r in self._read_records(self._keys(f"records/b{batch_index:05d}/")) if r["status"] in FINISHED}
 
     def has_records(self) -> bool:
