@@ -98,11 +98,11 @@ def test_each_task_state_invokes_its_function(state_machine: tuple[str, dict[str
     text = re.sub(r"\$\{(\w+)\}", lambda m: substitutions[m.group(1)], ASL_FILE.read_text())
     definition = json.loads(text)
 
-    # When every lambda:invoke task is listed with the function it names (RunBatch once per Map mode)
+    # When every lambda:invoke task is listed with the function it names (a batch once per Map mode)
     invoked = [(name, state["Parameters"]["FunctionName"]) for name, state in _task_states(definition)]
 
     # Then each step calls the function built for it, by ARN, and each function is called
-    step_function = {"Plan": "plan", "RunBatch": "subtask", "Aggregate": "aggregate"}
+    step_function = {"Plan": "plan", "RunBatch": "subtask", "RunBatchDistributed": "subtask", "Aggregate": "aggregate"}
     assert {name for name, _ in invoked} == set(step_function)
     for name, arn in invoked:
         assert arn == f"${{{function_ids[step_function[name]]}.Arn}}", f"{name} invokes {arn}"
@@ -225,7 +225,7 @@ def test_function_memory_and_timeout(
 
 def test_asl_task_timeouts_leave_room_for_the_function_timeouts(resources: dict[str, Any], function_ids: dict[str, str]) -> None:
     # a task timeout below the function's would abandon calls that are still running
-    step_function = {"Plan": "plan", "RunBatch": "subtask", "Aggregate": "aggregate"}
+    step_function = {"Plan": "plan", "RunBatch": "subtask", "RunBatchDistributed": "subtask", "Aggregate": "aggregate"}
     for state, task in _task_states(json.loads(ASL_FILE.read_text())):
         assert task["TimeoutSeconds"] >= resources[function_ids[step_function[state]]]["Properties"]["Timeout"], state
 
