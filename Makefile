@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL ?= sim
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint bench synth clean
+.PHONY: run test lint bench synth clean node-check
 
 $(STAMP): requirements.txt requirements-dev.txt lambdas/requirements.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fanout needs Python 3.11 or newer"'
@@ -23,7 +23,13 @@ node_modules/.installed: package.json package-lock.json
 run: $(STAMP)
 	$(PY) -m fanout run examples/ticket-triage.json --out out --model $(MODEL)
 
-test: $(STAMP)
+# the infrastructure tests synthesize the stack (the CDK's jsii runs on Node.js) and check the ASL with asl-validator
+NODE_NEEDED := make $(MAKECMDGOALS) needs Node.js 22 or 24 and npm (Node 20 is end-of-life), for the CDK synth and asl-validator
+node-check:
+	$(if $(shell command -v node && command -v npm),,$(error $(NODE_NEEDED)))
+	@node -e 'const m = +process.versions.node.split(".")[0]; if (![22, 24].includes(m)) console.error("note: Node.js " + process.version + " found; fanout is tested on Node.js 22 and 24 (Node 20 is end-of-life)")'
+
+test: node-check $(STAMP) node_modules/.installed
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -35,7 +41,7 @@ bench: $(STAMP)
 	$(PY) -m bench
 	$(PY) -m bench.faults
 
-synth: $(STAMP) node_modules/.installed
+synth: node-check $(STAMP) node_modules/.installed
 	rm -rf cdk.out  # stale asset folders from earlier synths would sit next to the new one
 	npx --no-install cdk synth --quiet --output cdk.out
 	@echo "template: cdk.out/$$(ls cdk.out | grep -m1 '.template.json$$')"
