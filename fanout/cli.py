@@ -253,20 +253,16 @@ class _RecordCounter:
 
     def __init__(self, job_id: str) -> None:
         self.prefix = f"runs/{job_id}/records/"
-        self.seen: dict[str, int] = {}
+        self.seen: set[str] = set()
+        self.count = 0
 
     def __call__(self) -> int:
-        from moto.s3.models import s3_backends
-
+        from fanout import moto_patches
         from fanout.runtime import ACCOUNT, RESULTS_BUCKET
 
-        bucket = s3_backends[ACCOUNT]["aws"].buckets.get(RESULTS_BUCKET)
-        if bucket is None:
-            return 0
-        for key in list(bucket.keys.keys()):
-            if key.startswith(self.prefix) and key not in self.seen:
-                self.seen[key] = bucket.keys[key].value.count(b"\n")
-        return sum(self.seen.values())
+        for _, body in moto_patches.new_objects(ACCOUNT, RESULTS_BUCKET, self.prefix, self.seen):
+            self.count += body.count(b"\n")
+        return self.count
 
 
 def _restore_records(s3: Any, bucket: str, job_id: str, target: Path) -> None:

@@ -103,12 +103,13 @@ class LocalRuntime:
         self._activity = threading.Condition()
         self._generation = 0
         self._lock = threading.Lock()
+        self._session: Any = None
 
     # -- set-up ---------------------------------------------------------------
     def install(self) -> None:
         """Create the resources; call inside an active moto mock (or against a moto server)."""
-        session = boto3._get_default_session()
-        session.events.register_first("before-send.lambda.Invoke", self._route)
+        self._session = boto3._get_default_session()
+        self._session.events.register_first("before-send.lambda.Invoke", self._route)
         for module in FUNCTIONS.values():
             _handler_module(module)  # a warm container: imports are not part of any invocation
         from fanout_core.handlers import _clients
@@ -127,6 +128,12 @@ class LocalRuntime:
             definition=definition(),
             roleArn=f"arn:aws:iam::{ACCOUNT}:role/fanout-state-machine",
         )["stateMachineArn"]
+
+    def uninstall(self) -> None:
+        """Stop answering Lambda calls (the resources go with the moto mock or server they were made in)."""
+        if self._session is not None:
+            self._session.events.unregister("before-send.lambda.Invoke", self._route)
+            self._session = None
 
     # -- lambda:invoke answered in-process ------------------------------------
     def _route(self, request: Any, **_: Any) -> AWSResponse:
@@ -167,14 +174,17 @@ class LocalRuntime:
 
     def wait(self, execution_arn: str, on_poll: Callable[[], None] | None = None, poll_seconds: float = 0.5) -> Execution:
         """Until the execution ends: a quick look after each invocation, a slow one otherwise."""
+        from fanout import moto_patches
+
         sfn = boto3.client("stepfunctions", region_name=REGION)
         started = time.monotonic()
         seen, quick = self._generation, 0
         while True:
-            described = sfn.describe_execution(executionArn=execution_arn)
+            # not DescribeExecution: moto serialises the whole execution input into each answer
+            status = moto_patches.execution_status(ACCOUNT, REGION, execution_arn)
             if on_poll is not None:
                 on_poll()
-            if described["status"] != "RUNNING":
+            if status != "RUNNING":
                 break
             with self._activity:
                 if self._generation == seen and not quick:
@@ -185,6 +195,7 @@ class LocalRuntime:
                 quick -= 1
                 time.sleep(0.01)
         waited = time.monotonic() - started
+        described = sfn.describe_execution(executionArn=execution_arn)  # once, for the output
         output = json.loads(described["output"]) if described.get("output") else None
         transitions, span = read_history(sfn, execution_arn)
         return Execution(
@@ -246,16 +257,6 @@ class _Raw:
         return self._body
 
 
-def _cache_jsonpath_parsing() -> None:
-    """The interpreter re-parses every JSONPath on every evaluation; parsed paths are immutable, so cache them."""
-    from moto.stepfunctions.parser.asl.component.common.path import result_path
-    from moto.stepfunctions.parser.asl.utils import json_path
-
-    for module in (json_path, result_path):
-        if not hasattr(module.parse, "cache_info"):
-            module.parse = functools.lru_cache(maxsize=4096)(module.parse)  # type: ignore[attr-defined]
-
-
 def caller_session() -> Any | None:
     """The caller's AWS session when credentials are configured, else None.
 
@@ -288,13 +289,18 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
     """
     from moto import mock_aws
 
-    from fanout_core.providers import registry
+    from fanout import moto_patches
+    from fanout_core.handlers import _clients
+    from fanout_core.providers.registry import ProviderRegistry
 
+    moto_patches.check_version()
     saved = {k: os.environ.get(k) for k in _LOCAL_ENV}
+    moto_logger = logging.getLogger("moto")
+    saved_level = moto_logger.level
     os.environ.update({**_LOCAL_ENV, "FANOUT_DEFAULT_MODEL": default_model})
-    _cache_jsonpath_parsing()
+    undo_jsonpath = moto_patches.cache_jsonpath_parsing()
     # the interpreter logs every caught task error at ERROR; the CLI reports failures itself
-    logging.getLogger("moto").setLevel(logging.CRITICAL)
+    moto_logger.setLevel(logging.CRITICAL)
     config: Any = {
         "core": {
             "mock_credentials": True,
@@ -306,14 +312,17 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
     }
     try:
         with mock_aws(config=config):
-            registry.use_bedrock_session(bedrock_session)
             runtime = LocalRuntime()
-            registry.count_calls(runtime.model_calls)
-            runtime.install()
-            yield runtime
+            providers = ProviderRegistry(bedrock_session=bedrock_session, call_counter=runtime.model_calls)
+            with _clients.using_providers(providers):
+                runtime.install()
+                try:
+                    yield runtime
+                finally:
+                    runtime.uninstall()
     finally:
-        registry.use_bedrock_session(None)
-        registry.count_calls(None)
+        undo_jsonpath()
+        moto_logger.setLevel(saved_level)
         for key, previous in saved.items():
             if previous is None:
                 os.environ.pop(key, None)

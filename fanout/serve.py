@@ -19,6 +19,7 @@ it starts and as it ends, whoever started it. Ctrl-C or SIGTERM stops the server
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -39,6 +40,7 @@ from typing import Any, TextIO
 
 import boto3
 
+from fanout import moto_patches
 from fanout.runtime import (
     _LOCAL_ENV,
     ACCOUNT,
@@ -46,9 +48,10 @@ from fanout.runtime import (
     REGION,
     RESULTS_BUCKET,
     LocalRuntime,
-    _cache_jsonpath_parsing,
     caller_session,
 )
+from fanout_core.handlers import _clients
+from fanout_core.providers.registry import ProviderRegistry
 from infra import job_rule
 
 HOST = "127.0.0.1"
@@ -129,22 +132,28 @@ class LocalEndpoint:
         self._changes: queue.Queue[S3Change] = queue.Queue()
         self._triggers: dict[str, str] = {}  # execution name -> what started it, for the bridge's executions
         self._threads: list[threading.Thread] = []
-        self._unhook: Callable[[], None] | None = None
+        self._undo = contextlib.ExitStack()
 
     def start(self) -> None:
         from moto.core.config import default_user_config
         from moto.server import ThreadedMotoServer
 
-        from fanout_core.providers import registry
-
+        moto_patches.check_version()
+        # everything changed here is put back by stop(), in reverse order
+        self._undo.callback(_restore_environ([*_LOCAL_ENV, "MOTO_PORT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SFN"]))
         # a job naming a bedrock: model calls Bedrock with the caller's credentials, read before the local ones are set
-        registry.use_bedrock_session(caller_session())
+        self._undo.enter_context(_clients.using_providers(ProviderRegistry(bedrock_session=caller_session())))
         for name in ("moto", "werkzeug"):
+            self._undo.callback(_restore_level(logging.getLogger(name)))
             logging.getLogger(name).setLevel(logging.CRITICAL)
+        saved_filters = warnings.filters[:]
+        self._undo.callback(lambda: setattr(warnings, "filters", saved_filters))
         warnings.filterwarnings("ignore", message="No application metrics to publish")
+        saved_config = default_user_config.get("stepfunctions")
+        self._undo.callback(lambda: _put_back(default_user_config, "stepfunctions", saved_config))
         default_user_config["stepfunctions"] = {"execute_state_machine": True}
-        _cache_jsonpath_parsing()
-        _name_nameless_executions()
+        self._undo.callback(moto_patches.cache_jsonpath_parsing())
+        self._undo.callback(moto_patches.name_nameless_executions())
         self._server = ThreadedMotoServer(ip_address=HOST, port=self.port, verbose=False)
         self._server.start()
         self.port = self._server.get_host_and_port()[1]  # the port chosen, when asked for 0
@@ -159,11 +168,12 @@ class LocalEndpoint:
             }
         )
         self.runtime.install()
+        self._undo.callback(self.runtime.uninstall)
         # as the stack's input bucket: its events go to EventBridge
         boto3.client("s3", region_name=REGION).put_bucket_notification_configuration(
             Bucket=INPUT_BUCKET, NotificationConfiguration={"EventBridgeConfiguration": {}}
         )
-        self._unhook = _hook_s3_eventbridge(self._changes.put)
+        self._undo.callback(moto_patches.hook_s3_eventbridge(_changes_to(self._changes.put)))
         for target in (self._bridge, self._watch):
             thread = threading.Thread(target=target, name=f"fanout-{target.__name__.strip('_')}", daemon=True)
             thread.start()
@@ -182,10 +192,10 @@ class LocalEndpoint:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
-        if self._unhook is not None:
-            self._unhook()
         if self._server is not None:
             self._server.stop()
+            self._server = None
+        self._undo.close()
 
     # -- the S3 upload rule ---------------------------------------------------
     def _bridge(self) -> None:
@@ -282,19 +292,14 @@ def _ended(described: dict[str, Any]) -> dict[str, Any]:
     return line
 
 
-def _hook_s3_eventbridge(deliver: Callable[[S3Change], None]) -> Callable[[], None]:
-    """Also hand every S3 -> EventBridge notification of moto to ``deliver``; returns the undo."""
-    from moto.s3 import notifications
+def _changes_to(deliver: Callable[[S3Change], None]) -> Callable[[Any, Any, str, Any], None]:
+    """moto's notification arguments as an S3Change, for the events S3 sends EventBridge."""
 
-    original = notifications._send_event_bridge_message
-
-    def send(account_id: str, bucket: Any, event_name: str, key: Any) -> None:
-        original(account_id, bucket, event_name, key)
-        if event_name == notifications.S3NotificationEvent.OBJECT_CREATED_PUT_EVENT and getattr(key, "multipart", None):
-            return  # moto completes a multipart upload with an inner put: S3 sends only CompleteMultipartUpload
-        try:
-            detail_type = notifications._detail_type(event_name)
-        except ValueError:
+    def on_notification(account_id: str, bucket: Any, event_name: str, key: Any) -> None:
+        if moto_patches.is_put_of_multipart(event_name, key):
+            return
+        detail_type = moto_patches.s3_detail_type(event_name)
+        if detail_type is None:
             return
         deliver(
             S3Change(
@@ -308,27 +313,29 @@ def _hook_s3_eventbridge(deliver: Callable[[S3Change], None]) -> Callable[[], No
             )
         )
 
-    notifications._send_event_bridge_message = send
+    return on_notification
+
+
+def _restore_environ(names: list[str]) -> Callable[[], None]:
+    saved = {name: os.environ.get(name) for name in names}
 
     def undo() -> None:
-        notifications._send_event_bridge_message = original
+        for name, value in saved.items():
+            _put_back(os.environ, name, value)
 
     return undo
 
 
-def _name_nameless_executions() -> None:
-    """Step Functions names an execution started without a name with a UUID; moto would name it "None"."""
-    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+def _restore_level(log: logging.Logger) -> Callable[[], None]:
+    level = log.level
+    return lambda: log.setLevel(level)
 
-    start = StepFunctionsParserBackend.start_execution
-    if getattr(start, "_fanout_names", False):
-        return
 
-    def start_execution(self: Any, state_machine_arn: str, name: Any = None, *args: Any, **kwargs: Any) -> Any:
-        return start(self, state_machine_arn, name or str(uuid.uuid4()), *args, **kwargs)
-
-    start_execution._fanout_names = True  # type: ignore[attr-defined]
-    StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign]
+def _put_back(mapping: Any, key: str, value: Any) -> None:
+    if value is None:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = value
 
 
 def _check_port(port: int) -> None:

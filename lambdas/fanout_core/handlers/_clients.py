@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
+from fanout_core.providers.registry import ProviderRegistry
 from fanout_core.settings import Settings
+
+# the container's model providers (Lambda keeps a container's module state between invocations)
+_providers = ProviderRegistry()
 
 
 def settings() -> Settings:
@@ -19,3 +25,18 @@ def settings() -> Settings:
 def s3() -> Any:
     # records are written from many threads at once: size the pool to match
     return boto3.client("s3", config=Config(max_pool_connections=64, retries={"mode": "standard"}))
+
+
+def providers() -> ProviderRegistry:
+    return _providers
+
+
+@contextmanager
+def using_providers(registry: ProviderRegistry) -> Iterator[ProviderRegistry]:
+    """The handlers use ``registry`` until the block ends, then the one they had (the local runtime's run)."""
+    global _providers
+    previous, _providers = _providers, registry
+    try:
+        yield registry
+    finally:
+        _providers = previous

@@ -3,9 +3,8 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fanout_core import steps
-from fanout_core.handlers._clients import s3, settings
+from fanout_core.handlers._clients import providers, s3, settings
 from fanout_core.observability import ModelCalls, correlate, count, logger, metrics, tracer
-from fanout_core.providers import registry
 
 
 @logger.inject_lambda_context(log_event=False, clear_state=True)
@@ -15,6 +14,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     correlate(event["job_id"], event.get("execution"))
     # the optional synthesis call is a model call like the batches' ones
     config = settings()
+    registry = providers()
     registry.configure(config.model_timeout_seconds)
     calls = ModelCalls(log_content=config.log_content)
     try:

@@ -5,7 +5,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fanout_core import steps
 from fanout_core.errors import BatchIncomplete, ModelThrottled
-from fanout_core.handlers._clients import s3, settings
+from fanout_core.handlers._clients import providers, s3, settings
 from fanout_core.observability import (
     BATCH_RETRIES,
     BATCHES_INCOMPLETE,
@@ -20,7 +20,6 @@ from fanout_core.observability import (
     metrics,
     tracer,
 )
-from fanout_core.providers import registry
 
 
 @logger.inject_lambda_context(log_event=False, clear_state=True)
@@ -29,6 +28,7 @@ from fanout_core.providers import registry
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     correlate(event["job_id"], event.get("execution"), batch=event["batch"]["index"])
     config = settings()
+    registry = providers()
     registry.configure(config.model_timeout_seconds)
     if event.get("retry"):
         count(BATCH_RETRIES)

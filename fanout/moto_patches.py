@@ -1,0 +1,156 @@
+"""Every place the local side reaches into moto's internals, in one module, for one moto version.
+
+moto has no public API for these, so each is a patch of (or a read from) a
+private name. They are written against ``MOTO_VERSION`` (pinned in
+requirements.txt): ``check_version`` refuses any other, with the fix named,
+rather than letting a renamed internal fail halfway through a job. Every
+patch returns its undo, so whoever applies one can restore what it changed;
+tests/unit/test_moto_patches.py has one test per entry here.
+
+- ``cache_jsonpath_parsing``: the interpreter re-parses every JSONPath on every evaluation.
+- ``hook_s3_eventbridge``: S3 -> EventBridge notifications handed to ``serve``'s rule bridge.
+- ``name_nameless_executions``: a StartExecution without a name gets a UUID, as in Step Functions.
+- ``execution_status``: an execution's status without serialising its input (DescribeExecution does).
+- ``new_objects``: the bodies of new objects under a prefix, read from moto's S3 backend in-process.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+MOTO_VERSION = "5.2.5"
+
+Undo = Callable[[], None]
+
+
+class MotoVersionError(RuntimeError):
+    """The installed moto is not the one the patches were written against."""
+
+
+def check_version(installed: str | None = None) -> None:
+    """Refuse a moto other than ``MOTO_VERSION``: its private names may have moved."""
+    if installed is None:
+        import moto
+
+        installed = str(moto.__version__)
+    if installed != MOTO_VERSION:
+        raise MotoVersionError(
+            f"fanout's local runtime patches moto internals written for moto {MOTO_VERSION}, but moto {installed} "
+            f"is installed; install moto=={MOTO_VERSION} (requirements.txt), or re-check fanout/moto_patches.py "
+            "against the new version and its tests (tests/unit/test_moto_patches.py) before changing MOTO_VERSION"
+        )
+
+
+def cache_jsonpath_parsing() -> Undo:
+    """Parsed JSONPath expressions are immutable: cache them (the interpreter parses one on every evaluation)."""
+    check_version()
+    from moto.stepfunctions.parser.asl.component.common.path import result_path
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    originals: dict[Any, Any] = {}
+    for module in (json_path, result_path):
+        if not hasattr(module.parse, "cache_info"):
+            originals[module] = module.parse
+            module.parse = functools.lru_cache(maxsize=4096)(module.parse)  # type: ignore[attr-defined]
+
+    def undo() -> None:
+        for module, parse in originals.items():
+            module.parse = parse
+
+    return undo
+
+
+def hook_s3_eventbridge(deliver: Callable[[Any, Any, str, Any], None]) -> Undo:
+    """Also call ``deliver(account_id, bucket, event_name, key)`` for every S3 -> EventBridge notification."""
+    check_version()
+    from moto.s3 import notifications
+
+    original = notifications._send_event_bridge_message
+
+    def send(account_id: str, bucket: Any, event_name: str, key: Any) -> None:
+        original(account_id, bucket, event_name, key)
+        deliver(account_id, bucket, event_name, key)
+
+    notifications._send_event_bridge_message = send
+
+    def undo() -> None:
+        notifications._send_event_bridge_message = original
+
+    return undo
+
+
+def s3_detail_type(event_name: Any) -> str | None:
+    """The EventBridge detail-type moto gives an S3 notification event, or None for one it does not send."""
+    from moto.s3 import notifications
+
+    try:
+        return str(notifications._detail_type(event_name))
+    except ValueError:
+        return None
+
+
+def is_put_of_multipart(event_name: Any, key: Any) -> bool:
+    """moto completes a multipart upload with an inner put, which S3 does not notify (it sends only the completion)."""
+    from moto.s3 import notifications
+
+    return bool(event_name == notifications.S3NotificationEvent.OBJECT_CREATED_PUT_EVENT and getattr(key, "multipart", None))
+
+
+def name_nameless_executions() -> Undo:
+    """Step Functions names an execution started without a name with a UUID; moto would name it "None"."""
+    check_version()
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    start = StepFunctionsParserBackend.start_execution
+    if getattr(start, "_fanout_names", False):
+        return lambda: None
+
+    def start_execution(self: Any, state_machine_arn: str, name: Any = None, *args: Any, **kwargs: Any) -> Any:
+        return start(self, state_machine_arn, name or str(uuid.uuid4()), *args, **kwargs)
+
+    start_execution._fanout_names = True  # type: ignore[attr-defined]
+    StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign]
+
+    def undo() -> None:
+        StepFunctionsParserBackend.start_execution = start  # type: ignore[method-assign]
+
+    return undo
+
+
+def execution_status(account: str, region: str, execution_arn: str) -> str:
+    """RUNNING, SUCCEEDED, FAILED, ... read from moto's backend in this process.
+
+    DescribeExecution would do, but moto serialises the whole execution input
+    into every answer: polled through a long run, that is quadratic in the job.
+    """
+    check_version()
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+    execution = stepfunctions_parser_backends[account][region].describe_execution(execution_arn)
+    status = getattr(execution, "exec_status", None) or execution.status
+    return str(getattr(status, "value", status))
+
+
+def new_objects(account: str, bucket_name: str, prefix: str, seen: set[str]) -> Iterator[tuple[str, bytes]]:
+    """(key, body) of every object under ``prefix`` whose key is not in ``seen``, read from moto's S3 backend.
+
+    Listing through the S3 API pages 1,000 keys at a time and copies every
+    body over the wire format; the backend's dict is read as it stands.
+    The keys yielded are added to ``seen``.
+    """
+    check_version()
+    from moto.s3.models import s3_backends
+
+    bucket = s3_backends[account]["aws"].buckets.get(bucket_name)
+    if bucket is None:
+        return
+    for key in list(bucket.keys.keys()):
+        if key.startswith(prefix) and key not in seen:
+            stored = bucket.keys.get(key)
+            if stored is None:
+                continue
+            seen.add(key)
+            yield key, bytes(stored.value)

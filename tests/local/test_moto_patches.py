@@ -1,0 +1,140 @@
+"""One test per reach into moto's internals (fanout/moto_patches.py): each does what it says, and its undo undoes it."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from fanout import moto_patches
+
+ACCOUNT, REGION = "123456789012", "us-east-1"
+PASS_MACHINE = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):  # type: ignore[typeddict-item]
+        yield
+
+
+def pass_machine() -> tuple[Any, str]:
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    arn = sfn.create_state_machine(name="m", definition=PASS_MACHINE, roleArn=f"arn:aws:iam::{ACCOUNT}:role/r")["stateMachineArn"]
+    return sfn, arn
+
+
+def test_the_version_guard_refuses_another_moto_and_names_the_fix() -> None:
+    moto_patches.check_version()  # the installed one is the one pinned
+
+    with pytest.raises(moto_patches.MotoVersionError) as refused:
+        moto_patches.check_version("5.3.0")
+
+    assert f"moto=={moto_patches.MOTO_VERSION}" in str(refused.value)
+    assert "5.3.0" in str(refused.value)
+
+
+def test_the_pinned_moto_is_the_one_the_requirements_install() -> None:
+    from fanout.runtime import ROOT
+
+    pins = (ROOT / "requirements.txt").read_text()
+    assert re.search(rf"^moto\[[^\]]*\]=={re.escape(moto_patches.MOTO_VERSION)}$", pins, re.MULTILINE)
+
+
+def test_jsonpath_parsing_is_cached_and_the_undo_restores_the_parser() -> None:
+    from moto.stepfunctions.parser.asl.component.common.path import result_path
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    before = (json_path.parse, result_path.parse)
+    undo = moto_patches.cache_jsonpath_parsing()
+    try:
+        # parsing one path twice gives the very same (immutable) parsed expression
+        assert json_path.parse("$.a.b[0]") is json_path.parse("$.a.b[0]")
+        assert result_path.parse("$.x") is result_path.parse("$.x")
+    finally:
+        undo()
+    assert (json_path.parse, result_path.parse) == before
+
+
+def test_s3_eventbridge_notifications_reach_the_hook_until_undone(aws: None) -> None:
+    # Given a bucket that sends its events to EventBridge, and the hook on
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="jobs-in")
+    s3.put_bucket_notification_configuration(Bucket="jobs-in", NotificationConfiguration={"EventBridgeConfiguration": {}})
+    seen: list[tuple[str, str, str | None]] = []
+
+    def deliver(account: str, bucket: Any, event_name: Any, key: Any) -> None:
+        seen.append((bucket.name, key.name, moto_patches.s3_detail_type(event_name)))
+
+    undo = moto_patches.hook_s3_eventbridge(deliver)
+
+    # When an object is put, then the hook is undone and another is put
+    s3.put_object(Bucket="jobs-in", Key="jobs/a.json", Body=b"{}")
+    undo()
+    s3.put_object(Bucket="jobs-in", Key="jobs/b.json", Body=b"{}")
+
+    # Then only the first reached the hook, with the detail type S3 sends EventBridge
+    assert ("jobs-in", "jobs/a.json", "Object Created") in seen
+    assert {key for _, key, _ in seen} == {"jobs/a.json"}
+
+
+def test_an_execution_started_without_a_name_gets_a_uuid_until_undone(aws: None) -> None:
+    _, machine = pass_machine()
+    undo = moto_patches.name_nameless_executions()
+    try:
+        from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+        backend = stepfunctions_parser_backends[ACCOUNT][REGION]
+        execution = backend.start_execution(machine)
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", execution.name)
+    finally:
+        undo()
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    assert not getattr(StepFunctionsParserBackend.start_execution, "_fanout_names", False)
+
+
+def test_the_status_read_agrees_with_describe_execution_and_never_serialises_the_input(
+    aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an execution with a large input
+    sfn, machine = pass_machine()
+    arn = sfn.start_execution(stateMachineArn=machine, name="e1", input=json.dumps({"items": ["x" * 100] * 1000}))["executionArn"]
+    deadline = time.monotonic() + 10
+    while sfn.describe_execution(executionArn=arn)["status"] == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    # When its status is read while serialising the input would fail
+    from moto.stepfunctions.parser.backend import execution as execution_module
+
+    def no_serialising(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the status read serialised the execution")
+
+    described = sfn.describe_execution(executionArn=arn)["status"]
+    monkeypatch.setattr(execution_module.Execution, "to_describe_output", no_serialising)
+    status = moto_patches.execution_status(ACCOUNT, REGION, arn)
+
+    # Then it is the status DescribeExecution reports
+    assert status == described == "SUCCEEDED"
+
+
+def test_new_objects_yields_each_object_under_the_prefix_once(aws: None) -> None:
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="results")
+    s3.put_object(Bucket="results", Key="runs/j/records/b00000/w-00001.jsonl", Body=b'{"a":1}\n')
+    s3.put_object(Bucket="results", Key="runs/other/records/b00000/w-00001.jsonl", Body=b"x\n")
+    seen: set[str] = set()
+
+    first = list(moto_patches.new_objects(ACCOUNT, "results", "runs/j/records/", seen))
+    s3.put_object(Bucket="results", Key="runs/j/records/b00001/w-00001.jsonl", Body=b'{"b":2}\n')
+    second = list(moto_patches.new_objects(ACCOUNT, "results", "runs/j/records/", seen))
+
+    assert first == [("runs/j/records/b00000/w-00001.jsonl", b'{"a":1}\n')]
+    assert second == [("runs/j/records/b00001/w-00001.jsonl", b'{"b":2}\n')]
+    assert list(moto_patches.new_objects(ACCOUNT, "missing-bucket", "runs/", seen)) == []
