@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import shutil
+import shlex
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,8 @@ from fanout_core.loading import decode_json, parse_items
 from fanout_core.planning import expand_tasks
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
+# as a shell reports a process ended by SIGINT (128 + 2) or SIGTERM (128 + 15)
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 SIMULATOR = "sim"
 LOCAL_INPUT_BUCKET = "fanout-local-input"
 SERVE_PORT = 4599
@@ -44,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--model", help="model spec for every task: sim[:k=v,...], bedrock:<id>, openai:<url>#<model>")
     run.add_argument("--out", default="out", help="output folder (default: out)")
     run.add_argument("--concurrency", type=int, help="calls in flight at most (limits.max_concurrency)")
-    run.add_argument("--fresh", action="store_true", help="discard earlier records of this job_id before running")
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="call the model for every task again; earlier records and results of this job_id stay until the run has its own",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     validate = commands.add_parser("validate", help="check a job and print its plan; calls no model")
     validate.add_argument("job", help="the job file (JSON)")
@@ -68,11 +78,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     if args.command == "validate":
         return _validate(loaded)
+    resume = _resume_command(args)
     try:
-        return _run(loaded, Path(args.out), fresh=args.fresh, quiet=args.quiet, default_model=default_model, session=session)
+        return _run(
+            loaded,
+            Path(args.out),
+            fresh=args.fresh,
+            quiet=args.quiet,
+            default_model=default_model,
+            session=session,
+            resume=resume,
+        )
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_FAILED
+        print(f"interrupted; nothing was run. To run the job: {resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except OSError as exc:
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_FAILED
@@ -178,14 +197,45 @@ def _validate(loaded: LoadedJob) -> int:
     return EXIT_OK
 
 
-def _run(loaded: LoadedJob, out: Path, *, fresh: bool, quiet: bool, default_model: str, session: Any) -> int:
-    from fanout.runtime import RESULTS_BUCKET, local_aws
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command that runs this job again, continuing from the records it keeps (no --fresh)."""
+    words = [sys.executable, "-m", "fanout", "run", args.job, "--out", args.out]
+    if args.model is not None:
+        words += ["--model", args.model]
+    if args.concurrency is not None:
+        words += ["--concurrency", str(args.concurrency)]
+    if args.quiet:
+        words.append("--quiet")
+    return shlex.join(words)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the records so far are kept and the resume command printed."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(*_: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(loaded: LoadedJob, out: Path, *, fresh: bool, quiet: bool, default_model: str, session: Any, resume: str = "") -> int:
+    from fanout.local_records import RecordMirror
+    from fanout.runtime import ACCOUNT, RESULTS_BUCKET, local_aws
 
     data, job, tasks = loaded.data, loaded.job, loaded.tasks
     job_id = str(job.job_id)
     target = out / job_id
-    if fresh and target.exists():
-        shutil.rmtree(target)
     try:
         target.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, before any model call
     except OSError as exc:
@@ -206,14 +256,28 @@ def _run(loaded: LoadedJob, out: Path, *, fresh: bool, quiet: bool, default_mode
         startup = time.monotonic() - started
 
         s3 = boto3.client("s3")
-        _restore_records(s3, RESULTS_BUCKET, job_id, target)
+        # records reach target/records/ as they are written; --fresh replaces the old ones once there are new ones
+        mirror = RecordMirror(ACCOUNT, RESULTS_BUCKET, job_id, target, replace_previous=fresh)
+        mirror.restore(s3)
         if loaded.items_body is not None:
             bucket, key = data["items_uri"][5:].split("/", 1)
             s3.put_object(Bucket=bucket, Key=key, Body=loaded.items_body)
         name = f"{job_id}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%f')}"[:80]
-        execution_arn = runtime.start(data, name)
-        with _Progress(len(tasks), quiet, _RecordCounter(job_id)) as progress:
-            execution = runtime.wait(execution_arn, on_poll=progress.update)
+        try:
+            with _sigterm_interrupts():
+                execution_arn = runtime.start(data, name)
+                mirror.start()
+                with _Progress(len(tasks), quiet, lambda: mirror.count) as progress:
+                    execution = runtime.wait(execution_arn, on_poll=progress.update)
+        except KeyboardInterrupt as exc:
+            kept = mirror.stop()
+            print(
+                f"interrupted: {kept} task records are kept in {target / 'records'}; the calls in flight are lost.\n"
+                f"resume (finished tasks are not called again): {resume}",
+                file=sys.stderr,
+            )
+            return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
+        mirror.stop()
         if execution.status != "SUCCEEDED" and execution.error == "InvalidJob":
             print(f"error: invalid job: {execution.cause}", file=sys.stderr)
             return EXIT_INVALID
@@ -248,38 +312,8 @@ def _run(loaded: LoadedJob, out: Path, *, fresh: bool, quiet: bool, default_mode
     return {"complete": EXIT_OK, "partial": EXIT_PARTIAL}.get(result["status"], EXIT_FAILED)
 
 
-class _RecordCounter:
-    """Task records written so far, read from moto's store directly (chunk files never change once written)."""
-
-    def __init__(self, job_id: str) -> None:
-        self.prefix = f"runs/{job_id}/records/"
-        self.seen: set[str] = set()
-        self.count = 0
-
-    def __call__(self) -> int:
-        from fanout import moto_patches
-        from fanout.runtime import ACCOUNT, RESULTS_BUCKET
-
-        for _, body in moto_patches.new_objects(ACCOUNT, RESULTS_BUCKET, self.prefix, self.seen):
-            self.count += body.count(b"\n")
-        return self.count
-
-
-def _restore_records(s3: Any, bucket: str, job_id: str, target: Path) -> None:
-    """Earlier records of this job_id (DIR/<job_id>/records/) go back in, so finished tasks are not called again."""
-    records = target / "records"
-    saved_job = target / "records" / "_job.json"
-    if not records.is_dir():
-        return
-    if saved_job.exists():
-        s3.put_object(Bucket=bucket, Key=f"runs/{job_id}/job.json", Body=saved_job.read_bytes())
-    for path in records.rglob("*.jsonl"):
-        key = f"runs/{job_id}/records/{path.relative_to(records).as_posix()}"
-        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
-
-
 def _copy_outputs(s3: Any, bucket: str, job_id: str, target: Path) -> bool:
-    """result.json, results.jsonl, report.md and the task records, from local S3 to DIR/<job_id>/."""
+    """result.json, results.jsonl and report.md, from local S3 to DIR/<job_id>/ (the records are there already)."""
     names = ("result.json", "results.jsonl", "report.md")
     try:
         bodies = {n: s3.get_object(Bucket=bucket, Key=f"results/{job_id}/{n}")["Body"].read() for n in names}
@@ -288,16 +322,6 @@ def _copy_outputs(s3: Any, bucket: str, job_id: str, target: Path) -> bool:
     target.mkdir(parents=True, exist_ok=True)
     for name, body in bodies.items():
         (target / name).write_bytes(body)
-    records = target / "records"
-    prefix = f"runs/{job_id}/records/"
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            path = records / obj["Key"][len(prefix) :]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
-    job_doc = s3.get_object(Bucket=bucket, Key=f"runs/{job_id}/job.json")["Body"].read()
-    (records / "_job.json").parent.mkdir(parents=True, exist_ok=True)
-    (records / "_job.json").write_bytes(job_doc)
     return True
 
 

@@ -11,7 +11,7 @@ tests/unit/test_moto_patches.py has one test per entry here.
 - ``hook_s3_eventbridge``: S3 -> EventBridge notifications handed to ``serve``'s rule bridge.
 - ``name_nameless_executions``: a StartExecution without a name gets a UUID, as in Step Functions.
 - ``execution_status``: an execution's status without serialising its input (DescribeExecution does).
-- ``new_objects``: the bodies of new objects under a prefix, read from moto's S3 backend in-process.
+- ``new_objects``: the bodies of new (or rewritten) objects under a prefix, read from moto's S3 backend.
 """
 
 from __future__ import annotations
@@ -134,12 +134,12 @@ def execution_status(account: str, region: str, execution_arn: str) -> str:
     return str(getattr(status, "value", status))
 
 
-def new_objects(account: str, bucket_name: str, prefix: str, seen: set[str]) -> Iterator[tuple[str, bytes]]:
-    """(key, body) of every object under ``prefix`` whose key is not in ``seen``, read from moto's S3 backend.
+def new_objects(account: str, bucket_name: str, prefix: str, seen: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
+    """(key, body) of every object under ``prefix`` that is new or rewritten since it was last yielded.
 
-    Listing through the S3 API pages 1,000 keys at a time and copies every
-    body over the wire format; the backend's dict is read as it stands.
-    The keys yielded are added to ``seen``.
+    Read from moto's S3 backend as it stands: listing through the S3 API
+    pages 1,000 keys at a time and copies every body over the wire format.
+    ``seen`` (key -> the stored version's identity) is updated as keys are yielded.
     """
     check_version()
     from moto.s3.models import s3_backends
@@ -148,9 +148,14 @@ def new_objects(account: str, bucket_name: str, prefix: str, seen: set[str]) -> 
     if bucket is None:
         return
     for key in list(bucket.keys.keys()):
-        if key.startswith(prefix) and key not in seen:
-            stored = bucket.keys.get(key)
-            if stored is None:
-                continue
-            seen.add(key)
-            yield key, bytes(stored.value)
+        if not key.startswith(prefix):
+            continue
+        stored = bucket.keys.get(key)
+        if stored is None:
+            continue
+        # a put makes a new key object: its identity and time tell a rewrite without hashing the body
+        version = (id(stored), stored.last_modified)
+        if seen.get(key) == version:
+            continue
+        seen[key] = version
+        yield key, bytes(stored.value)

@@ -77,6 +77,9 @@ def correlate(job_id: str | None, execution: str | None = None, **keys: Any) -> 
 
 
 def count(name: str, value: float = 1) -> None:
+    # disabled metrics are never flushed, so they would pile up until Powertools prints its 100-value set to stdout
+    if is_metrics_disabled():
+        return
     metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
 
 

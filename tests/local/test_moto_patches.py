@@ -124,17 +124,22 @@ def test_the_status_read_agrees_with_describe_execution_and_never_serialises_the
     assert status == described == "SUCCEEDED"
 
 
-def test_new_objects_yields_each_object_under_the_prefix_once(aws: None) -> None:
+def test_new_objects_yields_each_new_or_rewritten_object_under_the_prefix_once(aws: None) -> None:
     s3 = boto3.client("s3", region_name=REGION)
     s3.create_bucket(Bucket="results")
     s3.put_object(Bucket="results", Key="runs/j/records/b00000/w-00001.jsonl", Body=b'{"a":1}\n')
     s3.put_object(Bucket="results", Key="runs/other/records/b00000/w-00001.jsonl", Body=b"x\n")
-    seen: set[str] = set()
+    seen: dict[str, Any] = {}
 
-    first = list(moto_patches.new_objects(ACCOUNT, "results", "runs/j/records/", seen))
+    first = list(moto_patches.new_objects(ACCOUNT, "results", "runs/j/", seen))
     s3.put_object(Bucket="results", Key="runs/j/records/b00001/w-00001.jsonl", Body=b'{"b":2}\n')
-    second = list(moto_patches.new_objects(ACCOUNT, "results", "runs/j/records/", seen))
+    s3.put_object(Bucket="results", Key="runs/j/records/b00000/w-00001.jsonl", Body=b'{"a":3}\n')
+    second = list(moto_patches.new_objects(ACCOUNT, "results", "runs/j/", seen))
 
     assert first == [("runs/j/records/b00000/w-00001.jsonl", b'{"a":1}\n')]
-    assert second == [("runs/j/records/b00001/w-00001.jsonl", b'{"b":2}\n')]
+    assert sorted(second) == [
+        ("runs/j/records/b00000/w-00001.jsonl", b'{"a":3}\n'),
+        ("runs/j/records/b00001/w-00001.jsonl", b'{"b":2}\n'),
+    ]
+    assert list(moto_patches.new_objects(ACCOUNT, "results", "runs/j/", seen)) == []
     assert list(moto_patches.new_objects(ACCOUNT, "missing-bucket", "runs/", seen)) == []

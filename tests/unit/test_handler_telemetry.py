@@ -16,7 +16,7 @@ import pytest
 from moto import mock_aws
 
 from fanout_core.handlers import _clients, plan, subtask
-from fanout_core.observability import ModelCalls, logger, metrics
+from fanout_core.observability import TASKS_FAILED, TASKS_INVALID, TASKS_OK, ModelCalls, count, logger, metrics
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest
 
 RESULTS = "fanout-results"
@@ -172,6 +172,22 @@ def test_metrics_stay_off_where_the_local_runtime_turns_them_off(monkeypatch: py
     calls = ModelCalls()
     calls.calls = 1
     calls.publish()
+    assert metrics.metric_set == {}
+
+
+def test_disabled_metrics_never_reach_stdout_however_many_batches_count(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given metrics off, as in a local run
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+
+    # When 150 batches each count their outcomes (Powertools prints a metric set once it holds 100 values)
+    for _ in range(150):
+        for name in (TASKS_OK, TASKS_INVALID, TASKS_FAILED):
+            count(name, 1)
+
+    # Then nothing was printed and nothing piled up
+    assert capsys.readouterr().out == ""
     assert metrics.metric_set == {}
 
 

@@ -1,0 +1,148 @@
+"""A local run killed halfway keeps what it finished in DIR/<job_id>/records/, and the next run pays only for the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fanout.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+SLOW_SIM = "sim:latency_ms=50,jitter_ms=0,seed=1"
+ITEMS, VOTES = 80, 5  # 400 tasks of 50 ms, 8 at a time: about 2.5 s of calls
+
+
+def job_file(tmp_path: Path, job_id: str) -> Path:
+    job = {
+        "job_id": job_id,
+        "pattern": "voting",
+        "votes": VOTES,
+        "prompt": "Classify: {text}",
+        "items": [{"id": f"t-{n}", "text": f"ticket {n}"} for n in range(ITEMS)],
+        "output_schema": {"type": "object", "required": ["label"], "properties": {"label": {"enum": ["a", "b", "c"]}}},
+        "aggregate": {"strategy": "majority", "field": "label"},
+        "limits": {"max_concurrency": 8, "batch_size": 25},
+    }
+    path = tmp_path / f"{job_id}.json"
+    path.write_text(json.dumps(job))
+    return path
+
+
+def records_in(folder: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for path in sorted((folder / "records").rglob("*.jsonl"))
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+
+
+def start_run(job: Path, out: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "fanout", "run", str(job), "--out", str(out), "--model", SLOW_SIM, "--quiet"]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill_midway(process: subprocess.Popen[str], folder: Path, sig: int) -> tuple[int, str]:
+    """Send ``sig`` once some records are on disk and the run is far from done; returns the exit code and stderr."""
+    deadline = time.monotonic() + 60
+    while len(records_in(folder)) < 40:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no records reached the folder while the run went on"
+        time.sleep(0.05)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=30)
+    return process.returncode, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_a_killed_run_loses_at_most_the_calls_in_flight(tmp_path: Path, sig: int) -> None:
+    # Given a slow job running in its own process
+    job_id = f"killed-{sig}"
+    job, out = job_file(tmp_path, job_id), tmp_path / "out"
+    folder = out / job_id
+    process = start_run(job, out)
+
+    # When it is killed in the middle of the run
+    code, err = kill_midway(process, folder, sig)
+
+    # Then the records it finished are in the folder, one per task, and Ctrl-C says how to resume
+    first = records_in(folder)
+    finished = {r["task_id"] for r in first if r["status"] == "ok"}
+    assert 0 < len(finished) < ITEMS * VOTES
+    assert max(Counter(r["task_id"] for r in first).values()) == 1
+    if sig == signal.SIGINT:
+        assert code == 130
+        assert "resume" in err and f"{job.name} --out {out}" in err
+    else:
+        assert code == -signal.SIGKILL
+
+    # When the job runs again
+    assert main(["run", str(job), "--out", str(out), "--model", SLOW_SIM, "--quiet"]) == 0
+
+    # Then it called the model only for the tasks the first run did not finish, and no task has two records
+    run = json.loads((folder / "run.json").read_text())
+    assert run["model_calls"] + len(finished) == ITEMS * VOTES
+    every = records_in(folder)
+    assert len(every) == ITEMS * VOTES
+    assert max(Counter(r["task_id"] for r in every).values()) == 1
+    assert json.loads((folder / "result.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_the_records_and_exits_143(tmp_path: Path) -> None:
+    job, out = job_file(tmp_path, "terminated"), tmp_path / "out"
+    process = start_run(job, out)
+
+    code, err = kill_midway(process, out / "terminated", signal.SIGTERM)
+
+    assert code == 143
+    assert "resume" in err
+    assert records_in(out / "terminated")
+
+
+def test_fresh_keeps_the_previous_results_until_the_new_run_has_records(tmp_path: Path) -> None:
+    from fanout.local_records import RecordMirror
+
+    # Given a folder with the results of an earlier run
+    folder = tmp_path / "out" / "j"
+    (folder / "records" / "b00000").mkdir(parents=True)
+    (folder / "records" / "b00000" / "old-00001.jsonl").write_text('{"task_id": "old"}\n')
+    (folder / "result.json").write_text("{}")
+    from moto import mock_aws
+
+    with mock_aws():
+        import boto3
+
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="results")
+        mirror = RecordMirror("123456789012", "results", "j", folder, replace_previous=True)
+
+        # When a fresh run starts and has written nothing yet (its job.json only)
+        mirror.restore(s3)
+        s3.put_object(Bucket="results", Key="runs/j/job.json", Body=b"{}")
+        mirror.sync()
+
+        # Then the earlier records and result are untouched, and none of them went back into the run
+        assert (folder / "result.json").exists()
+        assert [r["task_id"] for r in records_in(folder)] == ["old"]
+        assert "Contents" not in s3.list_objects_v2(Bucket="results", Prefix="runs/j/records/")
+
+        # When its first records are written
+        s3.put_object(Bucket="results", Key="runs/j/records/b00000/new-00001.jsonl", Body=b'{"task_id": "new"}\n')
+        mirror.sync()
+
+    # Then they replace the earlier ones
+    assert [r["task_id"] for r in records_in(folder)] == ["new"]
+    assert not (folder / "result.json").exists()
+    assert (folder / "records" / "_job.json").read_text() == "{}"
