@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidJob as exc:
         print(f"error: invalid job: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.command == "validate":
         return _validate(loaded)
     resume = _resume_command(args)
@@ -104,6 +106,7 @@ class LoadedJob:
     tasks: list[dict[str, Any]]
     items: list[dict[str, Any]]
     items_body: bytes | None = None  # a local items_uri file, uploaded where data["items_uri"] points
+    warnings: tuple[str, ...] = ()  # Legacy models the job calls
 
 
 def _load(path: Path, model: str | None, concurrency: int | None, default_model: str) -> LoadedJob:
@@ -146,7 +149,11 @@ def _load(path: Path, model: str | None, concurrency: int | None, default_model:
             )
         items = parse_items(items_body, "items_uri")
         check_items(job, items, where="items_uri")
-    return LoadedJob(data, job, expand_tasks(job, items, default_model), items, items_body)
+    from fanout_core.catalog import check_job_models
+
+    # an end-of-life model is refused here, before anything is written or called, as Plan refuses it
+    warnings = tuple(check_job_models(job, default_model))
+    return LoadedJob(data, job, expand_tasks(job, items, default_model), items, items_body, warnings)
 
 
 def _with_model(data: dict[str, Any], model: str) -> dict[str, Any]:
@@ -160,22 +167,12 @@ def _with_model(data: dict[str, Any], model: str) -> dict[str, Any]:
 
 def _validate(loaded: LoadedJob) -> int:
     from fanout.runtime import LOCAL_CONCURRENCY_CAP
+    from fanout_core.costs import plan_costs
     from fanout_core.planning import batching_for, choose_mode
-    from fanout_core.pricing import price_of
 
     job, tasks = loaded.job, loaded.tasks
     batching = batching_for(job, len(tasks), LOCAL_CONCURRENCY_CAP)
-    overrides = {name: price.model_dump() for name, price in (job.prices or {}).items()}
-    input_tokens = 0
-    cost: float | None = 0.0
-    for task in tasks:
-        tokens_in = (len(task["prompt"]) + len(job.system or "")) // 4 + 1
-        input_tokens += tokens_in
-        price = price_of(task["model"], overrides)
-        if price is None or cost is None:
-            cost = None
-        else:
-            cost += tokens_in / 1e6 * price[0] + job.inference.max_tokens / 1e6 * price[1]
+    costs = plan_costs(job, tasks)
     plan = {
         "job_id": job.job_id,
         "pattern": job.pattern,
@@ -187,10 +184,8 @@ def _validate(loaded: LoadedJob) -> int:
         "threads_per_batch": batching.threads,
         "parallel_batches": batching.map_concurrency,
         "models": sorted({t["model"] for t in tasks}),
-        "estimated_input_tokens": input_tokens,
-        "max_output_tokens": len(tasks) * job.inference.max_tokens,
-        # an upper bound: every call is charged its full max_tokens of output
-        "estimated_cost_usd_at_most": None if cost is None else round(cost, 6),
+        **costs.as_plan(),
+        "caching": costs.caching_notes,
     }
     print(json.dumps(plan, indent=2))
     print(f"ok: {job.job_id} is valid ({len(tasks)} tasks in {batching.batch_count} batches); no model was called")

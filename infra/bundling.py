@@ -1,7 +1,7 @@
 """The Lambda code asset: lambdas/fanout_core plus its pinned wheels, bundled on this machine (never in Docker).
 
 It holds runtime code only: the wheels of lambdas/requirements.txt for the Lambda platform and the fanout_core
-package (with its data, prices.json). Nothing of the local side (fanout/, moto), the tests or the CDK, no
+package (with its data, models.json). Nothing of the local side (fanout/, moto), the tests or the CDK, no
 bytecode from this machine, no console scripts, no test suites of the dependencies, and not the AWS SDK:
 the runtime provides boto3, and a second botocore pulled in by aws-xray-sdk would pair with the runtime's
 boto3 instead of its own.

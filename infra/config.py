@@ -9,6 +9,9 @@ from typing import Any
 
 from constructs import Node
 
+import fanout  # noqa: F401 - puts lambdas/ on the path, where the model data lives
+from fanout_core.catalog import eol_models
+
 CONTEXT_PREFIX = "fanout:"
 
 # cross-region inference profile ids start with one of these; the rest of the id is the foundation model
@@ -115,6 +118,7 @@ class FanoutConfig:
                 f"context {CONTEXT_PREFIX}defaultModel is {self.default_model!r} but {default_id!r} is not in "
                 f"{CONTEXT_PREFIX}models: add it there, or the functions may not invoke it"
             )
+        self._refuse_end_of_life_models()
         if self.max_concurrency < 1:
             raise ValueError(f"context {CONTEXT_PREFIX}maxConcurrency must be >= 1, got {self.max_concurrency}")
         if self.runs_expiration_days < 1:
@@ -143,6 +147,14 @@ class FanoutConfig:
                 f"context {CONTEXT_PREFIX}logRetentionDays is {self.log_retention_days}: "
                 f"use one of {', '.join(map(str, LOG_RETENTION_DAYS))}"
             )
+
+    def _refuse_end_of_life_models(self) -> None:
+        """A deployment whose default or allowed models no longer answer on Bedrock fails at synth, not at the first job."""
+        named = [(f"{CONTEXT_PREFIX}defaultModel", self.default_model)] if self.default_model.startswith("bedrock:") else []
+        named += [(f"{CONTEXT_PREFIX}models", model) for model in self.models]
+        problems = [f"{key}: {message}" for key, spec in named for message in eol_models([spec])]
+        if problems:
+            raise ValueError("end-of-life Bedrock models in the context: " + "; ".join(problems) + " (fanout_core/models.json)")
 
 
 def _require(node: Node, key: str) -> Any:

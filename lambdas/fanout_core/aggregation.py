@@ -67,12 +67,14 @@ def _aggregate(
         name = record.get("model") or "unknown"
         model = by_model.get(name)
         if model is None:
-            model = by_model[str(name)] = [0, 0, 0]
+            model = by_model[str(name)] = [0, 0, 0, 0, 0]
         model[0] += record.get("attempts") or 0
         spent = record.get("usage")
         if spent:
             model[1] += spent.get("input_tokens") or 0
             model[2] += spent.get("output_tokens") or 0
+            model[3] += spent.get("cache_read_input_tokens") or 0
+            model[4] += spent.get("cache_write_input_tokens") or 0
         if not synthetic and record.get("synthetic"):
             synthetic = True
         current = by_task.get(key)
@@ -108,7 +110,7 @@ def _aggregate(
         verdicts = _judge_all(items, votes, judge, judge_threads)
         for verdict in verdicts:
             if verdict is not None and verdict.usage[0]:
-                spent_by_judge = by_model.setdefault(verdict.model, [0, 0, 0])
+                spent_by_judge = by_model.setdefault(verdict.model, [0, 0, 0, 0, 0])
                 for n in range(3):
                     spent_by_judge[n] += verdict.usage[n]
     if job.pattern == "voting":
@@ -133,9 +135,7 @@ def _aggregate(
             "output_tokens": sum(m[2] for m in by_model.values()),
             "estimated_cost_usd": None,
             "calls_saved": counts["skipped"],
-            "by_model": {
-                name: {"model_calls": m[0], "input_tokens": m[1], "output_tokens": m[2]} for name, m in sorted(by_model.items())
-            },
+            "by_model": {name: _model_usage(m) for name, m in sorted(by_model.items())},
         },
     }
     if counts["skipped"]:
@@ -151,6 +151,14 @@ def _aggregate(
 
 
 Judge = Callable[[dict[str, Any], list[tuple[Any, int]]], JudgeVerdict]
+
+
+def _model_usage(m: list[int]) -> dict[str, int]:
+    """One model's usage in result.json; the prompt cache's tokens only when it was used."""
+    usage = {"model_calls": m[0], "input_tokens": m[1], "output_tokens": m[2]}
+    if m[3] or m[4]:
+        usage.update(cache_read_input_tokens=m[3], cache_write_input_tokens=m[4])
+    return usage
 
 
 def vote_item(

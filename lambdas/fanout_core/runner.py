@@ -20,9 +20,15 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from fanout_core.answers import answer_at, normalise
+from fanout_core.catalog import cache_plan
 from fanout_core.errors import BatchIncomplete, ModelThrottled
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest, Provider
+from fanout_core.sharing import first_of_each_item, spans_by_task
 from fanout_core.validation import SchemaCheck
+
+# a cut-off answer (stopReason max_tokens) is asked once more with this many times the budget, up to the cap
+TRUNCATED_BUDGET_FACTOR = 2
+MAX_OUTPUT_TOKENS = 64_000
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ def run_batch(
     done = store.completed(batch["index"])
     writer = store.writer(batch["index"])
     providers = {model: provider_for(model) for model in {t["model"] for t in tasks}}
+    sharing = _cached_spans(tasks, batch.get("system"))
 
     def run_one(task: dict[str, Any]) -> tuple[str, int, int, int, dict[str, Any] | None]:
         """(outcome, model calls, input tokens, output tokens, record) of one task."""
@@ -97,7 +104,7 @@ def run_batch(
         if task["task_id"] in done:
             return ("skipped", 0, 0, 0, None)
         try:
-            record, calls = _call(task, batch, providers[task["model"]], validator, policy, sleep)
+            record, calls = _call(task, batch, providers[task["model"]], validator, policy, sleep, sharing.get(task["task_id"]))
         except _Unfinished as exc:
             return ("unfinished", exc.args[0], 0, 0, None)
         writer.add(record)
@@ -114,13 +121,17 @@ def run_batch(
             counts["output_tokens"] += tokens_out
             if record is not None:
                 records.append(record)
+                counts["truncated"] += 1 if record.get("truncated") else 0
         return records
 
     stop = batch.get("stop_when_agree")
     try:
         with _Workers(threads) as pool:
             if not stop:
-                tally(pool.map(run_one, tasks))
+                # an item's first task goes before its siblings, so they read the prompt cache it writes
+                first, rest = first_of_each_item(tasks, sharing)
+                tally(pool.map(run_one, first))
+                tally(pool.map(run_one, rest))
             else:
                 # early stop: the first `stop` votes of every item first; an item whose first votes agree
                 # gets its other votes recorded as skipped instead of asked
@@ -147,8 +158,10 @@ def run_batch(
 
     result = {
         key: counts.get(key, 0)
-        for key in ("ok", "invalid", "failed", "skipped", "stopped_early", "model_calls", "input_tokens", "output_tokens")
-    }
+        for key in (
+            "ok", "invalid", "failed", "skipped", "stopped_early", "truncated", "model_calls", "input_tokens", "output_tokens"
+        )
+    }  # fmt: skip
     result["tasks"] = len(tasks)
     if counts["deferred"]:
         raise BatchIncomplete(
@@ -215,6 +228,21 @@ def _agreed_items(records: list[dict[str, Any]], field: str | None, stop: int) -
     return {item for item, given in answers.items() if len(given) == stop and given[0] is not None and len(set(given)) == 1}
 
 
+def _cached_spans(tasks: list[dict[str, Any]], system: str | None) -> dict[str, tuple[int, int]]:
+    """The shared span of each task whose model will cache it (the span reaches the model's minimum)."""
+    spans = spans_by_task(tasks)
+    out = {}
+    for task in tasks:
+        span = spans.get(task["task_id"])
+        if span is None:
+            continue
+        prompt = task["prompt"]
+        shared = prompt[: span[0]] if span[0] else prompt[len(prompt) - span[1] :]
+        if cache_plan(task["model"], system, shared)[0]:
+            out[task["task_id"]] = span
+    return out
+
+
 def _call(
     task: dict[str, Any],
     batch: dict[str, Any],
@@ -222,8 +250,16 @@ def _call(
     validator: SchemaCheck | None,
     policy: RetryPolicy,
     sleep: Callable[[float], None],
+    span: tuple[int, int] | None = None,
 ) -> tuple[dict[str, Any], int]:
-    """One task: the call with its retries, validation, and one repair request when the output misses the schema."""
+    """One task: the call with its retries, validation, and one repair request when the output misses the schema.
+
+    A cut-off answer (the model stopped at max_tokens) is asked again once,
+    the same prompt with twice the budget; it is never shown back to the
+    model as a repair. The repair is asked at most once, at the job's own
+    max_tokens, so a task spends at most max_tokens + 2 x max_tokens +
+    max_tokens of output (``bound_calls``).
+    """
     inference = batch.get("inference") or {}
     request = ModelRequest(
         task_id=task["task_id"],
@@ -235,30 +271,59 @@ def _call(
         top_p=inference.get("top_p"),
         expected=task.get("expected"),
         answer_field=batch.get("answer_field"),
+        shared_prefix=span[0] if span else 0,
+        shared_suffix=span[1] if span else 0,
     )
     started = time.monotonic()
     calls = _Calls()
+    extra: dict[str, Any] = {}
     try:
         reply = _invoke(provider, request, policy, sleep, calls)
+        if reply.truncated:
+            calls.add_usage(reply)
+            budget = min(request.max_tokens * TRUNCATED_BUDGET_FACTOR, MAX_OUTPUT_TOKENS)
+            extra["reasked_truncated"] = budget
+            reply = _invoke(provider, replace(request, max_tokens=budget), policy, sleep, calls)
     except ModelError as exc:
         record = _record(task, "failed", None, f"{exc.code}: {exc.message}", calls.attempts, started, model=task["model"])
+        record["usage"] = calls.usage()
+        return record, calls.attempts
+    if reply.truncated:
+        calls.add_usage(reply)
+        record = _record(
+            task,
+            "invalid",
+            None,
+            f"truncated: the answer was cut off at max_tokens twice (last budget {extra['reasked_truncated']}); "
+            "raise inference.max_tokens or ask for a shorter answer",
+            calls.attempts,
+            started,
+            model=task["model"],
+            synthetic=reply.synthetic,
+        )
+        record["usage"] = calls.usage()
+        record.update(extra, truncated=True)
         return record, calls.attempts
     error = _problem(validator, reply.output)
-    extra: dict[str, Any] = {}
     if error is not None:
-        repair = replace(request, prompt=_repair_prompt(request.prompt, reply.output, error))
+        # the repair keeps the shared beginning (it appends to the prompt), not a shared end
+        repair = replace(
+            request,
+            prompt=_repair_prompt(request.prompt, reply.output, error),
+            shared_suffix=0,
+            max_tokens=request.max_tokens,
+        )
         try:
             repaired = _invoke(provider, repair, policy, sleep, calls)
         except (ModelError, _Unfinished) as exc:
             extra["repair_error"] = str(exc)
         else:
             calls.add_usage(reply)
-            second = _problem(validator, repaired.output)
+            second = None if repaired.truncated else _problem(validator, repaired.output)
+            if repaired.truncated:
+                second = f"truncated: the repaired answer was cut off at max_tokens ({request.max_tokens})"
             extra["repaired"] = second is None
-            if second is None:
-                reply, error = repaired, None
-            else:
-                reply, error = repaired, second
+            reply, error = repaired, second
     calls.add_usage(reply)
     record = _record(
         task,
@@ -271,6 +336,7 @@ def _call(
         usage=(calls.input_tokens, calls.output_tokens),
         synthetic=reply.synthetic,
     )
+    record["usage"] = calls.usage()
     record.update(extra)
     if validator is not None:
         record["checked"] = validator.digest
@@ -282,10 +348,22 @@ class _Calls:
     attempts: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
 
     def add_usage(self, reply: ModelReply) -> None:
         self.input_tokens += reply.input_tokens
         self.output_tokens += reply.output_tokens
+        self.cache_read += reply.cache_read_tokens
+        self.cache_write += reply.cache_write_tokens
+
+    def usage(self) -> dict[str, int]:
+        """A record's usage: tokens of every billed call of the task; cache tokens only when there were any."""
+        spent = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        if self.cache_read or self.cache_write:
+            spent["cache_read_input_tokens"] = self.cache_read
+            spent["cache_write_input_tokens"] = self.cache_write
+        return spent
 
 
 def call_with_retries(

@@ -16,11 +16,12 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from fanout_core.aggregation import Judge, aggregate
+from fanout_core.catalog import check_job_models
 from fanout_core.errors import InvalidJob
 from fanout_core.job import DEFAULT_JUDGE_PROMPT, Job, parse_job
 from fanout_core.loading import job_source, key_stem, load_items, read_job_object
 from fanout_core.planning import batch_ranges, batching_for, choose_mode, expand_tasks, fingerprint
-from fanout_core.pricing import estimate_cost
+from fanout_core.pricing import price_usage
 from fanout_core.providers.base import ModelError, ModelRequest, Provider
 from fanout_core.report import report_markdown, results_jsonl
 from fanout_core.runner import call_with_retries, run_batch
@@ -48,6 +49,8 @@ def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) 
         items = load_items(s3, job)
         every_task = expand_tasks(job, items, settings.default_model)
     assert job.job_id is not None
+    # an end-of-life model is refused before any call (InvalidJob names the field); a Legacy one is in the plan
+    model_warnings = check_job_models(job, settings.default_model)
     store = RunStore(s3, settings.results_bucket, job.job_id)
     print_ = fingerprint(job, items, settings.default_model)
     held = store.take_lease(execution_name, time.time(), LEASE_TTL_SECONDS)
@@ -59,10 +62,14 @@ def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) 
             "job_id",
         )
     try:
-        return _plan_run(job, items, every_task, print_, store, settings)
+        summary = _plan_run(job, items, every_task, print_, store, settings)
     except BaseException:
         store.release_lease()  # a plan that did not finish leaves the job_id free
         raise
+    if model_warnings:
+        summary["warnings"] = model_warnings
+        store.put_json("plan.json", summary)
+    return summary
 
 
 def _plan_run(
@@ -194,7 +201,7 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, provider_for: ProviderFacto
         spec = job.model or saved["default_model"]
         _synthesise(job, result, provider_for(spec), spec)
     prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
-    result["usage"]["estimated_cost_usd"] = estimate_cost(result["usage"]["by_model"], prices)
+    price_usage(result["usage"], prices)
 
     prefix = f"results/{job.job_id}/"
     bucket = store.bucket

@@ -99,3 +99,27 @@ def test_optional_settings_are_off_by_default_and_read_from_command_line_strings
     # Then the values are understood
     assert (config.kms_key_arn, config.alarm_email, config.log_content) == (key, "oncall@example.com", True)
     assert config.state_machine_log_level == "ALL"
+
+
+def test_an_end_of_life_default_model_fails_the_synth_with_one_message(context: dict[str, Any]) -> None:
+    # Given a default past its published end-of-life date (models.json), listed in fanout:models as required
+    old = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+    overrides = {"fanout:defaultModel": f"bedrock:{old}", "fanout:models": [*context["fanout:models"], old]}
+
+    # Then the synth stops with one message naming the keys, the model and its replacement
+    with pytest.raises(ValueError) as raised:
+        _config(context, **overrides)
+    message = str(raised.value)
+    assert message.startswith(
+        f"end-of-life Bedrock models in the context: fanout:defaultModel: 'bedrock:{old}' (Claude 3.5 Haiku)"
+    )
+    assert f"fanout:models: 'bedrock:{old}'" in message
+    assert "use bedrock:us.anthropic.claude-haiku-5-5" in message
+
+
+def test_an_end_of_life_entry_in_the_allowed_models_fails_the_synth(context: dict[str, Any]) -> None:
+    models = [*context["fanout:models"], "anthropic.claude-3-haiku-20240307-v1:0"]
+    with pytest.raises(
+        ValueError, match=r"^end-of-life Bedrock models in the context: fanout:models: .*Claude 3 Haiku.*2026-09-10"
+    ):
+        _config(context, **{"fanout:models": models})

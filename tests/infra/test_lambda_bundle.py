@@ -38,7 +38,7 @@ def test_bundle_holds_the_handlers_and_runtime_dependencies_only(tmp_path: Path)
     assert list((bundle / "pydantic_core").glob("*cpython-312-x86_64-linux-gnu.so")), "pydantic_core is not the Linux wheel"
 
     # and the data the code reads
-    assert json.loads((bundle / "fanout_core" / "prices.json").read_text()), "fanout_core/prices.json is missing"
+    assert json.loads((bundle / "fanout_core" / "models.json").read_text()), "fanout_core/models.json is missing"
 
     # and fanout_core exactly as in lambdas/, file for file (no bytecode, nothing left over from a local run)
     source = REPO / "lambdas" / "fanout_core"

@@ -59,7 +59,7 @@ def test_bedrock_converse_endpoint_with_throttling_and_503s(
     script = Script(answer=scripted_label, throttle_rate=0.3, unavailable_rate=0.1, seed=5)
     with fake_server(script, "bedrock") as (url, served):
         monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", url)
-        job = voting_job("bedrock:us.anthropic.claude-3-5-haiku-20241022-v1:0")
+        job = voting_job("bedrock:us.anthropic.claude-haiku-5-5")
         path = tmp_path / "job.json"
         path.write_text(json.dumps(job))
 
@@ -83,7 +83,7 @@ def test_bedrock_converse_endpoint_with_throttling_and_503s(
         assert body["inferenceConfig"]["maxTokens"] == 50
         assert body["toolConfig"]["toolChoice"] == {"tool": {"name": "record_output"}}
         assert body["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"]["json"] == job["output_schema"]
-        assert request["path"].startswith("/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse")
+        assert request["path"].startswith("/model/us.anthropic.claude-haiku-5-5/converse")
     # exactly one successful call per task: nothing billed twice
     per_task = Counter((marker(prompt_of(b)), json.dumps(b["inferenceConfig"])) for b in served.successes)
     assert len(served.successes) == 120
@@ -95,7 +95,9 @@ def test_bedrock_converse_endpoint_with_throttling_and_503s(
     assert result["usage"]["input_tokens"] == served.input_tokens
     assert result["usage"]["output_tokens"] == served.output_tokens
     assert result["usage"]["estimated_cost_usd"] == pytest.approx(
-        served.input_tokens * 0.8e-6 + served.output_tokens * 4e-6, rel=1e-3
+        # Claude Haiku 5.5's list price, 10% above the global profile's for a us. profile
+        served.input_tokens * 0.11e-6 + served.output_tokens * 0.55e-6,
+        rel=1e-3,
     )
 
 

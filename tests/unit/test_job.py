@@ -20,7 +20,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DESIGN_SECTIONING = {
     "job_id": "launch-review",
     "pattern": "sectioning",
-    "model": "bedrock:us.anthropic.claude-3-5-haiku-20241022-v1:0",
+    "model": "bedrock:us.anthropic.claude-haiku-5-5",
     "system": "You are a market analyst.",
     "items": [{"id": "q3-launch", "text": "Product brief ..."}],
     "sections": [

@@ -22,6 +22,10 @@ class ModelRequest:
     # hints only the simulator reads, so voting and evaluation can be rehearsed for free
     expected: Any = None
     answer_field: str | None = None
+    # the part of the prompt the item's other tasks send too (its first or last characters): a provider with a
+    # prompt cache sends it first, after the system prompt, followed by a cache checkpoint
+    shared_prefix: int = 0
+    shared_suffix: int = 0
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,11 @@ class ModelReply:
     output_tokens: int
     model: str
     synthetic: bool = False
+    # input tokens read from / written to the prompt cache, counted apart from input_tokens (Bedrock's usage)
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    # the answer stopped at max_tokens: cut off, not to be repaired or trusted
+    truncated: bool = False
 
 
 class ModelError(Exception):

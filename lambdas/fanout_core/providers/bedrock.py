@@ -1,9 +1,29 @@
-"""Amazon Bedrock through the Converse API, with structured output by a forced tool.
+"""Amazon Bedrock through the Converse API: structured output, prompt caching, cut-off answers.
 
 ``maxTokens`` is always sent: Bedrock reserves tokens-per-minute quota
-from it. With an ``output_schema`` the request carries one tool whose
-``inputSchema`` is the schema and a ``toolChoice`` forcing it, so the tool
-input is the output; without one, the reply's text is the output.
+from it. With an ``output_schema`` the request asks for the schema in the
+way the model supports (``fanout_core.catalog``, models.json):
+
+- ``json_schema``: Converse ``outputConfig.textFormat`` (type
+  ``json_schema``, the schema as a JSON string; "Get validated JSON results
+  from models" and the API reference's OutputFormat / JsonSchemaDefinition),
+  and the reply's text is the JSON output;
+- ``tool``: one tool whose ``inputSchema`` is the schema and a
+  ``toolChoice`` forcing it, so the tool input is the output.
+
+A client whose service model predates ``outputConfig`` (an older boto3 in
+a Lambda runtime) gets the forced tool, so no request is refused for it.
+
+Prompt caching ("Prompt caching for faster model inference";
+CachePointBlock): a ``cachePoint`` block may follow content in ``system``,
+in a message's ``content`` and in ``tools``. When the model caches and the
+shared prefix (system prompt, then the part of the prompt the item's other
+tasks share) reaches the model's minimum tokens per checkpoint, one
+``cachePoint`` is sent right after it: in the message when a part of the
+prompt is shared, else after the system prompt. A shared part at the end
+of the prompt (a document after a section's question) is sent first, so
+the prefix is the same for every task of the item. ``stopReason``
+``max_tokens`` marks the reply truncated.
 
 Errors map to the runner's retry kinds (one table, also in the README):
 
@@ -41,6 +61,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from fanout_core.catalog import cache_plan, info
 from fanout_core.providers.base import ErrorKind, ModelError, ModelReply, ModelRequest
 
 TOOL_NAME = "record_output"
@@ -75,10 +96,14 @@ class BedrockProvider:
     def __init__(self, model_id: str, client: Any) -> None:
         self.model_id = model_id
         self.client = client
+        found = info(f"bedrock:{model_id}")
+        native = found is not None and found.structured_output == "json_schema"
+        self.json_schema_output = native and _client_accepts(client, "outputConfig")
 
     def invoke(self, request: ModelRequest, attempt: int) -> ModelReply:
+        params = converse_request(self.model_id, request, json_schema_output=self.json_schema_output)
         try:
-            response = self.client.converse(**converse_request(self.model_id, request))
+            response = self.client.converse(**params)
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", "ClientError"))
@@ -91,28 +116,56 @@ class BedrockProvider:
             raise ModelError(type(exc).__name__, str(exc), "transient") from exc
         usage = response.get("usage", {})
         return ModelReply(
+            # the forced tool's input, or with outputConfig the JSON text of the reply
             output=output_of(response, request.output_schema is not None),
             input_tokens=int(usage.get("inputTokens", 0)),
             output_tokens=int(usage.get("outputTokens", 0)),
             model=f"bedrock:{self.model_id}",
+            cache_read_tokens=int(usage.get("cacheReadInputTokens", 0) or 0),
+            cache_write_tokens=int(usage.get("cacheWriteInputTokens", 0) or 0),
+            truncated=response.get("stopReason") == "max_tokens",
         )
 
 
-def converse_request(model_id: str, request: ModelRequest) -> dict[str, Any]:
+def _client_accepts(client: Any, member: str) -> bool:
+    """Whether the client's own service model has this Converse request member (botocore refuses unknown ones)."""
+    try:
+        return member in client.meta.service_model.operation_model("Converse").input_shape.members
+    except Exception:  # a test double without a service model
+        return False
+
+
+CACHE_POINT: dict[str, Any] = {"cachePoint": {"type": "default"}}
+
+
+def converse_request(model_id: str, request: ModelRequest, *, json_schema_output: bool = False) -> dict[str, Any]:
     """The Converse parameters for one task."""
     inference: dict[str, Any] = {"maxTokens": request.max_tokens}
     if request.temperature is not None:
         inference["temperature"] = request.temperature
     if request.top_p is not None:
         inference["topP"] = request.top_p
+    content, shared = _content(request)
     params: dict[str, Any] = {
         "modelId": model_id,
-        "messages": [{"role": "user", "content": [{"text": request.prompt}]}],
+        "messages": [{"role": "user", "content": content}],
         "inferenceConfig": inference,
     }
     if request.system:
         params["system"] = [{"text": request.system}]
-    if request.output_schema is not None:
+    caching, _ = cache_plan(f"bedrock:{model_id}", request.system, shared)
+    if caching and shared:
+        content.insert(1, CACHE_POINT)
+    elif caching and request.system:
+        params["system"].append(CACHE_POINT)
+    if request.output_schema is not None and json_schema_output:
+        params["outputConfig"] = {
+            "textFormat": {
+                "type": "json_schema",
+                "structure": {"jsonSchema": {"schema": json.dumps(request.output_schema), "name": "output"}},
+            }
+        }
+    elif request.output_schema is not None:
         params["toolConfig"] = {
             "tools": [
                 {
@@ -126,6 +179,19 @@ def converse_request(model_id: str, request: ModelRequest) -> dict[str, Any]:
             "toolChoice": {"tool": {"name": TOOL_NAME}},
         }
     return params
+
+
+def _content(request: ModelRequest) -> tuple[list[dict[str, Any]], str]:
+    """The user message's text blocks, the shared part first, and that shared part ("" when none)."""
+    prompt = request.prompt
+    if request.shared_prefix > 0:
+        shared, own = prompt[: request.shared_prefix], prompt[request.shared_prefix :]
+    elif request.shared_suffix > 0:
+        shared, own = prompt[-request.shared_suffix :], prompt[: -request.shared_suffix]
+    else:
+        return [{"text": prompt}], ""
+    # Converse refuses an empty text block; a prompt wholly shared (the votes of an item) is one block
+    return [{"text": shared}] + ([{"text": own}] if own.strip() else []), shared
 
 
 def output_of(response: dict[str, Any], structured: bool) -> Any:
