@@ -28,6 +28,10 @@ class Served:
     input_tokens: int = 0
     output_tokens: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # with Script(cache=True): what each successful reply reported as read from / written to the prompt cache
+    cache_reads: int = 0
+    cache_writes: int = 0
+    cached: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -39,6 +43,8 @@ class Script:
     unavailable_rate: float = 0.0
     latency_s: float = 0.01
     seed: int = 1
+    # Converse only: a prefix up to a cachePoint is written on its first reply and read by requests after it
+    cache: bool = False
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +63,10 @@ def _handler(script: Script, served: Served, kind: str) -> type[BaseHTTPRequestH
                 served.max_in_flight = max(served.max_in_flight, served.in_flight)
                 served.requests.append({"path": self.path, "body": body})
                 roll = script.rng.random()
+            # what the cache holds when the request arrives: a reply still being written is not there yet
+            prefix = _cached_prefix(body) if script.cache and kind == "bedrock" else None
+            with served.lock:
+                hit = prefix is not None and prefix in served.cached
             try:
                 time.sleep(script.latency_s)
                 if roll < script.throttle_rate:
@@ -64,7 +74,7 @@ def _handler(script: Script, served: Served, kind: str) -> type[BaseHTTPRequestH
                 elif roll < script.throttle_rate + script.unavailable_rate:
                     self._error(503, "ServiceUnavailableException", "Service unavailable.")
                 else:
-                    self._answer(body)
+                    self._answer(body, prefix, hit)
             finally:
                 with served.lock:
                     served.in_flight -= 1
@@ -79,10 +89,13 @@ def _handler(script: Script, served: Served, kind: str) -> type[BaseHTTPRequestH
             self.end_headers()
             self.wfile.write(payload)
 
-        def _answer(self, body: dict[str, Any]) -> None:
+        def _answer(self, body: dict[str, Any], prefix: str | None = None, hit: bool = False) -> None:
             output = script.answer(body)
             text = output if isinstance(output, str) else json.dumps(output)
             tokens_in, tokens_out = 10 + len(json.dumps(body)) // 40, 5 + len(text) // 4
+            cache_usage = _cache_usage(prefix, hit, served) if prefix is not None else {}
+            if cache_usage:
+                tokens_in = 10
             if kind == "bedrock":
                 if isinstance(output, str):
                     content: list[dict[str, Any]] = [{"text": output}]
@@ -91,7 +104,12 @@ def _handler(script: Script, served: Served, kind: str) -> type[BaseHTTPRequestH
                 reply = {
                     "output": {"message": {"role": "assistant", "content": content}},
                     "stopReason": "tool_use" if not isinstance(output, str) else "end_turn",
-                    "usage": {"inputTokens": tokens_in, "outputTokens": tokens_out, "totalTokens": tokens_in + tokens_out},
+                    "usage": {
+                        "inputTokens": tokens_in,
+                        "outputTokens": tokens_out,
+                        "totalTokens": tokens_in + tokens_out,
+                        **cache_usage,
+                    },
                     "metrics": {"latencyMs": 10},
                 }
             else:
@@ -119,6 +137,23 @@ def _handler(script: Script, served: Served, kind: str) -> type[BaseHTTPRequestH
             self.wfile.write(payload)
 
     return Handler
+
+
+def _cached_prefix(body: dict[str, Any]) -> str | None:
+    """The request's blocks before its first cachePoint (system, then the message), as text; None without one."""
+    blocks = [*body.get("system", []), *body["messages"][-1]["content"]]
+    marks = [n for n, block in enumerate(blocks) if "cachePoint" in block]
+    return json.dumps(blocks[: marks[0]]) if marks else None
+
+
+def _cache_usage(prefix: str, hit: bool, served: Served) -> dict[str, int]:
+    """Bedrock's cache usage of a reply: the prefix read if it was cached when the request came, else written."""
+    tokens = len(prefix) // 4
+    with served.lock:
+        served.cached.add(prefix)
+        served.cache_reads += tokens if hit else 0
+        served.cache_writes += 0 if hit else tokens
+    return {"cacheReadInputTokens": tokens if hit else 0, "cacheWriteInputTokens": 0 if hit else tokens}
 
 
 @contextmanager

@@ -250,3 +250,24 @@ def test_validate_and_run_refuse_an_end_of_life_model_with_exit_2(tmp_path: Path
         err = capsys.readouterr().err
         assert err.startswith("error: invalid job: model: ") and "end-of-life" in err and "claude-haiku-5-5" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_plan_names_a_legacy_model_in_its_warnings(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = {k: dict(v) for k, v in catalog._data().items()}
+    data["amazon.nova-lite-v1:0"]["lifecycle"] = {
+        "status": "legacy",
+        "eol": "2099-01-01",
+        "replacement": "amazon.nova-2-lite-v1:0",
+    }
+    monkeypatch.setattr(catalog, "_data", lambda: data)
+
+    summary = plan(
+        {**JOB, "model": "bedrock:us.amazon.nova-lite-v1:0"}, "exec-1", s3=s3, settings=Settings(results_bucket="results")
+    )
+
+    assert summary["warnings"] == [
+        "model: 'bedrock:us.amazon.nova-lite-v1:0' (Nova Lite) is Legacy on Bedrock: it answers until its end-of-life "
+        "on 2099-01-01, new accounts cannot use it; use bedrock:us.amazon.nova-2-lite-v1:0"
+    ]
+    saved = json.loads(s3.get_object(Bucket="results", Key=f"runs/{summary['job_id']}/plan.json")["Body"].read())
+    assert saved["warnings"] == summary["warnings"]
