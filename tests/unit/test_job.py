@@ -225,6 +225,7 @@ BAD_JOBS: list[tuple[str, Any, str, str]] = [
     ("unknown provider in models", voting(votes=_DROP, models=["sim", "gpt:foo"]), "models[1]:", "'sim'"),
     ("bad sim option value", voting(model="sim:accuracy=2"), "model:", "between 0 and 1"),
     ("unknown sim option", voting(model="sim:speed=2"), "model:", "a key from"),
+    ("sim difficulty not positive", voting(model="sim:difficulty=0"), "model:", "Beta concentration K, above 0"),
     ("bedrock without a model id", voting(model="bedrock:"), "model:", "needs a model id"),
     (
         "item over limits.max_item_bytes",

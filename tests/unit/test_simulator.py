@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 import random
+import statistics
 from typing import Any
 
 import pytest
@@ -281,3 +284,75 @@ def test_invalid_rate_zero_gives_valid_outputs() -> None:
     validator = Draft202012Validator(LABEL_SCHEMA)
 
     assert all(validator.is_valid(o) for o in outputs(sim(invalid_rate=0.0), count=100))
+
+
+# items that differ in difficulty: each item's accuracy is drawn from Beta(accuracy*K, (1-accuracy)*K)
+
+
+def _beta_cdf(x: float, a: float, b: float, steps: int = 20_000) -> float:
+    """The Beta CDF by the midpoint rule on the density (an oracle independent of the simulator's generator)."""
+    norm = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b))
+    h = x / steps
+    return norm * h * sum(((i + 0.5) * h) ** (a - 1) * (1 - (i + 0.5) * h) ** (b - 1) for i in range(steps))
+
+
+def test_without_difficulty_every_item_has_the_accuracy_asked_for() -> None:
+    simulator = sim(accuracy=0.7)
+
+    assert {simulator.item_accuracy(f"item-{n}") for n in range(100)} == {0.7}
+
+
+def test_item_accuracies_follow_the_beta_distribution() -> None:
+    # Given accuracy 0.7 and concentration 4: Beta(2.8, 1.2)
+    simulator = sim(accuracy=0.7, difficulty=4, seed=9)
+    n = 4000
+
+    # When 4000 items draw their accuracy
+    draws = sorted(simulator.item_accuracy(f"item-{i}") for i in range(n))
+
+    # Then the mean is within 5 standard errors of 0.7 (sd of Beta(2.8, 1.2) = sqrt(0.21 / 5))
+    assert abs(statistics.fmean(draws) - 0.7) < 5 * math.sqrt(0.21 / 5 / n)
+    # and the empirical CDF is within the DKW bound of the Beta CDF: P(sup |F_n - F| > 0.035) <= 2 exp(-2 n 0.035^2) ~ 1e-4
+    for x in (0.2, 0.4, 0.6, 0.8, 0.95):
+        empirical = bisect.bisect_right(draws, x) / n
+        assert abs(empirical - _beta_cdf(x, 2.8, 1.2)) < 0.035, x
+
+
+def test_item_accuracy_is_fixed_per_item_and_seed() -> None:
+    first = [sim(accuracy=0.6, difficulty=2, seed=4).item_accuracy(f"i{n}") for n in range(20)]
+
+    assert first == [sim(accuracy=0.6, difficulty=2, seed=4).item_accuracy(f"i{n}") for n in range(20)]
+    assert first != [sim(accuracy=0.6, difficulty=2, seed=5).item_accuracy(f"i{n}") for n in range(20)]
+    assert len(set(first)) == 20
+
+
+@pytest.mark.parametrize("difficulty", [None, 4.0])
+def test_votes_of_one_item_share_its_accuracy(difficulty: float | None) -> None:
+    # Given 2000 items with 8 votes each at accuracy 0.7
+    options: dict[str, float] = {"accuracy": 0.7, "seed": 13}
+    if difficulty is not None:
+        options["difficulty"] = difficulty
+    simulator = sim(**options)
+    items, votes = 2000, 8
+
+    # When every vote is asked
+    right = [
+        sum(
+            simulator.invoke(request(f"item-{i}#v{v}", expected="neutral"), attempt=1).output["label"] == "neutral"
+            for v in range(1, votes + 1)
+        )
+        for i in range(items)
+    ]
+
+    # Then single votes are right 70% of the time either way, within 5 standard errors (the votes of an item are
+    # correlated under difficulty: the beta-binomial variance is (K + 8) / (K + 1) times the binomial one)
+    inflation = (difficulty + votes) / (difficulty + 1) if difficulty else 1.0
+    assert abs(sum(right) / (items * votes) - 0.7) < 5 * math.sqrt(0.21 * inflation / (items * votes))
+    # and the share of items with all 8 votes right is the beta-binomial P(X = 8) = prod (aK + j) / (K + j),
+    # or 0.7^8 without difficulty: 0.204 against 0.058, far apart
+    if difficulty is None:
+        p_all = 0.7**votes
+    else:
+        p_all = math.prod((0.7 * difficulty + j) / (difficulty + j) for j in range(votes))
+    share = sum(1 for r in right if r == votes) / items
+    assert abs(share - p_all) < 5 * math.sqrt(p_all * (1 - p_all) / items)

@@ -4,6 +4,11 @@ It fills the job's ``output_schema`` with valid values, answers an item's
 ``expected`` value with probability ``accuracy`` (a wrong answer otherwise),
 and injects latency, throttling, service errors and out-of-schema outputs at
 the rates asked for, so voting and failure handling can be rehearsed.
+
+With ``difficulty`` K, items differ as they do for real models: each item's
+own accuracy is drawn once (seeded by the item) from Beta(accuracy*K,
+(1-accuracy)*K), whose mean is ``accuracy``; a small K gives many easy items
+and many coin flips, a large K items close to ``accuracy``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ DEFAULTS: dict[str, float | int] = {
     "invalid_rate": 0.0,
     "timeout_rate": 0.0,
     "accuracy": 0.8,
+    "difficulty": 0.0,  # 0: every item has the same accuracy
     "seed": 7,
 }
 
@@ -58,6 +64,7 @@ class Simulator:
         self.invalid_rate = float(merged["invalid_rate"])
         self.timeout_rate = float(merged["timeout_rate"])
         self.accuracy = float(merged["accuracy"])
+        self.difficulty = float(merged["difficulty"])
         self.seed = int(merged["seed"])
         self._sleep = sleep
 
@@ -87,8 +94,16 @@ class Simulator:
             synthetic=True,
         )
 
+    def item_accuracy(self, item_key: str) -> float:
+        """The chance that a vote on this item is right: ``accuracy``, or the item's own draw under ``difficulty``."""
+        if self.difficulty <= 0 or self.accuracy in (0.0, 1.0):
+            return self.accuracy
+        k = self.difficulty
+        return _rng(f"{self.seed}|{item_key}|difficulty").betavariate(self.accuracy * k, (1.0 - self.accuracy) * k)
+
     def _answer(self, request: ModelRequest, rng: random.Random) -> Any:
-        correct = rng.random() < self.accuracy
+        # every vote of an item (task ids are <item>#<slot>) shares the item's accuracy
+        correct = rng.random() < self.item_accuracy(request.task_id.rpartition("#")[0] or request.task_id)
         schema = request.output_schema
         if schema is None:
             if request.expected is not None and correct:

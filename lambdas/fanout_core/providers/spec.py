@@ -12,6 +12,7 @@ SIM_KEYS = {
     "invalid_rate": float,
     "timeout_rate": float,
     "accuracy": float,
+    "difficulty": float,
     "seed": int,
 }
 _RATES = ("throttle_rate", "error_rate", "invalid_rate", "timeout_rate", "accuracy")
@@ -59,6 +60,8 @@ def _sim_options(rest: str) -> dict[str, float | int]:
             raise ValueError(f"sim option '{key}' needs a number, got '{value}'") from None
         if key in _RATES and not 0.0 <= float(number) <= 1.0:
             raise ValueError(f"sim option '{key}' must be between 0 and 1, got {value}")
+        if key == "difficulty" and not 0 < float(number) <= 1e6:
+            raise ValueError(f"sim option 'difficulty' is the Beta concentration K, above 0 (e.g. 4), got {value}")
         if key in ("latency_ms", "jitter_ms") and float(number) < 0:
             raise ValueError(f"sim option '{key}' must be 0 or more, got {value}")
         options[key] = number
