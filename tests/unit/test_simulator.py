@@ -350,9 +350,7 @@ def test_votes_of_one_item_share_its_accuracy(difficulty: float | None) -> None:
     assert abs(sum(right) / (items * votes) - 0.7) < 5 * math.sqrt(0.21 * inflation / (items * votes))
     # and the share of items with all 8 votes right is the beta-binomial P(X = 8) = prod (aK + j) / (K + j),
     # or 0.7^8 without difficulty: 0.204 against 0.058, far apart
-    if difficulty is None:
-        p_all = 0.7**votes
-    else:
-        p_all = math.prod((0.7 * difficulty + j) / (difficulty + j) for j in range(votes))
+    k = difficulty
+    p_all = 0.7**votes if k is None else math.prod((0.7 * k + j) / (k + j) for j in range(votes))
     share = sum(1 for r in right if r == votes) / items
     assert abs(share - p_all) < 5 * math.sqrt(p_all * (1 - p_all) / items)
