@@ -160,7 +160,9 @@ def _with_model(data: dict[str, Any], model: str) -> dict[str, Any]:
     """--model replaces every model the job names (a multi-model vote keeps its number of votes)."""
     out = {**data, "model": model}
     models = out.pop("models", None)
-    if isinstance(models, list) and "votes" not in out:
+    stop = (out.get("aggregate") or {}).get("stop") if isinstance(out.get("aggregate"), dict) else None
+    # a stopping rule's max_votes already says how many votes there are
+    if isinstance(models, list) and "votes" not in out and not (isinstance(stop, dict) and "max_votes" in stop):
         out["votes"] = len(models)
     return out
 

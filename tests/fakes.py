@@ -193,7 +193,10 @@ class MemoryRunStore:
         self.closed = 0
 
     def completed(self, batch_index: int) -> set[str]:
-        return {r["task_id"] for r in self.records.values() if r["status"] == "ok"}
+        return {r["task_id"] for r in self.finished_records(batch_index)}
+
+    def finished_records(self, batch_index: int) -> list[dict[str, Any]]:
+        return [r for r in self.records.values() if r["status"] in ("ok", "skipped")]
 
     def writer(self, batch_index: int) -> MemoryRunStore:
         return self

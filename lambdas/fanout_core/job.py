@@ -61,6 +61,17 @@ class Judge(_Strict):
     model: str | None = None
 
 
+class Stop(_Strict):
+    """Adaptive stopping: an item gets votes until its answer is settled, at most ``max_votes``."""
+
+    # window: votes in windows of `window`, stop at the first unanimous one; adaptive: stop when the
+    # posterior probability that the leader stays the leader passes `threshold`
+    method: Literal["window", "adaptive"]
+    window: int | None = Field(default=None, ge=2)
+    threshold: float | None = Field(default=None, gt=0.5, lt=1.0)
+    max_votes: int | None = Field(default=None, ge=2)
+
+
 class Aggregate(_Strict):
     strategy: str | None = None
     # a dotted path into the structured output: what is voted on
@@ -74,6 +85,7 @@ class Aggregate(_Strict):
     key: str | None = None
     # early stop: when the first n votes of an item agree, its other votes are not asked
     stop_when_agree: int | None = Field(default=None, ge=2)
+    stop: Stop | None = None
     judge: Judge | None = None
 
 
@@ -131,6 +143,8 @@ class Job(_Strict):
         """How many times each item is asked (voting)."""
         if self.votes is not None:
             return self.votes
+        if self.aggregate.stop is not None and self.aggregate.stop.max_votes is not None:
+            return self.aggregate.stop.max_votes
         return len(self.models or [])
 
     def vote_model(self, vote: int, default: str) -> str:
@@ -209,7 +223,7 @@ def _check_sectioning(job: Job) -> None:
     for key in ("prompt", "votes", "models"):
         if getattr(job, key) is not None:
             raise InvalidJob(f"{key}: only for pattern 'voting'; sectioning uses 'sections'", key)
-    for key in ("weights", "k", "key", "stop_when_agree", "judge"):
+    for key in ("weights", "k", "key", "stop_when_agree", "stop", "judge"):
         if getattr(job.aggregate, key) is not None:
             raise InvalidJob(f"aggregate.{key}: only for pattern 'voting'", f"aggregate.{key}")
     seen: dict[str, int] = {}
@@ -234,7 +248,8 @@ def _check_voting(job: Job) -> None:
         raise InvalidJob("sections: only for pattern 'sectioning'; voting uses 'prompt' and 'votes'", "sections")
     if job.prompt is None:
         raise InvalidJob("prompt: required for pattern 'voting'; the template every vote answers", "prompt")
-    if job.votes is None and job.models is None:
+    stop_rule = job.aggregate.stop
+    if job.votes is None and job.models is None and (stop_rule is None or stop_rule.max_votes is None):
         raise InvalidJob("votes: required for pattern 'voting'; give 'votes' (2 or more) or a list of 'models'", "votes")
     if job.vote_count < 2:
         raise InvalidJob("models: voting needs at least 2 votes; name 2 or more models, or add 'votes'", "models")
@@ -300,6 +315,35 @@ def _check_voting(job: Job) -> None:
                 f"aggregate.stop_when_agree: {stop} must be fewer than the {job.vote_count} votes to save any",
                 "aggregate.stop_when_agree",
             )
+    if job.aggregate.stop is not None:
+        _check_stop(job, job.aggregate.stop)
+
+
+def _check_stop(job: Job, stop: Stop) -> None:
+    if job.aggregate.stop_when_agree is not None:
+        raise InvalidJob(
+            "aggregate.stop: give either 'stop' or its shorthand 'stop_when_agree', not both", "aggregate.stop_when_agree"
+        )
+    if job.strategy not in ("majority", "weighted"):
+        raise InvalidJob("aggregate.stop: only for strategies 'majority' and 'weighted'", "aggregate.stop")
+    if stop.max_votes is not None and job.votes is not None and stop.max_votes != job.votes:
+        raise InvalidJob(
+            f"aggregate.stop.max_votes: {stop.max_votes} differs from votes ({job.votes}); give one of them",
+            "aggregate.stop.max_votes",
+        )
+    if stop.method == "window":
+        if stop.window is None:
+            where = "aggregate.stop.window"
+            raise InvalidJob(f"{where}: required for method 'window' (votes per window, e.g. 3)", where)
+        if stop.threshold is not None:
+            raise InvalidJob("aggregate.stop.threshold: only for method 'adaptive'", "aggregate.stop.threshold")
+        if stop.window >= job.vote_count:
+            raise InvalidJob(
+                f"aggregate.stop.window: {stop.window} must be fewer than the {job.vote_count} votes to save any",
+                "aggregate.stop.window",
+            )
+    elif stop.window is not None:
+        raise InvalidJob("aggregate.stop.window: only for method 'window'", "aggregate.stop.window")
 
 
 def _check_path_in_schema(job: Job, path: str, where: str) -> dict[str, Any]:

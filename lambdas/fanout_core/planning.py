@@ -111,7 +111,7 @@ def choose_batching(task_count: int, max_concurrency: int, batch_size: int | Non
 def batching_for(job: Job, task_count: int, concurrency_cap: int) -> Batching:
     """The batching Plan uses for a job: its concurrency under the deployment's cap, an item's votes kept
     together when early stopping decides within a batch."""
-    align = job.vote_count if job.aggregate.stop_when_agree else 1
+    align = job.vote_count if job.aggregate.stop_when_agree or job.aggregate.stop else 1
     return choose_batching(task_count, min(job.limits.max_concurrency, concurrency_cap), job.limits.batch_size, align)
 
 

@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from fanout_core.answers import answer_at, normalise
 from fanout_core.catalog import cache_plan
 from fanout_core.errors import BatchIncomplete, ModelThrottled
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest, Provider
 from fanout_core.sharing import first_of_each_item, spans_by_task
+from fanout_core.stopping import StopRule, next_step, record_answer, vote_position
 from fanout_core.validation import SchemaCheck
 
 # a cut-off answer (stopReason max_tokens) is asked once more with this many times the budget, up to the cap
@@ -66,6 +66,8 @@ class BatchStore(Protocol):
 
     def completed(self, batch_index: int) -> set[str]: ...
 
+    def finished_records(self, batch_index: int) -> list[dict[str, Any]]: ...
+
     def writer(self, batch_index: int) -> RecordSink: ...
 
 
@@ -92,7 +94,10 @@ def run_batch(
     tasks: list[dict[str, Any]] = batch["tasks"]
     schema = batch.get("output_schema")
     validator = SchemaCheck(schema) if schema else None
-    done = store.completed(batch["index"])
+    rule = StopRule.from_batch(batch)
+    # a stopping rule decides from the answers of earlier attempts' records, not only which tasks they finished
+    earlier = store.finished_records(batch["index"]) if rule is not None else []
+    done = {r["task_id"] for r in earlier} if rule is not None else store.completed(batch["index"])
     writer = store.writer(batch["index"])
     providers = {model: provider_for(model) for model in {t["model"] for t in tasks}}
     sharing = _cached_spans(tasks, batch.get("system"))
@@ -124,35 +129,15 @@ def run_batch(
                 counts["truncated"] += 1 if record.get("truncated") else 0
         return records
 
-    stop = batch.get("stop_when_agree")
     try:
         with _Workers(threads) as pool:
-            if not stop:
+            if rule is None:
                 # an item's first task goes before its siblings, so they read the prompt cache it writes
                 first, rest = first_of_each_item(tasks, sharing)
                 tally(pool.map(run_one, first))
                 tally(pool.map(run_one, rest))
             else:
-                # early stop: the first `stop` votes of every item first; an item whose first votes agree
-                # gets its other votes recorded as skipped instead of asked
-                first = [t for t in tasks if t["kind"] == "vote" and int(t["slot"][1:]) <= stop]
-                rest = [t for t in tasks if not (t["kind"] == "vote" and int(t["slot"][1:]) <= stop)]
-                agreed = _agreed_items(tally(pool.map(run_one, first)), batch.get("answer_field"), stop)
-                for task in rest:
-                    if task["item_id"] in agreed and task["task_id"] not in done:
-                        writer.add(
-                            _record(
-                                task,
-                                "skipped",
-                                None,
-                                f"not asked: the first {stop} votes agreed",
-                                0,
-                                time.monotonic(),
-                                model=task["model"],
-                            )
-                        )
-                        counts["stopped_early"] += 1
-                tally(pool.map(run_one, [t for t in rest if t["item_id"] not in agreed]))
+                _run_stopping(rule, batch, tasks, earlier, done, lambda wave: pool.map(run_one, wave), tally, writer, counts)
     finally:
         writer.close()  # what finished is kept, even when the batch fails
 
@@ -219,13 +204,66 @@ class _Workers:
         return results
 
 
-def _agreed_items(records: list[dict[str, Any]], field: str | None, stop: int) -> set[str]:
-    """Items whose first ``stop`` votes all succeeded with the same (normalised) answer."""
-    answers: dict[str, list[str | None]] = {}
-    for record in records:
-        value = answer_at(record["output"], field) if record["status"] == "ok" else None
-        answers.setdefault(record["item_id"], []).append(None if value is None else normalise(value))
-    return {item for item, given in answers.items() if len(given) == stop and given[0] is not None and len(set(given)) == 1}
+_Result = tuple[str, int, int, int, "dict[str, Any] | None"]
+
+
+def _run_stopping(
+    rule: StopRule,
+    batch: dict[str, Any],
+    tasks: list[dict[str, Any]],
+    earlier: Iterable[dict[str, Any]],
+    done: set[str],
+    run: Callable[[list[dict[str, Any]]], list[_Result]],
+    tally: Callable[[Iterable[_Result]], list[dict[str, Any]]],
+    writer: RecordSink,
+    counts: Counter[str],
+) -> None:
+    """Votes in waves: each item asks what its stopping rule needs next, decided from every vote it has.
+
+    What an item has counts whichever invocation recorded it: the batch's
+    earlier records (a retried or re-run batch holds the same items), then
+    each wave's; the votes an item no longer needs are recorded as skipped. An item with a vote left unfinished (throttled past
+    its budget, out of time) asks nothing more here: the batch's retry
+    continues it.
+    """
+    field = batch.get("answer_field")
+    weights = batch.get("vote_weights")
+    known: dict[str, dict[int, str | None]] = {}
+    for record in earlier:
+        if record["status"] == "ok":
+            known.setdefault(record["item_id"], {})[vote_position(record)] = record_answer(record, field)
+    waiting: dict[str, list[dict[str, Any]]] = {}
+    for task in sorted(tasks, key=vote_position):
+        if task["task_id"] not in done:
+            waiting.setdefault(task["item_id"], []).append(task)
+    while waiting:
+        wave: list[dict[str, Any]] = []
+        for item_id in list(waiting):
+            step = next_step(rule, known.get(item_id, {}), weights)
+            left = waiting[item_id]
+            if step.stop:
+                for task in left:
+                    note = f"not asked: the votes already given settle the answer ({rule.method} stopping)"
+                    writer.add(_record(task, "skipped", None, note, 0, time.monotonic(), model=task["model"]))
+                    counts["stopped_early"] += 1
+                del waiting[item_id]
+                continue
+            wanted = set(step.ask)
+            # votes the rule wants that this batch does not hold: the item's rest is asked as fixed voting
+            chosen = [t for t in left if vote_position(t) in wanted] or left
+            wave += chosen
+            asked = {id(t) for t in chosen}
+            waiting[item_id] = [t for t in left if id(t) not in asked]
+        if not wave:
+            break
+        results = run(wave)
+        tally(results)
+        for task, (_, _, _, _, written) in zip(wave, results, strict=True):
+            if written is None:
+                waiting.pop(task["item_id"], None)  # unfinished: the retry of the batch continues this item
+            else:
+                known.setdefault(task["item_id"], {})[vote_position(task)] = record_answer(written, field)
+        waiting = {item: left for item, left in waiting.items() if left}
 
 
 def _cached_spans(tasks: list[dict[str, Any]], system: str | None) -> dict[str, tuple[int, int]]:

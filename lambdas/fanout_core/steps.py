@@ -26,6 +26,7 @@ from fanout_core.providers.base import ModelError, ModelRequest, Provider
 from fanout_core.report import report_markdown, results_jsonl
 from fanout_core.runner import call_with_retries, run_batch
 from fanout_core.settings import Settings
+from fanout_core.stopping import rule_for, vote_weights
 from fanout_core.store import FINISHED, RunStore, put_text
 from fanout_core.templating import render
 from fanout_core.voting import JudgeVerdict, judge_prompt, judge_schema
@@ -110,7 +111,7 @@ def _plan_run(
         "inference": job.inference.model_dump(),
         "output_schema": job.output_schema,
         "answer_field": job.aggregate.field,
-        "stop_when_agree": job.aggregate.stop_when_agree,
+        **_stopping(job, settings.default_model),
     }
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(
@@ -146,6 +147,14 @@ def _plan_run(
     }
     store.put_json("plan.json", summary)
     return summary
+
+
+def _stopping(job: Job, default_model: str) -> dict[str, Any]:
+    """What a batch needs to stop an item's votes early: the rule and, for weighted, each vote's weight."""
+    rule = rule_for(job)
+    if rule is None:
+        return {}
+    return {"stop": rule.to_batch(), "vote_weights": vote_weights(job, default_model)}
 
 
 @contextmanager

@@ -76,7 +76,11 @@ class RunStore:
 
     def completed(self, batch_index: int) -> set[str]:
         """Task ids finished (ok, or skipped by early stopping) by an earlier run of this batch (a retry or a redrive)."""
-        return {r["task_id"] for r in self._read_records(self._keys(f"records/b{batch_index:05d}/")) if r["status"] in FINISHED}
+        return {r["task_id"] for r in self.finished_records(batch_index)}
+
+    def finished_records(self, batch_index: int) -> list[dict[str, Any]]:
+        """The records behind ``completed``: early stopping decides from their answers."""
+        return [r for r in self._read_records(self._keys(f"records/b{batch_index:05d}/")) if r["status"] in FINISHED]
 
     def has_records(self) -> bool:
         listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + "records/", MaxKeys=1)

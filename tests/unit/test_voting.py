@@ -15,6 +15,7 @@ from fanout_core.providers.base import ModelRequest
 from fanout_core.providers.simulator import Simulator
 from fanout_core.report import report_markdown
 from fanout_core.runner import run_batch
+from fanout_core.stopping import rule_for, vote_weights
 from fanout_core.voting import JudgeVerdict
 from tests.fakes import MemoryRunStore
 
@@ -181,7 +182,7 @@ def batch_of(job: Job, items: int) -> dict[str, Any]:
         "inference": {"max_tokens": 8},
         "output_schema": LABEL,
         "answer_field": "label",
-        "stop_when_agree": job.aggregate.stop_when_agree,
+        **({"stop": rule.to_batch(), "vote_weights": vote_weights(job, "sim")} if (rule := rule_for(job)) else {}),
         "tasks": tasks,
     }
 
