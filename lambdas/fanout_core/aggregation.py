@@ -16,6 +16,7 @@ from typing import Any
 from rapidfuzz import fuzz
 
 from fanout_core.answers import answer_at, normalise
+from fanout_core.calibration import by_model, calibration
 from fanout_core.job import Job
 from fanout_core.memory import collector_paused
 from fanout_core.planning import slots
@@ -273,7 +274,8 @@ def _attach_status(out: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
 def evaluate(
     job: Job, items: list[dict[str, Any]], out_items: list[dict[str, Any]], votes: list[list[Vote]]
 ) -> dict[str, Any] | None:
-    """Aggregated accuracy next to mean single-call accuracy (the voting uplift), over items with ``expected``."""
+    """Over items with ``expected``: aggregated accuracy next to mean single-call accuracy (the voting uplift), and
+    how well confidence is calibrated (see ``fanout_core.calibration``)."""
     if job.pattern != "voting":
         return None
     scored = [(item, out, mine) for item, out, mine in zip(items, out_items, votes, strict=True) if "expected" in item]
@@ -284,17 +286,25 @@ def evaluate(
     for item, _, mine in scored:
         if mine:
             expected = item["expected"]
-            if _is_number(expected):
-                right = sum(1 for v in mine if _matches(v.value, expected))
-            else:
-                target = normalise(expected)
-                right = sum(1 for v in mine if v.key == target)
-            singles.append(right / len(mine))
+            singles.append(sum(1 for v in mine if _vote_right(v, expected)) / len(mine))
     accuracy = correct / len(scored)
     single = statistics.fmean(singles) if singles else 0.0
-    return {
+    out: dict[str, Any] = {
         "items_with_expected": len(scored),
         "accuracy": round(accuracy, 4),
         "single_call_accuracy": round(single, 4),
         "uplift": round(accuracy - single, 4),
     }
+    # mean, median and threshold have no confidence to calibrate
+    if all(o.get("confidence") is not None for _, o, _ in scored):
+        out.update(calibration([(float(o["confidence"]), bool(o.get("correct"))) for _, o, _ in scored]))
+    models = by_model([(item["expected"], mine) for item, _, mine in scored], _vote_right)
+    if models is not None:
+        out.update(models)
+    return out
+
+
+def _vote_right(vote: Vote, expected: Any) -> bool:
+    if _is_number(expected):
+        return _matches(vote.value, expected)
+    return vote.key == normalise(expected)

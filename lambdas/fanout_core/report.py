@@ -46,6 +46,7 @@ def report_markdown(result: dict[str, Any]) -> str:
             f"- uplift from aggregation: {ev['uplift']:+.1%}",
             "",
         ]
+        lines += _calibration(ev)
     if result["pattern"] == "voting":
         lines += _voting(result)
     else:
@@ -61,6 +62,38 @@ def report_markdown(result: dict[str, Any]) -> str:
     if result.get("synthesis"):
         lines += ["## Synthesis", "", str(result["synthesis"].get("text", "")), ""]
     return "\n".join(lines)
+
+
+def _calibration(ev: dict[str, Any]) -> list[str]:
+    """How far confidence can be trusted: reliability, ECE, Brier, accuracy at coverage, and models side by side."""
+    lines: list[str] = []
+    if "reliability" in ev:
+        lines += [
+            "## Calibration",
+            "",
+            f"- expected calibration error (ECE): {ev['ece']:.3f}",
+            f"- Brier score: {ev['brier']:.3f}",
+            "",
+            "| confidence | items | mean confidence | accuracy |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {b['bin']} | {b['count']} | {b['mean_confidence']:.2f} | {b['accuracy']:.1%} |" for b in ev["reliability"]]
+        lines += ["", "| confidence at least | coverage | items | accuracy |", "|---|---|---|---|"]
+        for row in ev["accuracy_at_coverage"]:
+            shown = "-" if row["accuracy"] is None else f"{row['accuracy']:.1%}"
+            lines.append(f"| {row['threshold']:.1f} | {row['coverage']:.1%} | {row['items']} | {shown} |")
+        lines.append("")
+    if "per_model" in ev:
+        lines += ["## Models", "", "| model | votes | accuracy |", "|---|---|---|"]
+        for name, row in ev["per_model"].items():
+            shown = "-" if row["accuracy"] is None else f"{row['accuracy']:.1%}"
+            lines.append(f"| {_cell(name)} | {row['votes']} | {shown} |")
+        lines += ["", "| models | items both answered | agreement |", "|---|---|---|"]
+        for pair in ev["agreement"]:
+            shown = "-" if pair["agreement"] is None else f"{pair['agreement']:.1%}"
+            lines.append(f"| {_cell(pair['models'][0])} / {_cell(pair['models'][1])} | {pair['items']} | {shown} |")
+        lines.append("")
+    return lines
 
 
 def _voting(result: dict[str, Any]) -> list[str]:

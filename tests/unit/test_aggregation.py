@@ -289,7 +289,7 @@ def test_evaluation_compares_aggregated_and_single_call_accuracy() -> None:
     result = aggregate(job, items_of(job), records)
 
     # Then accuracy is 2/3, single-call accuracy is the mean of 2/3, 2/3, 1/3
-    assert result["evaluation"] == {
+    assert {k: result["evaluation"][k] for k in ("items_with_expected", "accuracy", "single_call_accuracy", "uplift")} == {
         "items_with_expected": 3,
         "accuracy": round(2 / 3, 4),
         "single_call_accuracy": round(5 / 9, 4),
@@ -422,3 +422,41 @@ def test_results_jsonl_has_one_line_per_item_in_order() -> None:
     lines = results_jsonl(aggregate(job, items_of(job), votes_for("y", "no", "no"))).splitlines()
 
     assert [line.split('"id": ')[1].split(",")[0] for line in lines] == ['"x"', '"y"']
+
+
+def test_calibration_figures_worked_by_hand() -> None:
+    # Given four items: two unanimous and right, one 2-of-3 and right, one 2-of-3 and wrong
+    job = parse_job(
+        {
+            "job_id": "cal",
+            "pattern": "voting",
+            "votes": 3,
+            "prompt": "{text}",
+            "items": [{"id": k, "text": k, "expected": "yes"} for k in "abcd"],
+            "output_schema": LABEL_SCHEMA,
+            "aggregate": {"field": "label"},
+        }
+    )
+    records = [
+        *votes_for("a", "yes", "yes", "yes"),
+        *votes_for("b", "yes", "yes", "yes"),
+        *votes_for("c", "yes", "no", "yes"),
+        *votes_for("d", "no", "yes", "no"),
+    ]
+
+    ev = aggregate(job, items_of(job), records)["evaluation"]
+
+    # Then the 0.6-0.7 bin holds the two 2-of-3 items (half right), the top bin the two unanimous ones
+    assert ev["reliability"] == [
+        {"bin": "0.6-0.7", "count": 2, "mean_confidence": 0.6667, "accuracy": 0.5},
+        {"bin": "0.9-1.0", "count": 2, "mean_confidence": 1.0, "accuracy": 1.0},
+    ]
+    # ECE = 2/4 |0.5 - 2/3| + 2/4 |1 - 1| = 1/12; Brier = ((1/3)^2 + (2/3)^2) / 4 = 5/36
+    assert ev["ece"] == round(1 / 12, 4)
+    assert ev["brier"] == round(5 / 36, 4)
+    at = {row["threshold"]: row for row in ev["accuracy_at_coverage"]}
+    assert (at[0.6]["coverage"], at[0.6]["accuracy"]) == (1.0, 0.75)
+    assert (at[0.7]["coverage"], at[0.7]["items"], at[0.7]["accuracy"]) == (0.5, 2, 1.0)
+    assert "per_model" not in ev  # one model: nothing to compare
+    report = report_markdown(aggregate(job, items_of(job), records))
+    assert "## Calibration" in report and "expected calibration error (ECE): 0.083" in report
