@@ -438,3 +438,21 @@ def test_an_items_first_section_writes_the_cache_before_its_siblings_read_it(cli
     usages = [store.records[("q3", name)]["usage"] for name in ("competitors", "customers", "regions")]
     assert usages[0]["cache_write_input_tokens"] == 6000
     assert [u["cache_read_input_tokens"] for u in usages[1:]] == [6000, 6000]
+
+
+def test_a_schema_the_output_format_refuses_is_asked_again_with_the_tool_and_keeps_it(client: Any) -> None:
+    # Given a model with native structured output, and a schema its output format refuses
+    provider = BedrockProvider(HAIKU_45, client)
+    request = ModelRequest(task_id="a#v1", prompt="?", output_schema=SCHEMA)
+    with Stubber(client) as stub:
+        native = {"modelId": HAIKU_45, "messages": ANY, "inferenceConfig": ANY, "outputConfig": ANY}
+        tool = {"modelId": HAIKU_45, "messages": ANY, "inferenceConfig": ANY, "toolConfig": ANY}
+        stub.add_client_error("converse", service_error_code="ValidationException", http_status_code=400, expected_params=native)
+        stub.add_response("converse", tool_reply({"label": "yes"}), tool)
+        # Then the next call with that schema goes straight to the tool
+        stub.add_response("converse", tool_reply({"label": "no"}), tool)
+
+        first = provider.invoke(request, 1)
+        second = provider.invoke(request, 1)
+        stub.assert_no_pending_responses()
+    assert (first.output, second.output) == ({"label": "yes"}, {"label": "no"})

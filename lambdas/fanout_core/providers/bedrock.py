@@ -12,7 +12,10 @@ way the model supports (``fanout_core.catalog``, models.json):
   ``toolChoice`` forcing it, so the tool input is the output.
 
 A client whose service model predates ``outputConfig`` (an older boto3 in
-a Lambda runtime) gets the forced tool, so no request is refused for it.
+a Lambda runtime) gets the forced tool, so no request is refused for it;
+a schema the output format refuses (``ValidationException``: it takes a
+subset of JSON Schema) is asked again with the forced tool, and that
+schema keeps the tool from then on.
 
 Prompt caching ("Prompt caching for faster model inference";
 CachePointBlock): a ``cachePoint`` block may follow content in ``system``,
@@ -99,14 +102,22 @@ class BedrockProvider:
         found = info(f"bedrock:{model_id}")
         native = found is not None and found.structured_output == "json_schema"
         self.json_schema_output = native and _client_accepts(client, "outputConfig")
+        # schemas the JSON-schema output format refused (it takes a subset of JSON Schema): these go by the tool
+        self._refused_schemas: set[str] = set()
 
     def invoke(self, request: ModelRequest, attempt: int) -> ModelReply:
-        params = converse_request(self.model_id, request, json_schema_output=self.json_schema_output)
+        schema_key = json.dumps(request.output_schema, sort_keys=True)
+        native = self.json_schema_output and schema_key not in self._refused_schemas
+        params = converse_request(self.model_id, request, json_schema_output=native)
         try:
             response = self.client.converse(**params)
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", "ClientError"))
+            if code == "ValidationException" and "outputConfig" in params:
+                # a refused request is not billed: ask again at once with the forced tool, and keep to it
+                self._refused_schemas.add(schema_key)
+                return self.invoke(request, attempt)
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             kind = ERROR_KINDS.get(code) or ("transient" if status >= 500 else "permanent")
             raise ModelError(code, str(error.get("Message", "")), kind) from exc
