@@ -153,7 +153,17 @@ def _load(path: Path, model: str | None, concurrency: int | None, default_model:
 
     # an end-of-life model is refused here, before anything is written or called, as Plan refuses it
     warnings = tuple(check_job_models(job, default_model))
-    return LoadedJob(data, job, expand_tasks(job, items, default_model), items, items_body, warnings)
+    tasks = expand_tasks(job, items, default_model)
+    _check_mode(job, len(tasks))
+    return LoadedJob(data, job, tasks, items, items_body, warnings)
+
+
+def _check_mode(job: Job, task_count: int) -> None:
+    """The mode the job asks for must fit its batches (Plan checks the same), refused here before anything runs."""
+    from fanout.runtime import LOCAL_CONCURRENCY_CAP
+    from fanout_core.planning import batching_for, choose_mode
+
+    choose_mode(job.limits.mode, batching_for(job, task_count, LOCAL_CONCURRENCY_CAP))
 
 
 def _with_model(data: dict[str, Any], model: str) -> dict[str, Any]:

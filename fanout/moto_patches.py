@@ -10,6 +10,7 @@ tests/unit/test_moto_patches.py has one test per entry here.
 - ``cache_jsonpath_parsing``: the interpreter re-parses every JSONPath on every evaluation.
 - ``hook_s3_eventbridge``: S3 -> EventBridge notifications handed to ``serve``'s rule bridge.
 - ``name_nameless_executions``: a StartExecution without a name gets a UUID, as in Step Functions.
+- ``atomic_conditional_writes``: a conditional PutObject checks and writes in one step, as in S3.
 - ``execution_status``: an execution's status without serialising its input (DescribeExecution does).
 - ``new_objects``: the bodies of new (or rewritten) objects under a prefix, read from moto's S3 backend.
 """
@@ -17,6 +18,7 @@ tests/unit/test_moto_patches.py has one test per entry here.
 from __future__ import annotations
 
 import functools
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -116,6 +118,33 @@ def name_nameless_executions() -> Undo:
 
     def undo() -> None:
         StepFunctionsParserBackend.start_execution = start  # type: ignore[method-assign]
+
+    return undo
+
+
+def atomic_conditional_writes() -> Undo:
+    """S3 checks a conditional write's precondition (If-Match, If-None-Match) and writes in one step; moto checks,
+    then writes. One lock around moto's conditional PutObject makes the pair atomic, as in S3, so two runs that
+    race for a job_id's lease (fanout_core.lease) cannot both win here either."""
+    check_version()
+    from moto.s3.responses import S3Response
+
+    put = S3Response.put_object
+    if getattr(put, "_fanout_atomic", False):
+        return lambda: None
+    lock = threading.Lock()
+
+    def put_object(self: Any) -> Any:
+        if self.headers.get("If-Match") or self.headers.get("If-None-Match"):
+            with lock:
+                return put(self)
+        return put(self)
+
+    put_object._fanout_atomic = True  # type: ignore[attr-defined]
+    S3Response.put_object = put_object  # type: ignore[method-assign]
+
+    def undo() -> None:
+        S3Response.put_object = put  # type: ignore[method-assign]
 
     return undo
 

@@ -299,6 +299,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
     saved_level = moto_logger.level
     os.environ.update({**_LOCAL_ENV, "FANOUT_DEFAULT_MODEL": default_model})
     undo_jsonpath = moto_patches.cache_jsonpath_parsing()
+    undo_conditional_writes = moto_patches.atomic_conditional_writes()
     # the interpreter logs every caught task error at ERROR; the CLI reports failures itself
     moto_logger.setLevel(logging.CRITICAL)
     config: Any = {
@@ -321,6 +322,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
                 finally:
                     runtime.uninstall()
     finally:
+        undo_conditional_writes()
         undo_jsonpath()
         moto_logger.setLevel(saved_level)
         for key, previous in saved.items():

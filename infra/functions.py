@@ -33,6 +33,10 @@ RUN_DATA = "run data is keyed runs/<job_id>/...; the job id is chosen per job at
 RUN_FAILURES = "delete only the failures/ a batch left under runs/<job_id>/: a re-run of the job clears the earlier run's"
 RUN_LEASE = "delete only runs/<job_id>/lease.json, the lease one run of a job holds from Plan to Aggregate"
 LEASES = f"{RUNS_PREFIX}*/lease.json"
+LEASE_HOLDERS = (
+    "plan asks whether the execution that holds a job_id's lease still runs; the grant names this state machine, "
+    "the execution's name is chosen per start"
+)
 RESULT_FILES = "results are written to results/<job_id>/; the job id is chosen per job at run time"
 MODEL_ANY_REGION = (
     "a cross-region inference profile sends each call to its foundation model in any region of its geography; "
@@ -104,9 +108,14 @@ class Functions(Construct):
                 resources=[self._results_bucket.arn_for_objects(failures), self._results_bucket.arn_for_objects(LEASES)],
             )
         )
+        # a lease names its holder execution; a holder that no longer runs loses it at once. Executions of this
+        # state machine only, built from its fixed name: a reference to the state machine would be circular
+        holders = f"arn:{Aws.PARTITION}:states:{Aws.REGION}:{Aws.ACCOUNT_ID}:execution:{self._config.name_prefix}:*"
+        fn.add_to_role_policy(iam.PolicyStatement(actions=["states:DescribeExecution"], resources=[holders]))
         suppress_wildcards(
             _role(fn),
             {
+                nag_reads(holders): LEASE_HOLDERS,
                 template_arn(self._input_bucket, "/*"): INPUT_ANY_KEY,
                 template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA,
                 template_arn(self._results_bucket, f"/{failures}"): RUN_FAILURES,

@@ -16,7 +16,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from infra.config import FanoutConfig
-from infra.functions import RUN_DATA, Functions, data_key_statement
+from infra.functions import LEASES, RUN_DATA, RUN_LEASE, Functions, data_key_statement
 from infra.nag import nag_reads, suppress, suppress_wildcards, template_arn
 from infra.storage import RUNS_PREFIX
 
@@ -134,7 +134,17 @@ class Workflow(Construct):
                 resources=[self._results_bucket.arn_for_objects(f"{RUNS_PREFIX}*")],
             )
         )
-        suppress_wildcards(self.state_machine.role, {template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA})
+        # ReleaseLease frees the job_id when Aggregate failed for good: delete the lease, nothing else
+        self.state_machine.add_to_role_policy(
+            iam.PolicyStatement(actions=["s3:DeleteObject"], resources=[self._results_bucket.arn_for_objects(LEASES)])
+        )
+        suppress_wildcards(
+            self.state_machine.role,
+            {
+                template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA,
+                template_arn(self._results_bucket, f"/{LEASES}"): RUN_LEASE,
+            },
+        )
 
     def _grant_child_executions(self) -> None:
         # the Distributed Map runs each batch as a child execution of this same state machine; its ARNs are built

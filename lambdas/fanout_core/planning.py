@@ -129,7 +129,18 @@ def batch_ranges(task_count: int, batch_size: int) -> list[dict[str, int]]:
 
 
 def choose_mode(requested: str, batching: Batching) -> str:
-    """inline or distributed: what the job asks for, else by the inline Map's limits."""
+    """inline or distributed: what the job asks for, else by the inline Map's limits.
+
+    A job that asks for inline with more batches than an inline Map takes is refused here, before any call,
+    rather than failing in the cloud when its batch list or the execution's history outgrows a quota.
+    """
+    if requested == "inline" and batching.batch_count > INLINE_MAX_BATCHES:
+        raise InvalidJob(
+            f"limits.mode: 'inline' runs at most {INLINE_MAX_BATCHES} batches and this job has {batching.batch_count} "
+            f"(of {batching.batch_size} tasks each); drop limits.mode (auto picks 'distributed' for a job this size), "
+            "set it to 'distributed', or raise limits.batch_size",
+            "limits.mode",
+        )
     if requested != "auto":
         return requested
     if batching.batch_count > INLINE_MAX_BATCHES or batching.map_concurrency > INLINE_MAX_PARALLEL:

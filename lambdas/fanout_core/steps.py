@@ -19,6 +19,7 @@ from fanout_core.aggregation import Judge, aggregate
 from fanout_core.catalog import check_job_models
 from fanout_core.errors import InvalidJob
 from fanout_core.job import DEFAULT_JUDGE_PROMPT, Job, parse_job
+from fanout_core.lease import Lease, execution_status
 from fanout_core.loading import job_source, key_stem, load_items, read_job_object
 from fanout_core.planning import batch_ranges, batching_for, choose_mode, expand_tasks, fingerprint
 from fanout_core.pricing import price_usage
@@ -32,12 +33,22 @@ from fanout_core.templating import render
 from fanout_core.voting import JudgeVerdict, judge_prompt, judge_schema
 
 ProviderFactory = Callable[[str], Provider]
-# a run that died before Aggregate released its lease frees its job_id after this long
-LEASE_TTL_SECONDS = 12 * 3600
 
 
-def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) -> dict[str, Any]:
-    """Check the job, expand and batch its tasks, write the run files; return the small plan the Map reads."""
+def plan(
+    event_input: Any,
+    execution_name: str,
+    *,
+    s3: Any,
+    settings: Settings,
+    execution_arn: str | None = None,
+    sfn: Any = None,
+) -> dict[str, Any]:
+    """Check the job, expand and batch its tasks, write the run files; return the small plan the Map reads.
+
+    The run's lease on its job_id names ``execution_arn``; with ``sfn`` (a Step Functions client) a lease whose
+    holder no longer runs is taken over at once (fanout_core.lease).
+    """
     source = job_source(event_input)
     if source is not None:
         bucket, key = source
@@ -54,14 +65,10 @@ def plan(event_input: Any, execution_name: str, *, s3: Any, settings: Settings) 
     model_warnings = check_job_models(job, settings.default_model)
     store = RunStore(s3, settings.results_bucket, job.job_id)
     print_ = fingerprint(job, items, settings.default_model)
-    held = store.take_lease(execution_name, time.time(), LEASE_TTL_SECONDS)
-    if held is not None:
-        minutes = (time.time() - float(held.get("taken", 0))) / 60
-        raise InvalidJob(
-            f"job_id: '{job.job_id}' is already running (execution {held.get('execution')}, for {minutes:.0f} min); "
-            "wait for it to end, or use a new job_id",
-            "job_id",
-        )
+    now = time.time()
+    holder = _lease(store).take(execution_arn or execution_name, now, describe=execution_status(sfn) if sfn else None)
+    if holder is not None:
+        raise InvalidJob(holder.refusal(job.job_id, now), "job_id")
     try:
         summary = _plan_run(job, items, every_task, print_, store, settings)
     except BaseException:
@@ -157,6 +164,10 @@ def _stopping(job: Job, default_model: str) -> dict[str, Any]:
     return {"stop": rule.to_batch(), "vote_weights": vote_weights(job, default_model)}
 
 
+def _lease(store: RunStore) -> Lease:
+    return Lease(store.s3, store.bucket, store.prefix)
+
+
 @contextmanager
 def _naming_the_object(where: str) -> Iterator[None]:
     """A job read from S3 that is refused says which object it came from, as well as which field is wrong."""
@@ -191,6 +202,8 @@ def run_subtask(
     """Run one batch of the Map and return its counts (never model output)."""
     store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
     batch = store.get_json(store.batch_name(int(event["batch"]["index"])))
+    if event.get("execution_arn"):
+        _lease(store).refresh(event["execution_arn"], time.time())  # a long job keeps its lease fresh
     outcome = run_batch(batch, store=store, provider_for=provider_for, threads=int(event.get("threads", 8)), deadline=deadline)
     return outcome.as_event()
 

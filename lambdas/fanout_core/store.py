@@ -26,8 +26,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://") or "/" not in uri[5:]:
@@ -36,7 +34,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-# held by the run of a job_id from Plan to Aggregate, so two runs of one job never share its records
+# held by the run of a job_id from Plan to Aggregate (fanout_core.lease), so two runs never share its records
 LEASE = "lease.json"
 # the record statuses that need no more model calls: answered, or not asked because earlier votes agreed
 FINISHED = ("ok", "skipped")
@@ -88,25 +86,6 @@ class RunStore:
 
     def record_keys(self) -> Iterator[str]:
         return self._keys("records/")
-
-    def take_lease(self, execution: str, now: float, ttl_seconds: float) -> dict[str, Any] | None:
-        """Claim the run of this job_id for ``execution``; returns the holder's lease when another run holds it.
-
-        A lease older than ``ttl_seconds`` is from a run that died before releasing it, and is taken over.
-        """
-        body = _dumps({"execution": execution, "taken": now})
-        key = self.prefix + LEASE
-        try:
-            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
-            return None
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise
-        held: dict[str, Any] = get_json(self.s3, self.bucket, key)
-        if held.get("execution") == execution or now - float(held.get("taken", 0)) > ttl_seconds:
-            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body)
-            return None
-        return held
 
     def release_lease(self) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=self.prefix + LEASE)

@@ -168,9 +168,10 @@ def test_state_machine_role_reaches_run_data_and_its_own_children_only(
     s3_grants = {(a, r) for s in statements for a in _actions(s) if a.startswith("s3:") for r in _resources(s)}
     states_grants = {(a, r) for s in statements for a in _actions(s) if a.startswith("states:") for r in _resources(s)}
 
-    # Then it reads and writes run data only (failures, the Distributed Map's batch list and results)
+    # Then it reads and writes run data only (failures, the Distributed Map's batch list and results), and may
+    # delete a run's lease only (ReleaseLease, when Aggregate failed for good)
     s3_actions = ("s3:GetObject", "s3:PutObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload")
-    assert s3_grants == {(a, f"{results}/runs/*") for a in s3_actions}
+    assert s3_grants == {(a, f"{results}/runs/*") for a in s3_actions} | {("s3:DeleteObject", f"{results}/runs/*/lease.json")}
 
     # and starts, watches, stops and redrives the child executions of its own Map Run only
     # (children are named <state machine>/<map run label>:<id>; the label is the Distributed Map's in the ASL)
@@ -182,6 +183,22 @@ def test_state_machine_role_reaches_run_data_and_its_own_children_only(
         ("states:StopExecution", f"{arn}:execution:{name}/{label}:*"),
         ("states:RedriveExecution", f"{arn}:execution:{name}/{label}:*"),
     }
+
+
+def test_only_plan_may_ask_about_executions_and_only_about_this_state_machines(
+    resources: dict[str, Any], function_ids: dict[str, str], state_machine: tuple[str, dict[str, Any]]
+) -> None:
+    # Given the state machine's name (a lease names its holder execution; Plan asks whether it still runs)
+    name = state_machine[1]["Properties"]["StateMachineName"]
+    executions = f"arn:${{AWS::Partition}}:states:${{AWS::Region}}:${{AWS::AccountId}}:execution:{name}:*"
+
+    for function in FUNCTIONS:
+        # When each function's states grants are listed
+        statements = _function_statements(resources, function_ids[function])
+        grants = {(a, r) for s in statements for a in _actions(s) if a.startswith("states:") for r in _resources(s)}
+
+        # Then Plan may describe this state machine's executions, nothing more, and the others nothing at all
+        assert grants == ({("states:DescribeExecution", executions)} if function == "plan" else set()), function
 
 
 # ---------------------------------------------------------------- functions
@@ -407,6 +424,7 @@ def test_every_wildcard_resource_is_a_known_scope(
         f"{results}/runs/*/lease.json",
         f"{results}/results/*",
         f"{states}:execution:{name}/Batches:*",
+        f"{states}:execution:{name}:*",
         *(f"arn:${{AWS::Partition}}:bedrock:*::foundation-model/{m}" for m in models),
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -143,3 +144,43 @@ def test_new_objects_yields_each_new_or_rewritten_object_under_the_prefix_once(a
     ]
     assert list(moto_patches.new_objects(ACCOUNT, "results", "runs/j/", seen)) == []
     assert list(moto_patches.new_objects(ACCOUNT, "missing-bucket", "runs/", seen)) == []
+
+
+def test_conditional_writes_are_atomic_until_undone(aws: None) -> None:
+    # Given moto's write made slow, so that two writers would both pass its precondition check unpatched
+    from moto.s3.models import S3Backend
+    from moto.s3.responses import S3Response
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="leases")
+    original_write, original_put = S3Backend.put_object, S3Response.put_object
+
+    def slow_write(self: Any, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)  # after the precondition was checked, before the object is there
+        return original_write(self, *args, **kwargs)
+
+    S3Backend.put_object = slow_write  # type: ignore[method-assign]
+    undo = moto_patches.atomic_conditional_writes()
+    try:
+        # When two writers create one key at the same moment, each only where there is none
+        outcomes: list[str] = []
+
+        def create(body: str) -> None:
+            try:
+                s3.put_object(Bucket="leases", Key="lease.json", Body=body.encode(), IfNoneMatch="*")
+                outcomes.append("won")
+            except s3.exceptions.ClientError as exc:
+                outcomes.append(exc.response["Error"]["Code"])
+
+        threads = [threading.Thread(target=create, args=(name,)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        # Then exactly one wins and the other is told its precondition failed
+        assert sorted(outcomes) == ["PreconditionFailed", "won"]
+    finally:
+        undo()
+        S3Backend.put_object = original_write  # type: ignore[method-assign]
+    assert S3Response.put_object is original_put

@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -237,6 +238,141 @@ def test_execution_names_are_valid_unique_and_short() -> None:
     odd = execution_name("jobs/team a/ünï:cødé {1}.json", now)
     assert re.fullmatch(r"[0-9A-Za-z_-]+", odd) and odd.endswith("-20260102T030405678901")
     assert len(execution_name("jobs/" + "x" * 300 + ".json", now)) == 80
+
+
+def slow_job(job_id: str) -> dict[str, Any]:
+    """24 calls of 300 ms, two at a time in batches of two: about four seconds, long enough to act in the middle."""
+    items = [{"id": f"t-{n}", "text": f"ticket {n}"} for n in range(8)]
+    return voting_job(
+        job_id=job_id, items=items, model="sim:latency_ms=300,jitter_ms=1", limits={"max_concurrency": 2, "batch_size": 2}
+    )
+
+
+def record_count(s3: Any, bucket: str, job_id: str) -> int:
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"runs/{job_id}/records/")
+    return int(listed.get("KeyCount", 0))
+
+
+def until(condition: Any, timeout: float = 20, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def start(served: Served, job: dict[str, Any]) -> str:
+    sfn = served.client("stepfunctions")
+    return str(sfn.start_execution(stateMachineArn=served.info["state_machine_arn"], input=json.dumps(job))["executionArn"])
+
+
+def lease_exists(s3: Any, bucket: str, job_id: str) -> bool:
+    return bool(s3.list_objects_v2(Bucket=bucket, Prefix=f"runs/{job_id}/lease.json").get("KeyCount"))
+
+
+def test_a_stopped_execution_frees_its_job_id_and_the_next_start_resumes(served: Served) -> None:
+    s3, sfn = served.client("s3"), served.client("stepfunctions")
+    results = served.info["results_bucket"]
+
+    # Given a job stopped with StopExecution in the middle of its batches
+    first = start(served, slow_job("stopped-job"))
+    until(lambda: record_count(s3, results, "stopped-job") >= 2, what="two batches' records")
+    sfn.stop_execution(executionArn=first, cause="stopped by hand")
+    # Step Functions says ABORTED; moto 5.2.5 ends an execution stopped inside an inline Map as FAILED
+    # (States.Runtime). Either way the execution no longer runs, which is what the lease asks
+    assert wait_for(sfn, first)["status"] in ("ABORTED", "FAILED")
+
+    # When the same job is started again at once (its lease still names the stopped execution)
+    assert lease_exists(s3, results, "stopped-job")
+    second = start(served, slow_job("stopped-job"))
+
+    # Then it runs to the end, and calls the model only for the tasks the first run did not finish
+    execution = wait_for(sfn, second, timeout=30)
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    counts = read_json(s3, f"s3://{results}/runs/stopped-job/plan.json")["counts"]
+    assert counts["tasks"] == 24 and counts["skipped"] >= 4 and counts["skipped"] + counts["pending"] == 24
+    assert json.loads(execution["output"])["counts"]["ok"] == 24
+    assert not lease_exists(s3, results, "stopped-job")
+
+
+def test_an_aggregate_that_fails_releases_the_job_id_and_ends_in_job_failed(served: Served) -> None:
+    s3, sfn = served.client("s3"), served.client("stepfunctions")
+    results = served.info["results_bucket"]
+
+    # Given a run whose saved job disappears while its batches run, so that Aggregate cannot read it
+    first = start(served, slow_job("crashing-job"))
+    until(lambda: record_count(s3, results, "crashing-job") >= 1, what="the first batch's records")
+    s3.delete_object(Bucket=results, Key="runs/crashing-job/job.json")
+
+    # When the execution ends
+    execution = wait_for(sfn, first, timeout=30)
+
+    # Then it failed in JobFailed with what Aggregate failed with, and its lease is gone already
+    assert (execution["status"], execution["error"]) == ("FAILED", "JobFailed")
+    assert execution["cause"].startswith("aggregation failed (NoSuchKey): ")
+    assert not lease_exists(s3, results, "crashing-job")
+
+    # and the job runs again at once, to the end
+    again = wait_for(sfn, start(served, slow_job("crashing-job")), timeout=30)
+    assert again["status"] == "SUCCEEDED", again.get("cause")
+
+
+def test_of_two_starts_of_one_job_id_at_once_exactly_one_runs(served: Served) -> None:
+    s3, sfn = served.client("s3"), served.client("stepfunctions")
+
+    # When one job is started twice at the same moment
+    arns: list[str] = []
+    threads = [threading.Thread(target=lambda: arns.append(start(served, slow_job("twice")))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ended = [wait_for(sfn, arn, timeout=30) for arn in arns]
+
+    # Then one runs to the end, and the other is refused before any model call, naming the one that runs
+    (winner,) = [e for e in ended if e["status"] == "SUCCEEDED"]
+    (loser,) = [e for e in ended if e["status"] != "SUCCEEDED"]
+    assert (loser["status"], loser["error"]) == ("FAILED", "InvalidJob")
+    assert loser["cause"].startswith(f"job_id: 'twice' is already running (execution {winner['executionArn']}, ")
+    assert "stop-execution" in loser["cause"] and "use a new job_id" in loser["cause"]
+    assert json.loads(winner["output"])["counts"]["ok"] == 24
+    assert not lease_exists(s3, served.info["results_bucket"], "twice")
+
+
+def fenced(text: str, after: str, language: str) -> str:
+    """The first fenced block of ``language`` in ``text`` after the phrase ``after``."""
+    opening = f"```{language}\n"
+    start = text.index(opening, text.index(after)) + len(opening)
+    return text[start : text.index("\n```", start)]
+
+
+def test_the_readmes_try_it_locally_commands_work_as_written(served: Served, tmp_path: Path) -> None:
+    if shutil.which("aws") is None:
+        pytest.skip("the README's commands need the AWS CLI, which is not installed here")
+    sfn = served.client("stepfunctions")
+    machine = served.info["state_machine_arn"]
+
+    # Given the README's job.json and its commands, pointed at this server's port
+    readme = (ROOT / "README.md").read_text()
+    (tmp_path / "job.json").write_text(fenced(readme, "A job file (`job.json`)", "json"))
+    local = readme[readme.index("### Try it locally") :]
+    commands = fenced(local, "In another terminal", "sh").replace("http://127.0.0.1:4599", served.info["endpoint"])
+    assert "first-triage" in commands and "start-execution" in commands
+    before = {e["executionArn"] for e in sfn.list_executions(stateMachineArn=machine)["executions"]}
+
+    # When they run in order, as pasted into a shell that stops at the first failing command
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    done = subprocess.run(["bash", "-e", "-c", commands], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    # Then each succeeds, the result is printed, and both executions they started succeeded
+    assert done.returncode == 0, done.stderr
+    assert '"job_id": "first-triage"' in done.stdout and '"status": "complete"' in done.stdout
+    started = [e for e in sfn.list_executions(stateMachineArn=machine)["executions"] if e["executionArn"] not in before]
+    assert len(started) == 2
+    assert {e["status"] for e in started} == {"SUCCEEDED"}
+    # the second run resumed from the first's records: no task was pending
+    counts = read_json(served.client("s3"), f"s3://{served.info['results_bucket']}/runs/first-triage/plan.json")["counts"]
+    assert (counts["pending"], counts["skipped"]) == (0, counts["tasks"])
 
 
 def test_ctrl_c_stops_cleanly(served: Served) -> None:

@@ -40,3 +40,9 @@ def using_providers(registry: ProviderRegistry) -> Iterator[ProviderRegistry]:
         yield registry
     finally:
         _providers = previous
+
+
+@functools.cache
+def sfn() -> Any:
+    # Plan asks whether the execution holding a job_id's lease still runs (DescribeExecution)
+    return boto3.client("stepfunctions", config=Config(retries={"mode": "standard"}))
