@@ -23,7 +23,7 @@ from typing import Any
 
 from fanout_core.catalog import CHARS_PER_TOKEN, cache_plan
 from fanout_core.pricing import rates_of
-from fanout_core.runner import MAX_OUTPUT_TOKENS, TRUNCATED_BUDGET_FACTOR
+from fanout_core.runner import reask_budget
 from fanout_core.sharing import spans_by_task
 
 # per call, for the forced tool's definition and the message framing around the prompt (the schema is counted apart)
@@ -71,13 +71,13 @@ def plan_costs(job: Any, tasks: list[dict[str, Any]], overrides: dict[str, Any] 
     system = job.system or ""
     schema_bytes = len(json.dumps(job.output_schema).encode()) if job.output_schema else 0
     budget = job.inference.max_tokens
-    reask = min(budget * TRUNCATED_BUDGET_FACTOR, MAX_OUTPUT_TOKENS)
     spans = spans_by_task(tasks)
     first_seen: set[tuple[str, str]] = set()
     notes: dict[str, str] = {}
     for task in tasks:
         prompt = task["prompt"]
         rates = rates_of(task["model"], overrides)
+        reask = reask_budget(task["model"], budget) or 0
         tokens_in = (len(system) + len(prompt)) // CHARS_PER_TOKEN + 1
         out.input_tokens += tokens_in
         out.bound_output_tokens += budget + reask + budget
@@ -115,7 +115,7 @@ def _bound_extra_calls(job: Any, tasks: list[dict[str, Any]], overrides: dict[st
     calls: list[tuple[str, int, int]] = []  # (model, input tokens at most, output tokens at most)
     default = tasks[0]["model"] if tasks else ""
     budget = job.inference.max_tokens
-    per_vote_out = budget + min(budget * TRUNCATED_BUDGET_FACTOR, MAX_OUTPUT_TOKENS)
+    per_vote_out = budget + (reask_budget(default, budget) or 0)
     if job.pattern == "voting" and job.strategy == "judge":
         spec = (job.aggregate.judge.model if job.aggregate.judge else None) or job.model or default
         by_item: dict[str, int] = {}

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from fanout_core.catalog import cache_plan
+from fanout_core.catalog import cache_plan, info
 from fanout_core.errors import BatchIncomplete, ModelThrottled
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest, Provider
 from fanout_core.sharing import first_of_each_item, spans_by_task
@@ -266,6 +266,19 @@ def _run_stopping(
         waiting = {item: left for item, left in waiting.items() if left}
 
 
+def reask_budget(model: str, max_tokens: int) -> int | None:
+    """The budget of the one re-ask of a cut-off answer: twice max_tokens within the model's output limit; None if no larger."""
+    found = info(model)
+    ceiling = min(MAX_OUTPUT_TOKENS, (found.max_output_tokens if found else None) or MAX_OUTPUT_TOKENS)
+    budget = min(max_tokens * TRUNCATED_BUDGET_FACTOR, ceiling)
+    return budget if budget > max_tokens else None
+
+
+def _cut_off(extra: dict[str, Any], max_tokens: int) -> str:
+    reasked = extra.get("reasked_truncated")
+    return f"twice (last budget {reasked})" if reasked else f"({max_tokens}, the model's output limit)"
+
+
 def _cached_spans(tasks: list[dict[str, Any]], system: str | None) -> dict[str, tuple[int, int]]:
     """The shared span of each task whose model will cache it (the span reaches the model's minimum)."""
     spans = spans_by_task(tasks)
@@ -317,9 +330,9 @@ def _call(
     extra: dict[str, Any] = {}
     try:
         reply = _invoke(provider, request, policy, sleep, calls)
-        if reply.truncated:
+        budget = reask_budget(task["model"], request.max_tokens)
+        if reply.truncated and budget is not None:
             calls.add_usage(reply)
-            budget = min(request.max_tokens * TRUNCATED_BUDGET_FACTOR, MAX_OUTPUT_TOKENS)
             extra["reasked_truncated"] = budget
             reply = _invoke(provider, replace(request, max_tokens=budget), policy, sleep, calls)
     except ModelError as exc:
@@ -332,7 +345,7 @@ def _call(
             task,
             "invalid",
             None,
-            f"truncated: the answer was cut off at max_tokens twice (last budget {extra['reasked_truncated']}); "
+            f"truncated: the answer was cut off at max_tokens {_cut_off(extra, request.max_tokens)}; "
             "raise inference.max_tokens or ask for a shorter answer",
             calls.attempts,
             started,

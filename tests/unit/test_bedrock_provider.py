@@ -456,3 +456,25 @@ def test_a_schema_the_output_format_refuses_is_asked_again_with_the_tool_and_kee
         second = provider.invoke(request, 1)
         stub.assert_no_pending_responses()
     assert (first.output, second.output) == ({"label": "yes"}, {"label": "no"})
+
+
+def test_the_re_ask_stays_within_the_models_output_limit(client: Any) -> None:
+    # Given Nova Lite (5K output tokens at most) and a budget already at that limit
+    from fanout_core.runner import reask_budget
+
+    assert reask_budget(f"bedrock:{MODEL}", 4000) == 5000
+    assert reask_budget(f"bedrock:{MODEL}", 5000) is None
+    job = batch(1)
+    job["inference"] = {"max_tokens": 5000}
+    store = MemoryStore()
+    with Stubber(client) as stub:
+        cut = tool_reply({"label": "y"}, (10, 5000))
+        cut["stopReason"] = "max_tokens"
+        stub.add_response("converse", cut)
+        outcome = run_batch(job, store=store, provider_for=lambda _: BedrockProvider(MODEL, client), threads=1)
+        stub.assert_no_pending_responses()
+
+    # Then it is not asked again (a larger budget would be refused): the task is truncated at once
+    record = store.records[("i0", "v1")]
+    assert record["truncated"] is True and outcome.counts["model_calls"] == 1
+    assert "(5000, the model's output limit)" in record["error"]
