@@ -11,6 +11,7 @@ tests/unit/test_moto_patches.py has one test per entry here.
 - ``hook_s3_eventbridge``: S3 -> EventBridge notifications handed to ``serve``'s rule bridge.
 - ``name_nameless_executions``: a StartExecution without a name gets a UUID, as in Step Functions.
 - ``atomic_conditional_writes``: a conditional PutObject checks and writes in one step, as in S3.
+- ``stopped_executions_stay_stopped``: an execution stopped while a Map runs ends ABORTED, as in Step Functions.
 - ``execution_status``: an execution's status without serialising its input (DescribeExecution does).
 - ``new_objects``: the bodies of new (or rewritten) objects under a prefix, read from moto's S3 backend.
 """
@@ -145,6 +146,32 @@ def atomic_conditional_writes() -> Undo:
 
     def undo() -> None:
         S3Response.put_object = put  # type: ignore[method-assign]
+
+    return undo
+
+
+def stopped_executions_stay_stopped() -> Undo:
+    """StopExecution is final: an execution stopped while a Map runs ends ABORTED in Step Functions. moto 5.2.5
+    turns the Map's abort of its iterations into a runtime error (States.Runtime) that overwrites the stop and
+    ends the execution FAILED; an error raised after the stop is dropped here instead."""
+    check_version()
+    from moto.stepfunctions.parser.asl.eval.environment import Environment
+    from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped
+
+    set_error = Environment.set_error
+    if getattr(set_error, "_fanout_stays_stopped", False):
+        return lambda: None
+
+    def set_error_unless_stopped(self: Any, error: Any) -> None:
+        if isinstance(self.program_state(), ProgramStopped):
+            return
+        set_error(self, error)
+
+    set_error_unless_stopped._fanout_stays_stopped = True  # type: ignore[attr-defined]
+    Environment.set_error = set_error_unless_stopped  # type: ignore[method-assign]
+
+    def undo() -> None:
+        Environment.set_error = set_error  # type: ignore[method-assign]
 
     return undo
 

@@ -300,6 +300,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
     os.environ.update({**_LOCAL_ENV, "FANOUT_DEFAULT_MODEL": default_model})
     undo_jsonpath = moto_patches.cache_jsonpath_parsing()
     undo_conditional_writes = moto_patches.atomic_conditional_writes()
+    undo_stops = moto_patches.stopped_executions_stay_stopped()
     # the interpreter logs every caught task error at ERROR; the CLI reports failures itself
     moto_logger.setLevel(logging.CRITICAL)
     config: Any = {
@@ -322,6 +323,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
                 finally:
                     runtime.uninstall()
     finally:
+        undo_stops()
         undo_conditional_writes()
         undo_jsonpath()
         moto_logger.setLevel(saved_level)

@@ -184,3 +184,49 @@ def test_conditional_writes_are_atomic_until_undone(aws: None) -> None:
         undo()
         S3Backend.put_object = original_write  # type: ignore[method-assign]
     assert S3Response.put_object is original_put
+
+
+MAP_OF_WAITS = json.dumps(
+    {
+        "StartAt": "Each",
+        "States": {
+            "Each": {
+                "Type": "Map",
+                "ItemsPath": "$.items",
+                "MaxConcurrency": 1,
+                "ItemProcessor": {
+                    "ProcessorConfig": {"Mode": "INLINE"},
+                    "StartAt": "Pause",
+                    "States": {"Pause": {"Type": "Wait", "Seconds": 1, "End": True}},
+                },
+                "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "After"}],
+                "Next": "After",
+            },
+            "After": {"Type": "Pass", "End": True},
+        },
+    }
+)
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_an_execution_stopped_inside_a_map_ends_aborted_with_the_patch(aws: None, patched: bool) -> None:
+    # Given an execution in the middle of an inline Map
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    machine = sfn.create_state_machine(name="maps", definition=MAP_OF_WAITS, roleArn=f"arn:aws:iam::{ACCOUNT}:role/r")
+    undo = moto_patches.stopped_executions_stay_stopped() if patched else (lambda: None)
+    try:
+        arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name="x", input='{"items": [1, 2, 3]}')[
+            "executionArn"
+        ]
+        time.sleep(1.5)
+
+        # When it is stopped
+        sfn.stop_execution(executionArn=arn, cause="by hand")
+        deadline = time.monotonic() + 10
+        while (status := moto_patches.execution_status(ACCOUNT, REGION, arn)) == "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        # Then it ends ABORTED, as in Step Functions (moto alone ends it FAILED, with States.Runtime)
+        assert status == ("ABORTED" if patched else "FAILED")
+    finally:
+        undo()
