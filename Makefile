@@ -40,6 +40,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 	$(PY) -m bench.faults
+	$(PY) -m bench.stopping
 
 synth: node-check $(STAMP) node_modules/.installed
 	rm -rf cdk.out  # stale asset folders from earlier synths would sit next to the new one
