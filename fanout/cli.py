@@ -256,6 +256,8 @@ def _run(loaded: LoadedJob, out: Path, *, fresh: bool, quiet: bool, default_mode
     else:
         simulated = all(m == SIMULATOR or m.startswith(SIMULATOR + ":") for m in models)
         print(f"model: {', '.join(models)}" + (" (the built-in simulator; outputs are synthetic)" if simulated else ""))
+    if not _servers_reachable(models):
+        return EXIT_FAILED
     started = time.monotonic()
     with local_aws(default_model, bedrock_session=session) as runtime:
         import boto3
@@ -357,6 +359,26 @@ class _Progress:
             self._bar.stop()
 
 
+def _servers_reachable(models: list[str]) -> bool:
+    """Ask each OpenAI-compatible server what it serves before any task: one clear error when it is down."""
+    from fanout_core.providers.base import ModelError
+    from fanout_core.providers.openai_compat import OpenAICompatibleProvider
+    from fanout_core.providers.spec import parse_model_spec
+
+    for spec in models:
+        parsed = parse_model_spec(spec)
+        if parsed.provider != "openai":
+            continue
+        try:
+            warnings = OpenAICompatibleProvider(parsed.base_url, parsed.model_id, timeout=10.0).check()
+        except ModelError as exc:
+            print(f"error: model {spec}: {exc.message}", file=sys.stderr)
+            return False
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    return True
+
+
 def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path) -> None:
     counts, usage = result["counts"], result["usage"]
     cost = usage.get("estimated_cost_usd")
@@ -371,7 +393,12 @@ def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path
     ]
     if figures["tasks_skipped"]:
         lines.append(f"  skipped {figures['tasks_skipped']} tasks that already had an ok record from an earlier run")
-    if "evaluation" in result:
+    answered = any(i.get("answer") is not None for i in result["items"])
+    if "evaluation" in result and not answered:
+        first = next((e for i in result["items"] for e in i.get("errors", [])), None)
+        reason = f": {first['error']}" if first else ""
+        lines.append(f"  accuracy not measured: no item got an answer{reason}")
+    elif "evaluation" in result:
         ev = result["evaluation"]
         lines.append(
             f"  accuracy {ev['accuracy']:.1%} aggregated vs {ev['single_call_accuracy']:.1%} single call "
