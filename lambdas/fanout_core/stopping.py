@@ -123,7 +123,8 @@ def _stops(rule: StopRule, answers: list[str | None], weight: list[float]) -> bo
     later = weight[len(answers) : rule.max_votes]
     # weighted votes: the votes still to come weigh their models' mean weight
     each = sum(later) / len(later) if later else 1.0
-    return stays_leader(_tally(answers, weight), rule.max_votes - len(answers), each) > rule.threshold
+    # strictly above: a probability that equals the threshold but for rounding (0.95000000000000002) does not stop
+    return stays_leader(_tally(answers, weight), rule.max_votes - len(answers), each) > rule.threshold + 1e-9
 
 
 def stays_leader(counts: Mapping[str, float], remaining: int, vote_weight: float = 1.0) -> float:

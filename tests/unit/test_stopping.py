@@ -108,7 +108,7 @@ def _sequential(rule: StopRule, answers: list[str | None]) -> int:
             for a in answers[:asked]:
                 if a is not None:
                     counts[a] = counts.get(a, 0) + 1
-            if stays_leader(counts, rule.max_votes - asked) > rule.threshold:
+            if stays_leader(counts, rule.max_votes - asked) > rule.threshold + 1e-9:
                 return asked
     return rule.max_votes
 
@@ -128,6 +128,14 @@ def test_waves_ask_exactly_as_many_votes_as_asking_one_at_a_time(rule: StopRule)
             known.update({i: answers[i] for i in step.ask})
 
         assert len(known) == _sequential(rule, answers)
+
+
+def test_a_probability_equal_to_the_threshold_does_not_stop() -> None:
+    # 2 unanimous of 5: the leader loses only if all 3 later votes go elsewhere, P = 3! / (4 * 5 * 6) = 0.05 exactly,
+    # which floating point computes as 0.95000000000000002 staying
+    assert stays_leader({"a": 2}, 3) == pytest.approx(0.95, abs=1e-12)
+    assert next_step(StopRule("adaptive", 5, threshold=0.95), {0: "a", 1: "a"}).stop is False
+    assert next_step(StopRule("adaptive", 5, threshold=0.94), {0: "a", 1: "a"}).stop is True
 
 
 def test_a_heavy_model_settles_an_item_sooner() -> None:
