@@ -58,7 +58,7 @@ def test_a_voting_job_gets_schema_bound_answers_and_usage(
     # Given 3 sentiment items x 2 votes, named with a model the server does not serve
     job = json.loads((ROOT / "eval" / "sentiment.json").read_text())
     job.update(job_id="real-server", votes=2, items=job["items"][:3], limits={"max_concurrency": 2})
-    job["inference"] = {"temperature": 0.7, "max_tokens": 16}
+    job["inference"] = {"temperature": 0.7, "max_tokens": 32}
     path = tmp_path / "job.json"
     path.write_text(json.dumps(job))
     spec = f"openai:{server.base_url}#some-other-model"
@@ -76,7 +76,8 @@ def test_a_voting_job_gets_schema_bound_answers_and_usage(
     assert all(r["status"] == "ok" and r["output"]["label"] in LABELS for r in records)
     assert all(r["usage"]["input_tokens"] > 10 and r["usage"]["output_tokens"] > 0 for r in records)
     assert result["usage"]["input_tokens"] == sum(r["usage"]["input_tokens"] for r in records)
-    assert result["usage"]["model_calls"] == 6
+    # a call is asked again only for a reason its record gives (a cut-off or out-of-schema answer)
+    assert result["usage"]["model_calls"] == sum(r["attempts"] for r in records) >= 6
     # and the user was told that the server ignores the name after '#'
     err = capsys.readouterr().err
     assert "serves smollm2-135m-instruct and ignores the model name 'some-other-model'" in err
