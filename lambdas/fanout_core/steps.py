@@ -232,20 +232,32 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, provider_for: ProviderFacto
     put_text(s3, bucket, prefix + "report.md", report_markdown(result), "text/markdown")
     store.release_lease()
     counts = result["counts"]
+    skipped = _tasks_skipped(store)
+    resumed = f"; {skipped} tasks finished by an earlier run were not asked again" if skipped else ""
     message = (
         f"{result['status']}: {counts['ok']} of {counts['tasks']} tasks ok, {counts['invalid']} invalid, "
-        f"{counts['failed']} failed; report s3://{bucket}/{prefix}report.md"
+        f"{counts['failed']} failed{resumed}; report s3://{bucket}/{prefix}report.md"
     )
     return {
         "job_id": job.job_id,
         "status": result["status"],
         "counts": counts,
+        # a resumed run (a re-run, or a start after a run that was stopped) calls the model only for the rest
+        "tasks_skipped": skipped,
         "usage": result["usage"],
         "result_uri": f"s3://{bucket}/{prefix}result.json",
         "results_uri": f"s3://{bucket}/{prefix}results.jsonl",
         "report_uri": f"s3://{bucket}/{prefix}report.md",
         "message": message,
     }
+
+
+def _tasks_skipped(store: RunStore) -> int:
+    """How many tasks this run found finished when it was planned (plan.json)."""
+    try:
+        return int(store.get_json("plan.json")["counts"].get("skipped", 0))
+    except (ClientError, KeyError, TypeError, ValueError):
+        return 0
 
 
 def _judge(job: Job, provider_for: ProviderFactory, default_model: str) -> Judge:

@@ -26,7 +26,7 @@ from fanout.serve import execution_name
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST_SIM = "sim:latency_ms=1,jitter_ms=1"
-SUMMARY_FIELDS = {"job_id", "status", "counts", "usage", "result_uri", "results_uri", "report_uri", "message"}
+SUMMARY_FIELDS = {"job_id", "status", "counts", "tasks_skipped", "usage", "result_uri", "results_uri", "report_uri", "message"}
 
 
 def voting_job(**extra: Any) -> dict[str, Any]:
@@ -289,7 +289,11 @@ def test_a_stopped_execution_frees_its_job_id_and_the_next_start_resumes(served:
     assert execution["status"] == "SUCCEEDED", execution.get("cause")
     counts = read_json(s3, f"s3://{results}/runs/stopped-job/plan.json")["counts"]
     assert counts["tasks"] == 24 and counts["skipped"] >= 4 and counts["skipped"] + counts["pending"] == 24
-    assert json.loads(execution["output"])["counts"]["ok"] == 24
+    output = json.loads(execution["output"])
+    assert output["counts"]["ok"] == 24
+    # and its output says so
+    assert output["tasks_skipped"] == counts["skipped"]
+    assert f"{counts['skipped']} tasks finished by an earlier run were not asked again" in output["message"]
     assert not lease_exists(s3, results, "stopped-job")
 
 
@@ -368,9 +372,11 @@ def test_the_readmes_try_it_locally_commands_work_as_written(served: Served, tmp
     started = [e for e in sfn.list_executions(stateMachineArn=machine)["executions"] if e["executionArn"] not in before]
     assert len(started) == 2
     assert {e["status"] for e in started} == {"SUCCEEDED"}
-    # the second run resumed from the first's records: no task was pending
+    # the second run resumed from the first's records: no task was pending, and its output says so
     counts = read_json(served.client("s3"), f"s3://{served.info['results_bucket']}/runs/first-triage/plan.json")["counts"]
     assert (counts["pending"], counts["skipped"]) == (0, counts["tasks"])
+    outputs = [json.loads(sfn.describe_execution(executionArn=e["executionArn"])["output"]) for e in started]
+    assert sorted(o["tasks_skipped"] for o in outputs) == [0, 6]
 
 
 def test_ctrl_c_stops_cleanly(served: Served) -> None:
