@@ -1,7 +1,11 @@
-"""``python -m fanout run|validate|serve``: run a job on the real state machine locally, check it, or serve the stack's APIs.
+"""``fanout run|validate|serve`` (or ``python -m fanout``): run a job on the real state machine locally, check it,
+or serve the stack's APIs.
 
 Exit codes: 0 complete, 3 partial, 2 invalid job (one message naming the
 field; nothing written), 1 any other failure.
+
+The Python API (``fanout.run``, ``fanout.validate``) goes through the same
+``load_job`` and ``_run``; only the printing is the CLI's.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shlex
 import signal
 import sys
@@ -20,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fanout  # noqa: F401 - puts lambdas/ on the path
+import fanout  # puts lambdas/ on the path in a checkout
+from fanout.errors import FanoutError
 from fanout_core.errors import InvalidJob
 from fanout_core.job import Job, check_items, parse_job
 from fanout_core.loading import decode_json, parse_items
@@ -36,14 +42,28 @@ SERVE_PORT = 4599
 
 def cloud_default_model() -> str:
     """The stack's default model (cdk.json), used locally when AWS credentials are present."""
-    from fanout.runtime import ROOT
+    from fanout.resources import project_file
 
-    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    context = json.loads(project_file("cdk.json").read_text())["context"]
     return str(context["fanout:defaultModel"])
 
 
+def entry_point() -> None:
+    """The ``fanout`` command: main(), and a reader that stops early (``| head``) ends it quietly."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away: nothing more can be shown, and the interpreter must not complain at exit either
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 128 + signal.SIGPIPE
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fanout", description="Parallel LLM jobs on Step Functions.")
+    parser = argparse.ArgumentParser(prog="fanout", description="Parallel LLM jobs on Step Functions.")
+    parser.add_argument("--version", action="version", version=f"fanout {fanout.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a job locally on the real state machine")
     run.add_argument("job", help="the job file (JSON)")
@@ -82,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(loaded)
     resume = _resume_command(args)
     try:
-        return _run(
+        done = _run(
             loaded,
             Path(args.out),
             fresh=args.fresh,
@@ -91,12 +111,26 @@ def main(argv: list[str] | None = None) -> int:
             session=session,
             resume=resume,
         )
+    except InvalidJob as exc:
+        print(f"error: invalid job: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except FanoutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"interrupted; nothing was run. To run the job: {resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:
-        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return EXIT_FAILED
+    if isinstance(done, int):  # interrupted: _run said what is kept and how to resume
+        return done
+    _print_summary(done.result, done.figures, done.target)
+    return {"complete": EXIT_OK, "partial": EXIT_PARTIAL}.get(done.result["status"], EXIT_FAILED)
+
+
+def os_error_message(exc: OSError) -> str:
+    return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
 
 
 @dataclass(frozen=True)
@@ -109,17 +143,32 @@ class LoadedJob:
     warnings: tuple[str, ...] = ()  # Legacy models the job calls
 
 
-def _load(path: Path, model: str | None, concurrency: int | None, default_model: str) -> LoadedJob:
-    """Read, override and check a job file exactly as Plan will, so a bad job fails here with nothing written.
+@dataclass(frozen=True)
+class LocalRun:
+    """What a finished local run left in ``target``: result.json as read back, and run.json's figures."""
 
-    A local ``items_uri`` (a path, relative to the job file) is read here and
-    rewritten to the object the run uploads it to, in the local input bucket.
-    """
+    result: dict[str, Any]
+    figures: dict[str, Any]
+    target: Path
+
+
+def _load(path: Path, model: str | None, concurrency: int | None, default_model: str) -> LoadedJob:
+    """Read, override and check a job file exactly as Plan will, so a bad job fails here with nothing written."""
     try:
         body = path.read_bytes()
     except OSError as exc:
         raise InvalidJob(f"{path}: cannot read the job file ({exc.strerror})", "job") from None
     data = decode_json(body, str(path))
+    return load_job(data, path.parent, path.stem, model, concurrency, default_model)
+
+
+def load_job(data: Any, base: Path, stem: str, model: str | None, concurrency: int | None, default_model: str) -> LoadedJob:
+    """Override and check a decoded job exactly as Plan will.
+
+    A local ``items_uri`` (a path, relative to ``base``: the job file's folder)
+    is read here and rewritten to the object the run uploads it to, in the
+    local input bucket. ``stem`` names the job when it has no job_id.
+    """
     if isinstance(data, dict):
         if model is not None:
             data = _with_model(data, model)
@@ -130,13 +179,13 @@ def _load(path: Path, model: str | None, concurrency: int | None, default_model:
             data = {**data, "limits": {**limits, "max_concurrency": concurrency}}
     items_body = None
     if isinstance(data, dict) and isinstance(data.get("items_uri"), str) and not data["items_uri"].startswith("s3://"):
-        local = path.parent / data["items_uri"].removeprefix("file://")
+        local = base / data["items_uri"].removeprefix("file://")
         try:
             items_body = local.read_bytes()
         except OSError as exc:
             raise InvalidJob(f"items_uri: cannot read {local} ({exc.strerror})", "items_uri") from None
-        data = {**data, "items_uri": f"s3://{LOCAL_INPUT_BUCKET}/items/{path.stem}{local.suffix or '.jsonl'}"}
-    job = parse_job(data, job_id_default=path.stem)
+        data = {**data, "items_uri": f"s3://{LOCAL_INPUT_BUCKET}/items/{stem}{local.suffix or '.jsonl'}"}
+    job = parse_job(data, job_id_default=stem)
     assert job.job_id is not None
     data = {**data, "job_id": job.job_id}
     items = job.items or []
@@ -178,6 +227,14 @@ def _with_model(data: dict[str, Any], model: str) -> dict[str, Any]:
 
 
 def _validate(loaded: LoadedJob) -> int:
+    plan = plan_summary(loaded)
+    print(json.dumps(plan, indent=2))
+    print(f"ok: {plan['job_id']} is valid ({plan['tasks']} tasks in {plan['batches']} batches); no model was called")
+    return EXIT_OK
+
+
+def plan_summary(loaded: LoadedJob) -> dict[str, Any]:
+    """The plan validate shows: tasks, batches, estimated tokens and cost; calls no model."""
     from fanout.runtime import LOCAL_CONCURRENCY_CAP
     from fanout_core.costs import plan_costs
     from fanout_core.planning import batching_for, choose_mode
@@ -199,9 +256,7 @@ def _validate(loaded: LoadedJob) -> int:
         **costs.as_plan(),
         "caching": costs.caching_notes,
     }
-    print(json.dumps(plan, indent=2))
-    print(f"ok: {job.job_id} is valid ({len(tasks)} tasks in {batching.batch_count} batches); no model was called")
-    return EXIT_OK
+    return plan
 
 
 def _resume_command(args: argparse.Namespace) -> str:
@@ -236,7 +291,23 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(loaded: LoadedJob, out: Path, *, fresh: bool, quiet: bool, default_model: str, session: Any, resume: str = "") -> int:
+def _run(
+    loaded: LoadedJob,
+    out: Path,
+    *,
+    fresh: bool,
+    quiet: bool,
+    default_model: str,
+    session: Any,
+    resume: str = "",
+    echo: Any = print,
+) -> LocalRun | int:
+    """Run a loaded job on the local state machine into ``out/<job_id>/``.
+
+    Raises InvalidJob when Plan refuses the job, FanoutError when the run
+    fails; ``echo`` gets the line saying which model answers. An interrupted
+    run returns its exit code, having said what it kept.
+    """
     from fanout.local_records import RecordMirror
     from fanout.runtime import ACCOUNT, RESULTS_BUCKET, local_aws
 
@@ -246,16 +317,15 @@ def _run(loaded: LoadedJob, out: Path, *, fresh: bool, quiet: bool, default_mode
     try:
         target.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, before any model call
     except OSError as exc:
-        print(f"error: --out: cannot write {target} ({exc.strerror})", file=sys.stderr)
-        return EXIT_FAILED
+        raise FanoutError(f"--out: cannot write {target} ({exc.strerror})", "--out") from None
     models = sorted({t["model"] for t in tasks})
     if job.model is None and not job.models and default_model == SIMULATOR:
-        print("model: sim (the built-in simulator: no model named and no AWS credentials; outputs are synthetic)")
+        echo("model: sim (the built-in simulator: no model named and no AWS credentials; outputs are synthetic)")
     elif job.model is None and not job.models:
-        print(f"model: {default_model} (AWS credentials found and no model named; pass --model sim for the simulator)")
+        echo(f"model: {default_model} (AWS credentials found and no model named; pass --model sim for the simulator)")
     else:
         simulated = all(m == SIMULATOR or m.startswith(SIMULATOR + ":") for m in models)
-        print(f"model: {', '.join(models)}" + (" (the built-in simulator; outputs are synthetic)" if simulated else ""))
+        echo(f"model: {', '.join(models)}" + (" (the built-in simulator; outputs are synthetic)" if simulated else ""))
     if not _servers_reachable(models):
         return EXIT_FAILED
     started = time.monotonic()
@@ -288,12 +358,11 @@ def _run(loaded: LoadedJob, out: Path, *, fresh: bool, quiet: bool, default_mode
             return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
         mirror.stop()
         if execution.status != "SUCCEEDED" and execution.error == "InvalidJob":
-            print(f"error: invalid job: {execution.cause}", file=sys.stderr)
-            return EXIT_INVALID
+            cause = str(execution.cause)
+            raise InvalidJob(cause, cause.split(":", 1)[0] if ": " in cause else "")
         copied = _copy_outputs(s3, RESULTS_BUCKET, job_id, target)
         if not copied:
-            print(f"error: the run failed: {execution.error}: {execution.cause}", file=sys.stderr)
-            return EXIT_FAILED
+            raise FanoutError(f"the run failed: {execution.error}: {execution.cause}")
         result = json.loads((target / "result.json").read_text())
         plan = s3.get_object(Bucket=RESULTS_BUCKET, Key=f"runs/{job_id}/plan.json")["Body"].read()
         plan_doc = json.loads(plan)
@@ -317,8 +386,7 @@ def _run(loaded: LoadedJob, out: Path, *, fresh: bool, quiet: bool, default_mode
         }
     run_figures["total_seconds"] = round(time.monotonic() - started, 3)
     (target / "run.json").write_text(json.dumps(run_figures, indent=2) + "\n")
-    _print_summary(result, run_figures, target)
-    return {"complete": EXIT_OK, "partial": EXIT_PARTIAL}.get(result["status"], EXIT_FAILED)
+    return LocalRun(result, run_figures, target)
 
 
 def _copy_outputs(s3: Any, bucket: str, job_id: str, target: Path) -> bool:
