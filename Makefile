@@ -1,4 +1,4 @@
-# the interface: make run | test | lint | bench | synth
+# the interface: make run | test | lint | bench | synth | dist
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL ?= sim
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint bench synth clean node-check eval-local
+.PHONY: run test lint bench synth dist clean node-check eval-local
 
 $(STAMP): requirements.txt requirements-dev.txt lambdas/requirements.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fanout needs Python 3.11 or newer"'
@@ -61,5 +61,11 @@ synth: node-check $(STAMP) node_modules/.installed
 	npx --no-install cdk synth --quiet --output cdk.out
 	@echo "template: cdk.out/$$(ls cdk.out | grep -m1 '.template.json$$')"
 
+# the wheel (fanout command, API, local runtime and fanout_core) into dist/; `pip install dist/fanout-*.whl`
+dist: $(STAMP)
+	rm -rf build dist
+	$(PY) -m pip wheel --no-deps --quiet --disable-pip-version-check -w dist .
+	@ls dist/*.whl
+
 clean:
-	rm -rf $(VENV) node_modules cdk.out out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules cdk.out out dist build .pytest_cache .mypy_cache .ruff_cache

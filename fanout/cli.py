@@ -58,6 +58,14 @@ def entry_point() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         code = 128 + signal.SIGPIPE
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        # the interrupted run's batches are still running in threads; its records are saved: end now, without joining them
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+        os._exit(code)
     sys.exit(code)
 
 

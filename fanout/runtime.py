@@ -29,8 +29,10 @@ from urllib.parse import unquote
 import boto3
 from botocore.awsrequest import AWSResponse
 
+from fanout.resources import project_file
+
 ROOT = Path(__file__).resolve().parent.parent
-ASL_PATH = ROOT / "statemachine" / "fanout.asl.json"
+ASL_PATH = project_file("statemachine/fanout.asl.json")
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 INPUT_BUCKET = "fanout-local-input"

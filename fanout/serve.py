@@ -41,6 +41,7 @@ from typing import Any, TextIO
 import boto3
 
 from fanout import moto_patches
+from fanout.resources import job_rule_module
 from fanout.runtime import (
     _LOCAL_ENV,
     ACCOUNT,
@@ -52,7 +53,8 @@ from fanout.runtime import (
 )
 from fanout_core.handlers import _clients
 from fanout_core.providers.registry import ProviderRegistry
-from infra import job_rule
+
+job_rule = job_rule_module()
 
 HOST = "127.0.0.1"
 NAME_LIMIT = 80  # Step Functions' longest execution name
