@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import fanout  # puts lambdas/ on the path in a checkout
+from fanout import commands as commands_elsewhere
 from fanout.errors import FanoutError
 from fanout_core.errors import InvalidJob
 from fanout_core.job import Job, check_items, parse_job
@@ -90,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("--concurrency", type=int, help="as for run")
     serve = commands.add_parser("serve", help="S3 and Step Functions on 127.0.0.1 with the stack's resources, until Ctrl-C")
     serve.add_argument("--port", type=int, default=SERVE_PORT, help=f"port on 127.0.0.1 (default {SERVE_PORT}; 0: any free port)")
+    commands_elsewhere.add_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in commands_elsewhere.COMMANDS:
+        return commands_elsewhere.dispatch(args)
     if args.command == "serve":
         from fanout.serve import serve as serve_endpoint
 
