@@ -152,6 +152,8 @@ def run(
         raise _invalid(exc) from None
     except OSError as exc:
         raise FanoutError(cli.os_error_message(exc)) from None
+    if isinstance(done, int):  # interrupted: the records so far are kept under out/<job_id>/records/
+        raise KeyboardInterrupt
     return _result(done)
 
 

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,10 +62,8 @@ def entry_point() -> None:
     if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
         # the interrupted run's batches are still running in threads; its records are saved: end now, without joining them
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with suppress(BrokenPipeError, ValueError):
                 stream.flush()
-            except (BrokenPipeError, ValueError):
-                pass
         os._exit(code)
     sys.exit(code)
 

@@ -231,7 +231,8 @@ def test_cancel_stops_the_execution_and_frees_the_job_id(
 def test_the_stack_is_found_by_its_cloudformation_outputs() -> None:
     # DescribeStacks answers as CloudFormation does (Stubber checks the request and response against the API model)
     cloudformation = boto3.client("cloudformation", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
-    outputs = {"StateMachineArn": "arn:aws:states:us-east-1:1:stateMachine:f", "InputBucketName": "in", "ResultsBucketName": "out"}
+    machine = "arn:aws:states:us-east-1:1:stateMachine:f"
+    outputs = {"StateMachineArn": machine, "InputBucketName": "in", "ResultsBucketName": "out"}
     stubber = Stubber(cloudformation)
     stack = {
         "StackName": "Fanout",
