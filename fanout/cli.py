@@ -319,6 +319,7 @@ def _run(
     run returns its exit code, having said what it kept.
     """
     from fanout.local_records import RecordMirror
+    from fanout.progress import local_view
     from fanout.runtime import ACCOUNT, RESULTS_BUCKET, local_aws
 
     data, job, tasks = loaded.data, loaded.job, loaded.tasks
@@ -356,7 +357,8 @@ def _run(
             with _sigterm_interrupts():
                 execution_arn = runtime.start(data, name)
                 mirror.start()
-                with _Progress(len(tasks), quiet, lambda: mirror.count) as progress:
+                prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
+                with local_view(len(tasks), target / "records", quiet=quiet, prices=prices, fresh=fresh) as progress:
                     execution = runtime.wait(execution_arn, on_poll=progress.update)
         except KeyboardInterrupt as exc:
             kept = mirror.stop()
@@ -410,31 +412,6 @@ def _copy_outputs(s3: Any, bucket: str, job_id: str, target: Path) -> bool:
     for name, body in bodies.items():
         (target / name).write_bytes(body)
     return True
-
-
-class _Progress:
-    """A progress bar of tasks done, polled from the record count."""
-
-    def __init__(self, total: int, quiet: bool, done: Any) -> None:
-        self.total, self.quiet, self.done = total, quiet or not sys.stderr.isatty(), done
-        self._bar: Any = None
-
-    def __enter__(self) -> _Progress:
-        if not self.quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(TextColumn("tasks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
-            self._bar.start()
-            self._task = self._bar.add_task("tasks", total=self.total)
-        return self
-
-    def update(self) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=min(self.done(), self.total))
-
-    def __exit__(self, *_: Any) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def _servers_reachable(models: list[str]) -> bool:

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from fanout_core.pricing import estimate_cost
@@ -32,13 +33,15 @@ class Snapshot:
     elapsed: float
     eta_seconds: float | None
 
-    def line(self) -> str:
+    def figures(self) -> str:
         cost = "unknown" if self.cost_usd is None else f"${self.cost_usd:.4f}"
-        eta = "-" if self.eta_seconds is None else _clock(self.eta_seconds)
-        return (
-            f"tasks {self.done}/{self.total or '?'} done  failed {self.failed}  invalid {self.invalid}  "
-            f"retried {self.retried}  cost {cost}  elapsed {_clock(self.elapsed)}  eta {eta}"
-        )
+        return f"failed {self.failed}  invalid {self.invalid}  retried {self.retried}  cost {cost}"
+
+    def eta(self) -> str:
+        return "-" if self.eta_seconds is None else _clock(self.eta_seconds)
+
+    def line(self) -> str:
+        return f"tasks {self.done}/{self.total or '?'} done  {self.figures()}  elapsed {_clock(self.elapsed)}  eta {self.eta()}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -160,7 +163,7 @@ class ProgressView:
         self.every = every
         self.live = not quiet and _is_terminal(self.stream)
         self._bar: Any = None
-        self._last_plain = 0.0
+        self._last_plain: float | None = None
         self._last: Snapshot | None = None
 
     def __enter__(self) -> ProgressView:
@@ -170,7 +173,7 @@ class ProgressView:
 
             self._bar = Progress(
                 TextColumn("tasks"),
-                BarColumn(),
+                BarColumn(bar_width=12),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[figures]}"),
                 console=Console(file=self.stream),
@@ -185,9 +188,9 @@ class ProgressView:
             return
         snap = self._last = self.read()
         if self._bar is not None:
-            figures = snap.line().split("  ", 1)[1]
+            figures = f"{snap.figures()}  eta {snap.eta()}"  # rich's bar shows done/total itself
             self._bar.update(self._task, total=snap.total or None, completed=snap.done, figures=figures)
-        elif time.monotonic() - self._last_plain >= self.every:
+        elif self._last_plain is None or time.monotonic() - self._last_plain >= self.every:
             self._last_plain = time.monotonic()
             self._plain(snap)
 
@@ -217,3 +220,40 @@ def _clock(seconds: float) -> str:
     minutes, secs = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def read_folder_chunks(folder: Path, tally: Tally) -> None:
+    """Feed the record chunks a local run has copied into ``folder`` (DIR/<job_id>/records/) and not read yet."""
+    if not folder.is_dir():
+        return
+    for path in folder.rglob("*.jsonl"):
+        key = path.as_posix()
+        if tally.seen(key):
+            continue
+        try:
+            body, written = path.read_bytes(), path.stat().st_mtime
+        except OSError:  # replaced while listed: read it next time
+            continue
+        tally.add_chunk(key, body, written)
+
+
+def local_view(
+    total: int, folder: Path, *, quiet: bool, prices: dict[str, Any] | None = None, fresh: bool = False
+) -> ProgressView:
+    """The progress of a local run, from the records it writes to ``folder``.
+
+    Earlier runs' records count as done (they are not called again), unless the run is ``fresh``.
+    """
+    now = time.time()
+    since = now - 0.5  # a file system's mtime can trail the clock a little
+    tally = Tally(total, prices=prices, since=since, started=now)
+    earlier = {p.as_posix() for p in folder.rglob("*.jsonl")} if fresh and folder.is_dir() else set()
+
+    def read() -> Snapshot:
+        for key in earlier:
+            tally.add_chunk(key, b"")  # a fresh run calls these tasks again: their old records are not progress
+        earlier.clear()
+        read_folder_chunks(folder, tally)
+        return tally.snapshot()
+
+    return ProgressView(read, quiet=quiet)
