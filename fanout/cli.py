@@ -30,7 +30,7 @@ from fanout import commands as commands_elsewhere
 from fanout.errors import FanoutError
 from fanout_core.errors import InvalidJob
 from fanout_core.job import Job, check_items, parse_job
-from fanout_core.loading import decode_json, parse_items
+from fanout_core.loading import decode_json, parse_item_file
 from fanout_core.planning import expand_tasks
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
@@ -187,14 +187,11 @@ def load_job(data: Any, base: Path, stem: str, model: str | None, concurrency: i
                 raise InvalidJob("--concurrency: must be 1 or more", "--concurrency")
             limits = data.get("limits") if isinstance(data.get("limits"), dict) else {}
             data = {**data, "limits": {**limits, "max_concurrency": concurrency}}
-    items_body = None
+    items_body, suffix = None, ""
     if isinstance(data, dict) and isinstance(data.get("items_uri"), str) and not data["items_uri"].startswith("s3://"):
         local = base / data["items_uri"].removeprefix("file://")
-        try:
-            items_body = local.read_bytes()
-        except OSError as exc:
-            raise InvalidJob(f"items_uri: cannot read {local} ({exc.strerror})", "items_uri") from None
-        data = {**data, "items_uri": f"s3://{LOCAL_INPUT_BUCKET}/items/{stem}{local.suffix or '.jsonl'}"}
+        items_body, suffix = read_local_items(local, data)
+        data = {**data, "items_uri": f"s3://{LOCAL_INPUT_BUCKET}/items/{stem}{suffix}"}
     job = parse_job(data, job_id_default=stem)
     assert job.job_id is not None
     data = {**data, "job_id": job.job_id}
@@ -202,11 +199,11 @@ def load_job(data: Any, base: Path, stem: str, model: str | None, concurrency: i
     if job.items_uri is not None:
         if items_body is None:
             raise InvalidJob(
-                "items_uri: a local run reads items from a file; give its path relative to the job file "
+                "items_uri: a local run reads items from a file or a folder; give its path relative to the job file "
                 "(s3:// objects are read where fanout is deployed)",
                 "items_uri",
             )
-        items = parse_items(items_body, "items_uri")
+        items = parse_item_file(items_body, suffix, "items_uri")
         check_items(job, items, where="items_uri")
     from fanout_core.catalog import check_job_models
 
@@ -223,6 +220,26 @@ def _check_mode(job: Job, task_count: int) -> None:
     from fanout_core.planning import batching_for, choose_mode
 
     choose_mode(job.limits.mode, batching_for(job, task_count, LOCAL_CONCURRENCY_CAP))
+
+
+def read_local_items(local: Path, data: dict[str, Any]) -> tuple[bytes, str]:
+    """A local items_uri as the body to upload and its suffix: a file as it is (JSON, JSON Lines or CSV), a folder
+    of documents as JSON Lines of its items (one per file, read here, so an unreadable file is refused before any call).
+    """
+    if local.is_dir():
+        from fanout_core.documents import local_document_items
+        from fanout_core.job import Limits
+
+        try:
+            limits = Limits.model_validate(data.get("limits") or {})
+        except ValueError:
+            limits = Limits()  # parse_job reports the bad limit
+        items = local_document_items(local, max_items=limits.max_items, max_item_bytes=limits.max_item_bytes)
+        return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode(), ".jsonl"
+    try:
+        return local.read_bytes(), local.suffix or ".jsonl"
+    except OSError as exc:
+        raise InvalidJob(f"items_uri: cannot read {local} ({exc.strerror})", "items_uri") from None
 
 
 def _with_model(data: dict[str, Any], model: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from fanout.errors import FanoutError
 from fanout.progress import ProgressView, Snapshot, Tally, read_s3_chunks
 from fanout_core.errors import InvalidJob
 from fanout_core.job import check_items, parse_job, safe_job_id
-from fanout_core.loading import decode_json, parse_items
+from fanout_core.loading import decode_json, parse_item_file
 
 # StartExecution's input is at most 262,144 bytes (Step Functions API reference, ExecutionStartedEventDetails:
 # "Maximum length of 262144"), and every state's payload has the same cap: items of a larger job go to S3
@@ -178,7 +178,7 @@ def prepare(path: Path, model: str | None, input_bucket: str) -> Submission:
 
     Raises InvalidJob (nothing uploaded, nothing started).
     """
-    from fanout.cli import _with_model
+    from fanout.cli import _with_model, read_local_items
 
     try:
         body = path.read_bytes()
@@ -195,12 +195,9 @@ def prepare(path: Path, model: str | None, input_bucket: str) -> Submission:
     items: list[Any] | None = None
     if isinstance(data.get("items_uri"), str) and not data["items_uri"].startswith("s3://"):
         local = path.parent / data["items_uri"].removeprefix("file://")
-        try:
-            items_body = local.read_bytes()
-        except OSError as exc:
-            raise InvalidJob(f"items_uri: cannot read {local} ({exc.strerror})", "items_uri") from None
-        items = parse_items(items_body, "items_uri")
-        key = _items_key(job_id, items_body, local.suffix or ".jsonl")
+        items_body, suffix = read_local_items(local, data)
+        items = parse_item_file(items_body, suffix, "items_uri")
+        key = _items_key(job_id, items_body, suffix)
         uploads[key] = items_body
         data = {**data, "items_uri": f"s3://{input_bucket}/{key}"}
     job = parse_job(data, job_id_default=job_id)

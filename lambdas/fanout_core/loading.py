@@ -8,6 +8,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from fanout_core.documents import csv_items, is_csv, s3_document_items
 from fanout_core.errors import InvalidJob
 from fanout_core.job import Job, check_items
 from fanout_core.store import parse_s3_uri
@@ -63,14 +64,23 @@ def load_items(s3: Any, job: Job) -> list[dict[str, Any]]:
         return job.items
     assert job.items_uri is not None
     bucket, key = parse_s3_uri(job.items_uri)
-    try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        raise InvalidJob(f"items_uri: cannot read {job.items_uri} ({code}); check the bucket and key", "items_uri") from None
-    items = parse_items(body, "items_uri")
+    if key.endswith("/"):  # a prefix of documents: one item per object
+        limits = job.limits
+        items: list[Any] = s3_document_items(s3, bucket, key, max_items=limits.max_items, max_item_bytes=limits.max_item_bytes)
+    else:
+        try:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            raise InvalidJob(f"items_uri: cannot read {job.items_uri} ({code}); check the bucket and key", "items_uri") from None
+        items = parse_item_file(body, key, "items_uri")
     check_items(job, items, where="items_uri")
     return items
+
+
+def parse_item_file(body: bytes, name: str, where: str) -> list[Any]:
+    """A CSV file (by its name) or a JSON list / JSON Lines file of items."""
+    return csv_items(body, where) if is_csv(name) else parse_items(body, where)
 
 
 def parse_items(body: bytes, where: str) -> list[Any]:
