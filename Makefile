@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL ?= sim
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint bench synth dist clean node-check eval-local
+.PHONY: run test lint bench synth dist clean node-check eval-local chromium
 
 $(STAMP): requirements.txt requirements-dev.txt lambdas/requirements.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fanout needs Python 3.11 or newer"'
@@ -33,11 +33,17 @@ run: $(STAMP)
 
 # the infrastructure tests synthesize the stack (the CDK's jsii runs on Node.js) and check the ASL with asl-validator
 NODE_NEEDED := make $(MAKECMDGOALS) needs Node.js 22 or 24 and npm (Node 20 is end-of-life), for the CDK synth and asl-validator
+# report.html is checked in headless Chromium (tests/local/test_report_html.py): Debian's package, installed when missing
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "note: chromium could not be installed; the report.html browser test will be skipped"
+
 node-check:
 	$(if $(shell command -v node && command -v npm),,$(error $(NODE_NEEDED)))
 	@node -e 'const m = +process.versions.node.split(".")[0]; if (![22, 24].includes(m)) console.error("note: Node.js " + process.version + " found; fanout is tested on Node.js 22 and 24 (Node 20 is end-of-life)")'
 
-test: node-check $(STAMP) $(MODELS_STAMP) node_modules/.installed
+test: node-check chromium $(STAMP) $(MODELS_STAMP) node_modules/.installed
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -375,7 +375,9 @@ def _run(
                 execution_arn = runtime.start(data, name)
                 mirror.start()
                 prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
-                with local_view(len(tasks), target / "records", quiet=quiet, prices=prices, fresh=fresh) as progress:
+                with local_view(
+                    len(tasks), target / "records", quiet=quiet, prices=prices, fresh=fresh, refresh=mirror.sync
+                ) as progress:
                     execution = runtime.wait(execution_arn, on_poll=progress.update)
         except KeyboardInterrupt as exc:
             kept = mirror.stop()
@@ -419,8 +421,8 @@ def _run(
 
 
 def _copy_outputs(s3: Any, bucket: str, job_id: str, target: Path) -> bool:
-    """result.json, results.jsonl and report.md, from local S3 to DIR/<job_id>/ (the records are there already)."""
-    names = ("result.json", "results.jsonl", "report.md")
+    """result.json, results.jsonl and the reports, from local S3 to DIR/<job_id>/ (the records are there already)."""
+    names = ("result.json", "results.jsonl", "report.md", "report.html")
     try:
         bodies = {n: s3.get_object(Bucket=bucket, Key=f"results/{job_id}/{n}")["Body"].read() for n in names}
     except s3.exceptions.NoSuchKey:
@@ -482,5 +484,6 @@ def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path
         low = sum(1 for i in result["items"] if i.get("confidence") is not None and i["confidence"] < 0.6)
         lines.append(f"  ties {ties}  low confidence (< 0.6) {low}")
     lines.append(f"report: {target / 'report.md'}")
+    lines.append(f"view: fanout view {target}  (report.html)")
     lines.append(f"result: {target / 'result.json'}")
     print("\n".join(lines))

@@ -238,9 +238,15 @@ def read_folder_chunks(folder: Path, tally: Tally) -> None:
 
 
 def local_view(
-    total: int, folder: Path, *, quiet: bool, prices: dict[str, Any] | None = None, fresh: bool = False
+    total: int,
+    folder: Path,
+    *,
+    quiet: bool,
+    prices: dict[str, Any] | None = None,
+    fresh: bool = False,
+    refresh: Callable[[], Any] | None = None,
 ) -> ProgressView:
-    """The progress of a local run, from the records it writes to ``folder``.
+    """The progress of a local run, from the records it writes to ``folder`` (``refresh`` copies the latest there).
 
     Earlier runs' records count as done (they are not called again), unless the run is ``fresh``.
     """
@@ -253,6 +259,8 @@ def local_view(
         for key in earlier:
             tally.add_chunk(key, b"")  # a fresh run calls these tasks again: their old records are not progress
         earlier.clear()
+        if refresh is not None:
+            refresh()
         read_folder_chunks(folder, tally)
         return tally.snapshot()
 

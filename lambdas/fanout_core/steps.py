@@ -25,6 +25,7 @@ from fanout_core.planning import batch_ranges, batching_for, choose_mode, expand
 from fanout_core.pricing import price_usage
 from fanout_core.providers.base import ModelError, ModelRequest, Provider
 from fanout_core.report import report_markdown, results_jsonl
+from fanout_core.report_html import report_html
 from fanout_core.runner import call_with_retries, run_batch
 from fanout_core.settings import Settings
 from fanout_core.stopping import rule_for, vote_weights
@@ -230,6 +231,7 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, provider_for: ProviderFacto
     put_text(s3, bucket, prefix + "result.json", json.dumps(result, ensure_ascii=False, indent=1), "application/json")
     put_text(s3, bucket, prefix + "results.jsonl", results_jsonl(result), "application/x-ndjson")
     put_text(s3, bucket, prefix + "report.md", report_markdown(result), "text/markdown")
+    put_text(s3, bucket, prefix + "report.html", report_html(result), "text/html; charset=utf-8")
     store.release_lease()
     counts = result["counts"]
     skipped = _tasks_skipped(store)
