@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,7 @@ class LoadedJob:
     items: list[dict[str, Any]]
     items_body: bytes | None = None  # a local items_uri file, uploaded where data["items_uri"] points
     warnings: tuple[str, ...] = ()  # Legacy models the job calls
+    files: dict[str, bytes] = field(default_factory=dict)  # documents of a local folder, by key in the local input bucket
 
 
 @dataclass(frozen=True)
@@ -187,10 +188,11 @@ def load_job(data: Any, base: Path, stem: str, model: str | None, concurrency: i
                 raise InvalidJob("--concurrency: must be 1 or more", "--concurrency")
             limits = data.get("limits") if isinstance(data.get("limits"), dict) else {}
             data = {**data, "limits": {**limits, "max_concurrency": concurrency}}
-    items_body, suffix = None, ""
+    items_body: bytes | None = None
+    suffix, files = "", dict[str, bytes]()
     if isinstance(data, dict) and isinstance(data.get("items_uri"), str) and not data["items_uri"].startswith("s3://"):
         local = base / data["items_uri"].removeprefix("file://")
-        items_body, suffix = read_local_items(local, data)
+        items_body, suffix, files = read_local_items(local, data, f"s3://{LOCAL_INPUT_BUCKET}/items/{stem}/files/")
         data = {**data, "items_uri": f"s3://{LOCAL_INPUT_BUCKET}/items/{stem}{suffix}"}
     job = parse_job(data, job_id_default=stem)
     assert job.job_id is not None
@@ -211,7 +213,7 @@ def load_job(data: Any, base: Path, stem: str, model: str | None, concurrency: i
     warnings = tuple(check_job_models(job, default_model))
     tasks = expand_tasks(job, items, default_model)
     _check_mode(job, len(tasks))
-    return LoadedJob(data, job, tasks, items, items_body, warnings)
+    return LoadedJob(data, job, tasks, items, items_body, warnings, files)
 
 
 def _check_mode(job: Job, task_count: int) -> None:
@@ -222,9 +224,12 @@ def _check_mode(job: Job, task_count: int) -> None:
     choose_mode(job.limits.mode, batching_for(job, task_count, LOCAL_CONCURRENCY_CAP))
 
 
-def read_local_items(local: Path, data: dict[str, Any]) -> tuple[bytes, str]:
-    """A local items_uri as the body to upload and its suffix: a file as it is (JSON, JSON Lines or CSV), a folder
-    of documents as JSON Lines of its items (one per file, read here, so an unreadable file is refused before any call).
+def read_local_items(local: Path, data: dict[str, Any], files_uri: str) -> tuple[bytes, str, dict[str, bytes]]:
+    """A local items_uri as the body to upload, its suffix, and the files to upload with it.
+
+    A file is taken as it is (JSON, JSON Lines or CSV). A folder of documents becomes JSON Lines of its
+    items (one per file, read here, so an unreadable file is refused before any call), and its PDF and
+    office files are uploaded under ``files_uri`` (s3://bucket/prefix/) for Bedrock's document blocks.
     """
     if local.is_dir():
         from fanout_core.documents import local_document_items
@@ -234,10 +239,14 @@ def read_local_items(local: Path, data: dict[str, Any]) -> tuple[bytes, str]:
             limits = Limits.model_validate(data.get("limits") or {})
         except ValueError:
             limits = Limits()  # parse_job reports the bad limit
-        items = local_document_items(local, max_items=limits.max_items, max_item_bytes=limits.max_item_bytes)
-        return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode(), ".jsonl"
+        items = local_document_items(
+            local, max_items=limits.max_items, max_item_bytes=limits.max_item_bytes, uri_prefix=files_uri
+        )
+        prefix = files_uri.removeprefix("s3://").partition("/")[2]
+        files = {prefix + item["id"]: (local / item["id"]).read_bytes() for item in items if "document" in item}
+        return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode(), ".jsonl", files
     try:
-        return local.read_bytes(), local.suffix or ".jsonl"
+        return local.read_bytes(), local.suffix or ".jsonl", {}
     except OSError as exc:
         raise InvalidJob(f"items_uri: cannot read {local} ({exc.strerror})", "items_uri") from None
 
@@ -369,6 +378,8 @@ def _run(
         if loaded.items_body is not None:
             bucket, key = data["items_uri"][5:].split("/", 1)
             s3.put_object(Bucket=bucket, Key=key, Body=loaded.items_body)
+        for key, body in loaded.files.items():
+            s3.put_object(Bucket=LOCAL_INPUT_BUCKET, Key=key, Body=body)
         name = f"{job_id}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%f')}"[:80]
         try:
             with _sigterm_interrupts():

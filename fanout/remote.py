@@ -195,9 +195,11 @@ def prepare(path: Path, model: str | None, input_bucket: str) -> Submission:
     items: list[Any] | None = None
     if isinstance(data.get("items_uri"), str) and not data["items_uri"].startswith("s3://"):
         local = path.parent / data["items_uri"].removeprefix("file://")
-        items_body, suffix = read_local_items(local, data)
+        folder = f"{ITEMS_PREFIX}{job_id}/files/"
+        items_body, suffix, files = read_local_items(local, data, f"s3://{input_bucket}/{folder}")
         items = parse_item_file(items_body, suffix, "items_uri")
         key = _items_key(job_id, items_body, suffix)
+        uploads.update(files)
         uploads[key] = items_body
         data = {**data, "items_uri": f"s3://{input_bucket}/{key}"}
     job = parse_job(data, job_id_default=job_id)

@@ -29,6 +29,10 @@ INPUT_ANY_KEY = (
     "plan reads the job file or items_uri object wherever the user put it in the input bucket (StartExecution "
     "takes any key, the upload rule only jobs/*.json); read-only, and the bucket holds nothing but user input"
 )
+INPUT_DOCUMENTS = (
+    "a batch reads the PDF and office files of its items (an s3:// prefix of documents) from wherever the user put "
+    "them in the input bucket; read-only, and the bucket holds nothing but user input"
+)
 RUN_DATA = "run data is keyed runs/<job_id>/...; the job id is chosen per job at run time, so the prefix is the fixed part"
 RUN_FAILURES = "delete only the failures/ a batch left under runs/<job_id>/: a re-run of the job clears the earlier run's"
 RUN_LEASE = "delete only runs/<job_id>/lease.json, the lease one run of a job holds from Plan to Aggregate"
@@ -129,7 +133,15 @@ class Functions(Construct):
         self._allow_read(fn, self._results_bucket, f"{RUNS_PREFIX}*")
         self._allow_write(fn, self._results_bucket, f"{RUNS_PREFIX}*")
         self._allow_bedrock(fn)
-        suppress_wildcards(_role(fn), {template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA})
+        # a PDF or office item is sent to Bedrock as the file itself, read from where the items came from
+        fn.add_to_role_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._input_bucket.arn_for_objects("*")]))
+        suppress_wildcards(
+            _role(fn),
+            {
+                template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA,
+                template_arn(self._input_bucket, "/*"): INPUT_DOCUMENTS,
+            },
+        )
         return fn
 
     def _build_aggregate(self) -> lambda_.Function:

@@ -68,18 +68,29 @@ def check_count(count: int, max_items: int, where: str) -> None:
         raise InvalidJob(f"{where}: more than {max_items} files, over limits.max_items; raise it or split the folder", where)
 
 
-def document_items(files: Iterable[tuple[str, bytes]], where: str = "items_uri", shown: str = "") -> list[dict[str, Any]]:
-    """One item per (path under the prefix, content), in path order; errors name the file as ``shown + path``."""
+def document_items(
+    files: Iterable[tuple[str, bytes]], where: str = "items_uri", shown: str = "", uri_prefix: str | None = None
+) -> list[dict[str, Any]]:
+    """One item per (path under the prefix, content), in path order; errors name the file as ``shown + path``.
+
+    With ``uri_prefix`` (the s3:// prefix the files are read from), a PDF or office item's ``document`` names its object.
+    """
     items = []
     for relative, body in sorted(files, key=lambda f: f[0]):
-        items.append(document_item(relative, body, where, shown))
+        uri = None if uri_prefix is None else uri_prefix + relative
+        items.append(document_item(relative, body, where, shown, uri))
     if not items:
         raise InvalidJob(f"{where}: no files in {shown or 'it'}; give a folder (or s3:// prefix) of {SUPPORTED} files", where)
     return items
 
 
-def local_document_items(folder: Path, *, max_items: int, max_item_bytes: int, where: str = "items_uri") -> list[dict[str, Any]]:
-    """The files under a local folder (symlinked folders not followed), checked against the limits before reading."""
+def local_document_items(
+    folder: Path, *, max_items: int, max_item_bytes: int, where: str = "items_uri", uri_prefix: str | None = None
+) -> list[dict[str, Any]]:
+    """The files under a local folder (symlinked folders not followed), checked against the limits before reading.
+
+    ``uri_prefix`` is where the caller uploads the folder's PDF and office files, for their document blocks.
+    """
     listed: list[tuple[str, Path]] = []
     for directory, subdirectories, names in os.walk(folder):
         subdirectories.sort()
@@ -97,7 +108,7 @@ def local_document_items(folder: Path, *, max_items: int, max_item_bytes: int, w
             files.append((relative, path.read_bytes()))
         except OSError as exc:
             raise InvalidJob(f"{where}: {path}: cannot read it ({exc.strerror})", where) from None
-    return document_items(files, where, shown=f"{folder}/")
+    return document_items(files, where, shown=f"{folder}/", uri_prefix=uri_prefix)
 
 
 def s3_document_items(s3: Any, bucket: str, prefix: str, *, max_items: int, max_item_bytes: int) -> list[dict[str, Any]]:
@@ -128,10 +139,52 @@ def s3_document_items(s3: Any, bucket: str, prefix: str, *, max_items: int, max_
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         files = list(pool.map(read, keys))
-    return document_items(files, where, shown=shown)
+    return document_items(files, where, shown=shown, uri_prefix=shown)
 
 
-def document_item(relative: str, body: bytes, where: str = "items_uri", shown: str = "") -> dict[str, Any]:
+# -- the Converse document block ----------------------------------------------------------
+
+# Bedrock API reference, Message: "You can include up to five documents"
+MAX_DOCUMENTS_PER_MESSAGE = 5
+
+
+def attach_documents(tasks: list[dict[str, Any]], s3: Any) -> None:
+    """Give each Bedrock task whose item is a PDF or office file that file's bytes, read once per file.
+
+    Other providers answer from the item's extracted text in the prompt; a file that can no longer be read
+    leaves its task with the text alone.
+    """
+    from botocore.exceptions import ClientError
+
+    read: dict[str, bytes | None] = {}
+    for task in tasks:
+        document = task.get("document")
+        if not isinstance(document, dict) or not str(task.get("model", "")).startswith("bedrock:"):
+            continue
+        uri = str(document.get("uri", ""))
+        if uri not in read:
+            bucket, _, key = uri.removeprefix("s3://").partition("/")
+            try:
+                read[uri] = s3.get_object(Bucket=bucket, Key=key)["Body"].read() if uri.startswith("s3://") else None
+            except ClientError:
+                read[uri] = None
+        if read[uri]:
+            task["document_bytes"] = read[uri]
+
+
+def converse_documents(task: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The Converse ``document`` content blocks of a task (Bedrock API reference, DocumentBlock and DocumentSource)."""
+    document, body = task.get("document"), task.get("document_bytes")
+    if not isinstance(document, dict) or not body:
+        return ()
+    block = {"document": {"format": document["format"], "name": document["name"], "source": {"bytes": body}}}
+    return (block,)
+
+
+def document_item(
+    relative: str, body: bytes, where: str = "items_uri", shown: str = "", uri: str | None = None
+) -> dict[str, Any]:
+    """The item of one file; ``uri`` is where a PDF or office file can be read again (its Bedrock document block)."""
     suffix = PurePosixPath(relative).suffix.lower()
     try:
         if suffix in TEXT_FORMATS:
@@ -140,7 +193,9 @@ def document_item(relative: str, body: bytes, where: str = "items_uri", shown: s
         if suffix in DOCUMENT_FORMATS:
             kind = DOCUMENT_FORMATS[suffix]
             text = {"pdf": pdf_text, "docx": docx_text, "xlsx": xlsx_text}[kind](body)
-            document = {"format": kind, "name": neutral_name(relative), "bytes": len(body)}
+            document: dict[str, Any] = {"format": kind, "name": neutral_name(relative), "bytes": len(body)}
+            if uri is not None:
+                document["uri"] = uri
             return {"id": relative, "text": text, "document": document}
     except _Unreadable as exc:
         raise InvalidJob(f"{where}: {shown}{relative}: {exc}", where) from None

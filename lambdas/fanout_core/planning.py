@@ -72,6 +72,8 @@ def expand_tasks(job: Job, items: list[dict[str, Any]], default_model: str) -> l
                     "model": model,
                     "prompt": prompt,
                     "expected": item.get("expected"),
+                    # a PDF or office item (fanout_core.documents): Bedrock is sent the file itself as well
+                    **({"document": item["document"]} if isinstance(item.get("document"), dict) else {}),
                 }
             )
     if len(tasks) > job.limits.max_tasks:

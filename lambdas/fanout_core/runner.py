@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from fanout_core.catalog import cache_plan, info
+from fanout_core.documents import converse_documents
 from fanout_core.errors import BatchIncomplete, ModelThrottled
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest, Provider
 from fanout_core.sharing import first_of_each_item, spans_by_task
@@ -324,6 +325,7 @@ def _call(
         answer_field=batch.get("answer_field"),
         shared_prefix=span[0] if span else 0,
         shared_suffix=span[1] if span else 0,
+        documents=converse_documents(task),
     )
     started = time.monotonic()
     calls = _Calls()

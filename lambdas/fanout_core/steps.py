@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from fanout_core.aggregation import Judge, aggregate
 from fanout_core.catalog import check_job_models
+from fanout_core.documents import attach_documents
 from fanout_core.errors import InvalidJob
 from fanout_core.job import DEFAULT_JUDGE_PROMPT, Job, parse_job
 from fanout_core.lease import Lease, execution_status
@@ -205,6 +206,7 @@ def run_subtask(
     batch = store.get_json(store.batch_name(int(event["batch"]["index"])))
     if event.get("execution_arn"):
         _lease(store).refresh(event["execution_arn"], time.time())  # a long job keeps its lease fresh
+    attach_documents(batch["tasks"], s3)
     outcome = run_batch(batch, store=store, provider_for=provider_for, threads=int(event.get("threads", 8)), deadline=deadline)
     return outcome.as_event()
 

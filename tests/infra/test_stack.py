@@ -506,7 +506,13 @@ def test_bedrock_arns_for_profiles_of_every_geography() -> None:
         ),
         (
             "subtask",
-            {("s3:GetObject", "results/runs/*"), ("s3:PutObject", "results/runs/*"), ("s3:ListBucket", "results")},
+            {
+                ("s3:GetObject", "results/runs/*"),
+                ("s3:PutObject", "results/runs/*"),
+                ("s3:ListBucket", "results"),
+                # the files of document items, sent to Bedrock as document blocks
+                ("s3:GetObject", "input/*"),
+            },
         ),
         (
             "aggregate",

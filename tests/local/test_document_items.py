@@ -80,3 +80,37 @@ def test_a_csv_items_file_gives_one_item_per_row(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "out" / "csv" / "result.json").read_text())
     assert [i["id"] for i in result["items"]] == ["t-1", "t-2"]
     assert result["evaluation"]["items_with_expected"] == 2
+
+
+def test_bedrock_gets_a_pdf_as_a_converse_document_block_and_other_models_its_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
+    from tests.fakes import Script, fake_server
+
+    # Given a folder holding a PDF and a text file, and a Bedrock model answered by a local Converse endpoint
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "dummy")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "dummy")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    pdf = pdf_with_text("Quarterly brief")
+    (docs / "q3 brief.pdf").write_bytes(pdf)
+    (docs / "memo.txt").write_text("Ship it.")
+    job = {**summary_job("docs"), "sections": [{"name": "summary", "prompt": "Summarise: {text}"}]}
+    (tmp_path / "job.json").write_text(json.dumps({**job, "model": "bedrock:us.amazon.nova-lite-v1:0"}))
+
+    # When the job runs
+    with fake_server(Script(answer=lambda body: "a summary"), "bedrock") as (url, served):
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", url)
+        assert main(["run", str(tmp_path / "job.json"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+
+    # Then the PDF's request carries the file itself as a document block, before the prompt with its text
+    by_text = {r["body"]["messages"][0]["content"][-1]["text"]: r["body"]["messages"][0]["content"] for r in served.requests}
+    pdf_content = by_text["Summarise: Quarterly brief"]
+    assert pdf_content[0] == {
+        "document": {"format": "pdf", "name": "q3 brief", "source": {"bytes": base64.b64encode(pdf).decode()}}
+    }
+    # and the text file's request is text alone
+    assert by_text["Summarise: Ship it."] == [{"text": "Summarise: Ship it."}]

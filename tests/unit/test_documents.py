@@ -169,3 +169,51 @@ def test_an_s3_csv_items_file_is_read_by_rows(s3: object) -> None:
     client.put_object(Bucket="docs", Key="items.csv", Body=b"id,text\na,first\nb,second\n")  # type: ignore[attr-defined]
     items = load_items(client, job_for("s3://docs/items.csv"))
     assert items == [{"id": "a", "text": "first"}, {"id": "b", "text": "second"}]
+
+
+def test_the_converse_request_with_a_document_is_one_the_bedrock_api_accepts() -> None:
+    from botocore.stub import Stubber
+
+    from fanout_core.documents import converse_documents
+    from fanout_core.providers.base import ModelRequest
+    from fanout_core.providers.bedrock import converse_request
+
+    # Given a task of a PDF item whose bytes the batch has read
+    pdf = pdf_with_text("Hello")
+    task = {"document": {"format": "pdf", "name": "q3", "bytes": len(pdf), "uri": "s3://b/k.pdf"}, "document_bytes": pdf}
+    request = ModelRequest(task_id="q3.pdf#summary", prompt="Summarise: Hello", documents=converse_documents(task))
+
+    # When it becomes Converse parameters and is sent through a client checked against the API model
+    params = converse_request("amazon.nova-lite-v1:0", request)
+    client = boto3.client("bedrock-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stubber = Stubber(client)
+    reply = {
+        "output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}},
+        "stopReason": "end_turn",
+        "usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2},
+        "metrics": {"latencyMs": 1},
+    }
+    stubber.add_response("converse", reply, params)
+    with stubber:
+        client.converse(**params)
+
+    # Then the document block comes first, with the file's bytes, and the prompt text after it
+    content = params["messages"][0]["content"]
+    assert content == [{"document": {"format": "pdf", "name": "q3", "source": {"bytes": pdf}}}, {"text": "Summarise: Hello"}]
+
+
+def test_only_bedrock_tasks_read_the_document_and_each_file_is_read_once(s3: object) -> None:
+    from fanout_core.documents import attach_documents
+
+    client: object = s3
+    client.put_object(Bucket="docs", Key="in/a.pdf", Body=b"%PDF-bytes")  # type: ignore[attr-defined]
+    document = {"format": "pdf", "name": "a", "uri": "s3://docs/in/a.pdf"}
+    tasks = [
+        {"model": "bedrock:amazon.nova-lite-v1:0", "document": document},
+        {"model": "bedrock:amazon.nova-lite-v1:0", "document": document},
+        {"model": "openai:http://127.0.0.1:1/v1#m", "document": document},
+        {"model": "bedrock:amazon.nova-lite-v1:0", "document": {**document, "uri": "s3://docs/in/gone.pdf"}},
+    ]
+    attach_documents(tasks, client)
+    assert [t.get("document_bytes") for t in tasks] == [b"%PDF-bytes", b"%PDF-bytes", None, None]
+    assert tasks[0]["document_bytes"] is tasks[1]["document_bytes"]

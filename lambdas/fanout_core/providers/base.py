@@ -26,6 +26,9 @@ class ModelRequest:
     # prompt cache sends it first, after the system prompt, followed by a cache checkpoint
     shared_prefix: int = 0
     shared_suffix: int = 0
+    # Converse document content blocks (a PDF or office item's file) for providers that take them; every provider
+    # also has the item's extracted text in the prompt
+    documents: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,8 @@ def converse_request(model_id: str, request: ModelRequest, *, json_schema_output
         content.insert(1, CACHE_POINT)
     elif caching and request.system:
         params["system"].append(CACHE_POINT)
+    # documents first: the text (and its cache point) follow, as Converse needs a text block with them
+    content[:0] = list(request.documents)
     if request.output_schema is not None and json_schema_output:
         params["outputConfig"] = {
             "textFormat": {
