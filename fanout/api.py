@@ -138,6 +138,7 @@ def run(
     session = _session()
     default_model = _default_model(session)
     loaded = _load(job, model, concurrency, default_model)
+    cli.quiet_handler_warnings()
     try:
         done = cli._run(
             loaded,

@@ -49,8 +49,16 @@ def cloud_default_model() -> str:
     return str(context["fanout:defaultModel"])
 
 
+def quiet_handler_warnings() -> None:
+    """The in-process handlers' metrics are off locally; Powertools would still warn on every invocation."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
+
+
 def entry_point() -> None:
     """The ``fanout`` command: main(), and a reader that stops early (``| head``) ends it quietly."""
+    quiet_handler_warnings()
     try:
         code = main()
         sys.stdout.flush()
