@@ -72,3 +72,19 @@ def test_weighted_voting_stops_early_and_a_re_run_asks_nothing(tmp_path: Path) -
     assert run(tmp_path, {**job, "job_id": "stop-one-model"})[0] == 0
     assert figures_again["model_calls"] == 0
     assert again["items"] == result["items"]
+
+
+def test_throttling_saves_the_same_calls_as_no_faults(tmp_path: Path) -> None:
+    # Given the same adaptive job on the same simulated model, once with 30% of calls throttled
+    clean_job = stopping_job("stop-clean", {"method": "adaptive"})
+    throttled_job = stopping_job("stop-throttled", {"method": "adaptive"})
+
+    # When both run
+    _, clean, _ = run(tmp_path, clean_job)
+    code, throttled, figures = run(tmp_path, throttled_job, model=SIM + ",throttle_rate=0.3")
+
+    # Then the throttled run made more attempts but saved exactly the same calls, with the same answers
+    assert code == 0
+    assert throttled["usage"]["calls_saved"] == clean["usage"]["calls_saved"] > 0
+    assert figures["model_calls"] > clean["usage"]["model_calls"]
+    assert [i["answer"] for i in throttled["items"]] == [i["answer"] for i in clean["items"]]
