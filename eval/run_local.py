@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 import fanout  # noqa: E402,F401 - puts lambdas/ on the path
 from fanout.cli import main as fanout_main  # noqa: E402
 from fanout.llama_server import llama_server  # noqa: E402
+from fanout_core.answers import answer_at, normalise  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORK = ROOT / ".eval"
@@ -76,26 +77,28 @@ def ensure_model() -> Path:
     return MODEL_FILE
 
 
-def variant(job: dict[str, Any], how: str, limit: int | None) -> dict[str, Any]:
+def variant(job: dict[str, Any], how: str, limit: int | None, votes: int = MAX_VOTES) -> dict[str, Any]:
     """The task's job file as a single call per item, fixed voting, or adaptive voting."""
     out = json.loads(json.dumps(job))
     if limit is not None:
         out["items"] = out["items"][:limit]
     out["job_id"] = f"{job['job_id']}-{how}"
+    out["aggregate"] = {k: v for k, v in out.get("aggregate", {}).items() if k not in ("stop", "stop_when_agree")}
     if how == "single":
         # one call per item: a sectioning job with one section, scored here against `expected`
         out.update(pattern="sectioning", sections=[{"name": "answer", "prompt": out.pop("prompt")}])
-        out.pop("votes")
+        out.pop("votes", None)
+        out.pop("models", None)
         out["aggregate"] = {"strategy": "merge"}
     elif how == "fixed":
-        out["votes"] = MAX_VOTES
+        out["votes"] = votes
     else:
-        out.pop("votes")
-        out["aggregate"]["stop"] = {"method": "adaptive", "threshold": 0.95, "max_votes": MAX_VOTES}
+        out.pop("votes", None)
+        out["aggregate"]["stop"] = {"method": "adaptive", "threshold": 0.95, "max_votes": votes}
     return out
 
 
-def run(job: dict[str, Any], spec: str, out: Path, concurrency: int) -> dict[str, Any]:
+def run(job: dict[str, Any], spec: str, out: Path, concurrency: int, field: str = "label") -> dict[str, Any]:
     job["limits"] = {**job.get("limits", {}), "max_concurrency": concurrency}
     path = out / f"{job['job_id']}.json"
     path.write_text(json.dumps(job))
@@ -105,8 +108,11 @@ def run(job: dict[str, Any], spec: str, out: Path, concurrency: int) -> dict[str
     figures = json.loads((out / job["job_id"] / "run.json").read_text())
     expected = {i["id"]: i["expected"] for i in job["items"]}
     if job["pattern"] == "sectioning":
-        answers = [(i["sections"].get("answer") or {}).get("label") for i in result["items"]]
-        accuracy = sum(a == expected[i["id"]] for a, i in zip(answers, result["items"], strict=True)) / len(answers)
+        answers = [answer_at(i["sections"].get("answer"), field) for i in result["items"]]
+        right = [
+            a is not None and normalise(a) == normalise(expected[i["id"]]) for a, i in zip(answers, result["items"], strict=True)
+        ]
+        accuracy = sum(right) / len(right)
     else:
         accuracy = result["evaluation"]["accuracy"]
     return {
@@ -123,15 +129,18 @@ def run(job: dict[str, Any], spec: str, out: Path, concurrency: int) -> dict[str
 def main() -> int:
     parser = argparse.ArgumentParser(prog="eval/run_local.py")
     parser.add_argument("--limit", type=int, default=None, help="the first N items of each task")
-    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument(
+        "--tasks", default=",".join(TASKS), help="task names from this folder, or paths to voting job files with expected labels"
+    )
+    parser.add_argument("--votes", type=int, default=MAX_VOTES, help="votes of fixed voting, and adaptive voting's most")
     parser.add_argument("--port", type=int, default=8181)
     parser.add_argument("--parallel", type=int, default=2, help="server slots; fanout's concurrency matches it")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=4096)
     args = parser.parse_args()
-    unknown = sorted(set(args.tasks.split(",")) - set(TASKS))
+    unknown = [t for t in args.tasks.split(",") if t not in TASKS and not Path(t).is_file()]
     if unknown:
-        parser.error(f"--tasks: unknown {', '.join(unknown)}; pick from {', '.join(TASKS)}")
+        parser.error(f"--tasks: {', '.join(unknown)}: neither one of {', '.join(TASKS)} nor a job file")
     model = ensure_model()
     out = WORK / "out"  # each run's result.json and report.md stay here to look at
     out.mkdir(parents=True, exist_ok=True)
@@ -166,10 +175,11 @@ def evaluate(args: argparse.Namespace, model: Path, out: Path) -> list[tuple[str
     ) as served:
         print(f"server: {served.base_url} ({args.parallel} slots, {args.threads} threads); spec {served.spec()}", flush=True)
         for task in args.tasks.split(","):
-            job = json.loads((HERE / f"{task}.json").read_text())
+            job = json.loads((HERE / f"{task}.json" if task in TASKS else Path(task)).read_text())
             for how in ("single", "fixed", "adaptive"):
                 started = time.monotonic()
-                figures = run(variant(job, how, args.limit), served.spec(), out, args.parallel)
+                field = job.get("aggregate", {}).get("field") or "label"
+                figures = run(variant(job, how, args.limit, args.votes), served.spec(), out, args.parallel, field)
                 rows.append((task, how, figures))
                 print(
                     f"{task:<10} {how:<9} items {figures['items']:>3}  accuracy {figures['accuracy']:>6.1%}  "
