@@ -151,7 +151,7 @@ def _status(connection: Any, args: argparse.Namespace) -> int:
         eta = "" if p["eta_seconds"] is None or doc["execution_status"] != "RUNNING" else f"  eta {p['eta_seconds']:.0f} s"
         print(
             f"  tasks {p['done']}/{p['tasks']} done  failed {p['failed']}  invalid {p['invalid']}  "
-            f"retried {p['retried']}  cost {cost}{eta}"
+            f"throttled {p['throttled']}  retried {p['retried']}  cost {cost}{eta}"
         )
     print(f"job_id: {doc['job_id']}" + (f"  result: {doc['result_status']}" if "result_status" in doc else "  result: none yet"))
     return EXIT_OK

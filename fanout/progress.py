@@ -28,6 +28,7 @@ class Snapshot:
     done: int
     failed: int
     invalid: int
+    throttled: int  # calls the model refused with a throttling error (each retried after a pause)
     retried: int  # calls repeated after throttling, a timeout or a transient error (a record's attempts past the first)
     cost_usd: float | None
     elapsed: float
@@ -35,7 +36,18 @@ class Snapshot:
 
     def figures(self) -> str:
         cost = "unknown" if self.cost_usd is None else f"${self.cost_usd:.4f}"
-        return f"failed {self.failed}  invalid {self.invalid}  retried {self.retried}  cost {cost}"
+        return f"failed {self.failed}  invalid {self.invalid}  throttled {self.throttled}  retried {self.retried}  cost {cost}"
+
+    def compact(self) -> str:
+        """The figures for a live bar on an 80-column terminal: the zero ones other than failed left out."""
+        cost = "unknown" if self.cost_usd is None else f"${self.cost_usd:.4f}"
+        shown = [f"failed {self.failed}"]
+        shown += [
+            f"{name} {n}"
+            for name, n in (("invalid", self.invalid), ("throttled", self.throttled), ("retried", self.retried))
+            if n
+        ]
+        return "  ".join([*shown, f"cost {cost}", f"eta {self.eta()}"])
 
     def eta(self) -> str:
         return "-" if self.eta_seconds is None else _clock(self.eta_seconds)
@@ -49,6 +61,7 @@ class Snapshot:
             "done": self.done,
             "failed": self.failed,
             "invalid": self.invalid,
+            "throttled": self.throttled,
             "retried": self.retried,
             "cost_usd": self.cost_usd,
             "elapsed_seconds": round(self.elapsed, 1),
@@ -73,6 +86,7 @@ class Tally:
         self._best: dict[str, int] = {}
         self._earlier = 0  # tasks finished by an earlier run
         self._retried = 0
+        self._throttled = 0
         self._by_model: dict[str, dict[str, int]] = {}
         self._seen: set[str] = set()
 
@@ -103,9 +117,11 @@ class Tally:
             self._best[task] = rank
         if earlier:
             return
-        attempts = record.get("attempts")
+        attempts, throttled = record.get("attempts"), record.get("throttled")
         if isinstance(attempts, int) and attempts > 1:
             self._retried += attempts - 1
+        if isinstance(throttled, int) and throttled > 0:
+            self._throttled += throttled
         spent = record.get("usage")
         usage: dict[str, Any] = spent if isinstance(spent, dict) else {}
         model = self._by_model.setdefault(str(record.get("model") or "unknown"), {"input_tokens": 0, "output_tokens": 0})
@@ -129,6 +145,7 @@ class Tally:
             done=done,
             failed=ranks.count(_RANK["failed"]),
             invalid=ranks.count(_RANK["invalid"]),
+            throttled=self._throttled,
             retried=self._retried,
             cost_usd=estimate_cost(self._by_model, self.prices),
             elapsed=elapsed,
@@ -173,7 +190,7 @@ class ProgressView:
 
             self._bar = Progress(
                 TextColumn("tasks"),
-                BarColumn(bar_width=12),
+                BarColumn(bar_width=10),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[figures]}"),
                 console=Console(file=self.stream),
@@ -188,7 +205,7 @@ class ProgressView:
             return
         snap = self._last = self.read()
         if self._bar is not None:
-            figures = f"{snap.figures()}  eta {snap.eta()}"  # rich's bar shows done/total itself
+            figures = snap.compact()  # rich's bar shows done/total itself
             self._bar.update(self._task, total=snap.total or None, completed=snap.done, figures=figures)
         elif self._last_plain is None or time.monotonic() - self._last_plain >= self.every:
             self._last_plain = time.monotonic()

@@ -144,8 +144,8 @@ def s3_document_items(s3: Any, bucket: str, prefix: str, *, max_items: int, max_
 
 # -- the Converse document block ----------------------------------------------------------
 
-# Bedrock API reference, Message: "You can include up to five documents"
-MAX_DOCUMENTS_PER_MESSAGE = 5
+# Bedrock API reference, DocumentBlock: format "pdf | csv | doc | docx | xls | xlsx | html | txt | md"
+CONVERSE_FORMATS = ("pdf", "csv", "doc", "docx", "xls", "xlsx", "html", "txt", "md")
 
 
 def attach_documents(tasks: list[dict[str, Any]], s3: Any) -> None:
@@ -175,7 +175,10 @@ def attach_documents(tasks: list[dict[str, Any]], s3: Any) -> None:
 def converse_documents(task: dict[str, Any]) -> tuple[dict[str, Any], ...]:
     """The Converse ``document`` content blocks of a task (Bedrock API reference, DocumentBlock and DocumentSource)."""
     document, body = task.get("document"), task.get("document_bytes")
-    if not isinstance(document, dict) or not body:
+    # an item may carry a "document" field of its own: only a well-formed one becomes a block
+    if not isinstance(document, dict) or not body or document.get("format") not in CONVERSE_FORMATS:
+        return ()
+    if not isinstance(document.get("name"), str) or neutral_name(document["name"]) != document["name"]:
         return ()
     block = {"document": {"format": document["format"], "name": document["name"], "source": {"bytes": body}}}
     return (block,)

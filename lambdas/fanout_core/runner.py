@@ -339,7 +339,7 @@ def _call(
             reply = _invoke(provider, replace(request, max_tokens=budget), policy, sleep, calls)
     except ModelError as exc:
         record = _record(task, "failed", None, f"{exc.code}: {exc.message}", calls.attempts, started, model=task["model"])
-        record["usage"] = calls.usage()
+        _spent(record, calls)
         return record, calls.attempts
     if reply.truncated:
         calls.add_usage(reply)
@@ -354,7 +354,7 @@ def _call(
             model=task["model"],
             synthetic=reply.synthetic,
         )
-        record["usage"] = calls.usage()
+        _spent(record, calls)
         record.update(extra, truncated=True)
         return record, calls.attempts
     error = _problem(validator, reply.output)
@@ -389,7 +389,7 @@ def _call(
         usage=(calls.input_tokens, calls.output_tokens),
         synthetic=reply.synthetic,
     )
-    record["usage"] = calls.usage()
+    _spent(record, calls)
     record.update(extra)
     if validator is not None:
         record["checked"] = validator.digest
@@ -399,6 +399,7 @@ def _call(
 @dataclass
 class _Calls:
     attempts: int = 0
+    throttled: int = 0  # attempts the model refused with a throttling error
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read: int = 0
@@ -417,6 +418,13 @@ class _Calls:
             spent["cache_read_input_tokens"] = self.cache_read
             spent["cache_write_input_tokens"] = self.cache_write
         return spent
+
+
+def _spent(record: dict[str, Any], calls: _Calls) -> None:
+    """What the task's calls cost: tokens, and how many were throttled (progress shows them while a run goes)."""
+    record["usage"] = calls.usage()
+    if calls.throttled:
+        record["throttled"] = calls.throttled
 
 
 def call_with_retries(
@@ -445,6 +453,8 @@ def _invoke(
         except ModelError as exc:
             if exc.kind == "timeout":
                 timeouts += 1
+            elif exc.kind == "throttled":
+                calls.throttled += 1
             retry = (exc.kind in ("throttled", "transient") and tries < policy.max_attempts) or (
                 exc.kind == "timeout" and timeouts <= policy.timeout_retries
             )

@@ -124,7 +124,7 @@ def test_submit_wait_shows_progress_and_downloads_the_results(
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "started: arn:aws:states:" in printed.out and "job_id: remote-wait" in printed.out
-    assert "tasks 6/6 done  failed 0  invalid 0  retried 0  cost $0.0000" in printed.err
+    assert "tasks 6/6 done  failed 0  invalid 0  throttled 0  retried 0  cost $0.0000" in printed.err
     result = json.loads((tmp_path / "out" / "remote-wait" / "result.json").read_text())
     assert result["status"] == "complete" and result["counts"]["ok"] == 6
     for name in ("results.jsonl", "report.md"):

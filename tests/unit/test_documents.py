@@ -217,3 +217,13 @@ def test_only_bedrock_tasks_read_the_document_and_each_file_is_read_once(s3: obj
     attach_documents(tasks, client)
     assert [t.get("document_bytes") for t in tasks] == [b"%PDF-bytes", b"%PDF-bytes", None, None]
     assert tasks[0]["document_bytes"] is tasks[1]["document_bytes"]
+
+
+def test_a_document_field_an_item_brings_itself_becomes_no_block_unless_well_formed() -> None:
+    from fanout_core.documents import converse_documents
+
+    good = {"format": "pdf", "name": "q3"}
+    assert converse_documents({"document": good, "document_bytes": b"%PDF"})
+    for bad in ({"format": "exe", "name": "q3"}, {"format": "pdf", "name": "../etc/passwd"}, {"format": "pdf"}, "pdf"):
+        assert converse_documents({"document": bad, "document_bytes": b"%PDF"}) == ()
+    assert converse_documents({"document": good}) == ()

@@ -19,11 +19,14 @@ def chunk(*records: dict[str, Any]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in records).encode()
 
 
-def record(task: str, status: str = "ok", attempts: int = 1, tokens: tuple[int, int] = (1000, 100)) -> dict[str, Any]:
+def record(
+    task: str, status: str = "ok", attempts: int = 1, tokens: tuple[int, int] = (1000, 100), throttled: int = 0
+) -> dict[str, Any]:
     return {
         "task_id": task,
         "status": status,
         "attempts": attempts,
+        **({"throttled": throttled} if throttled else {}),
         "model": "bedrock:amazon.nova-lite-v1:0",
         "usage": {"input_tokens": tokens[0], "output_tokens": tokens[1]},
     }
@@ -32,17 +35,17 @@ def record(task: str, status: str = "ok", attempts: int = 1, tokens: tuple[int, 
 def test_a_task_counts_once_by_its_best_record_and_failures_retries_and_cost_add_up() -> None:
     prices = {"bedrock:amazon.nova-lite-v1:0": {"input_per_million": 1.0, "output_per_million": 10.0}}
     tally = Tally(total=10, prices=prices, started=time.time() - 4)
-    tally.add_chunk("a", chunk(record("t1"), record("t2", "failed", attempts=3), record("t3", "invalid")))
+    tally.add_chunk("a", chunk(record("t1"), record("t2", "failed", attempts=3, throttled=2), record("t3", "invalid")))
     tally.add_chunk("b", chunk(record("t2", "ok", attempts=2)))  # a retried batch answered t2 after all
     tally.add_chunk("a", chunk(record("t9")))  # a chunk already read is not read again
 
     snap = tally.snapshot()
-    assert (snap.done, snap.failed, snap.invalid, snap.retried) == (3, 0, 1, 3)
+    assert (snap.done, snap.failed, snap.invalid, snap.throttled, snap.retried) == (3, 0, 1, 2, 3)
     # 4 records of 1000 in / 100 out tokens at $1 / $10 per million
     assert snap.cost_usd == round(4 * (1000 / 1e6 * 1.0 + 100 / 1e6 * 10.0), 6)
     # 3 tasks in about 4 s: 7 to go take about 9 s more
     assert snap.eta_seconds is not None and 8 < snap.eta_seconds < 11
-    assert "tasks 3/10 done  failed 0  invalid 1  retried 3  cost $0.0080" in snap.line()
+    assert "tasks 3/10 done  failed 0  invalid 1  throttled 2  retried 3  cost $0.0080" in snap.line()
 
 
 def test_records_of_an_earlier_run_count_as_done_but_not_as_this_runs_cost_or_pace() -> None:
@@ -123,3 +126,22 @@ def test_piping_into_head_ends_quietly() -> None:
     # Then there is that line and no complaint about the closed pipe
     assert piped.stdout == "{\n"
     assert "Broken pipe" not in piped.stderr and "Traceback" not in piped.stderr, piped.stderr
+
+
+def test_a_local_run_shows_the_calls_the_model_throttled(tmp_path: Path) -> None:
+    # Given a simulator that throttles about a third of the calls (each is retried after a pause)
+    job = json.loads((ROOT / "examples" / "ticket-triage.json").read_text())
+    (tmp_path / "job.json").write_text(json.dumps({**job, "job_id": "throttled"}))
+    command = [sys.executable, "-m", "fanout", "run", str(tmp_path / "job.json"), "--out", str(tmp_path / "out")]
+    command += ["--model", "sim:latency_ms=1,throttle_rate=0.3,seed=5"]
+
+    # When it runs with its progress going to a pipe
+    ran = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    # Then the last progress line counts the throttled calls the task records hold
+    assert ran.returncode == 0, ran.stderr
+    records = [json.loads(line) for p in (tmp_path / "out" / "throttled" / "records").rglob("*.jsonl") for line in p.open()]
+    throttled = sum(r.get("throttled", 0) for r in records)
+    assert throttled > 0
+    last = [line for line in ran.stderr.splitlines() if line.startswith("tasks ")][-1]
+    assert last.startswith("tasks 60/60 done") and f"throttled {throttled}  " in last
