@@ -191,8 +191,9 @@ def document_item(
     suffix = PurePosixPath(relative).suffix.lower()
     try:
         if suffix in TEXT_FORMATS:
-            text = _utf8(body)
-            return {"id": relative, "text": html_text(text) if TEXT_FORMATS[suffix] == "html" else text}
+            if TEXT_FORMATS[suffix] == "html":
+                return {"id": relative, "text": html_text(_html_decoded(body))}
+            return {"id": relative, "text": _utf8(body)}
         if suffix in DOCUMENT_FORMATS:
             kind = DOCUMENT_FORMATS[suffix]
             text = {"pdf": pdf_text, "docx": docx_text, "xlsx": xlsx_text}[kind](body)
@@ -219,6 +220,25 @@ def _utf8(body: bytes) -> str:
 
 
 # -- html -----------------------------------------------------------------------------
+
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]{1,40})""", re.IGNORECASE)
+
+
+def _html_decoded(body: bytes) -> str:
+    """UTF-8, or the charset the page declares in a <meta> tag (older pages are often windows-1252)."""
+    try:
+        return body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        declared = _META_CHARSET.search(body[:4096])
+        if declared is None:
+            raise _Unreadable("not UTF-8 and no <meta charset> says what it is; save it as UTF-8") from None
+        name = declared.group(1).decode("ascii")
+        try:
+            return body.decode(name)
+        except LookupError:
+            raise _Unreadable(f"declares charset {name!r}, which Python does not know") from None
+        except UnicodeDecodeError as exc:
+            raise _Unreadable(f"not valid {name} text (byte {exc.start})") from None
 
 
 class _TextOfHtml(HTMLParser):
@@ -261,7 +281,6 @@ def html_text(html: str) -> str:
 
 def pdf_text(body: bytes) -> str:
     from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
 
     try:
         reader = PdfReader(io.BytesIO(body))
@@ -270,7 +289,7 @@ def pdf_text(body: bytes) -> str:
         text = "\n".join((page.extract_text() or "").strip() for page in reader.pages)
     except _Unreadable:
         raise
-    except (PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
+    except Exception as exc:  # a malformed file can make pypdf raise almost anything (PyPdfError and more)
         raise _Unreadable(f"not a readable PDF ({type(exc).__name__}: {str(exc)[:120]})") from None
     if not text.strip():
         raise _Unreadable("the PDF has no text layer (a scan?); run OCR on it first")

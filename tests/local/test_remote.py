@@ -253,3 +253,37 @@ def test_without_a_stack_or_endpoint_the_message_says_what_to_pass(capsys: pytes
     path = write(tmp_path, voting_job("remote-nowhere"))
     assert main(["submit", str(path), "--region", "us-east-1"]) == 1
     assert capsys.readouterr().err.strip().startswith("error: --stack: name the deployed stack")
+
+
+def test_a_folder_of_documents_is_uploaded_and_run_as_items(
+    served: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from documents_fixtures import pdf_with_text
+
+    # Given a job whose items_uri is a local folder of a text, an HTML and a PDF file
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "memo.txt").write_text("Ship it.")
+    (docs / "page.html").write_text("<p>Hello <b>there</b></p>")
+    (docs / "brief.pdf").write_bytes(pdf_with_text("Quarterly brief"))
+    job = {
+        "job_id": "remote-docs",
+        "pattern": "sectioning",
+        "model": FAST_SIM,
+        "items_uri": "docs",
+        "sections": [{"name": "summary", "prompt": "Summarise: {text}"}],
+    }
+    path = write(tmp_path, job)
+
+    # When it is submitted and waited for
+    assert main(["submit", str(path), "--endpoint-url", served["endpoint"], "--wait", "--quiet", "--out", str(tmp_path)]) == 0
+
+    # Then the items (one per file) and the PDF itself went to the input bucket, and every file is an item
+    out = capsys.readouterr().out
+    assert "items: s3://fanout-local-input/items/remote-docs/files/brief.pdf" in out
+    s3 = client(served, "s3")
+    stored = s3.get_object(Bucket=served["input_bucket"], Key="items/remote-docs/files/brief.pdf")["Body"].read()
+    assert stored == (docs / "brief.pdf").read_bytes()
+    result = json.loads((tmp_path / "remote-docs" / "result.json").read_text())
+    assert [i["id"] for i in result["items"]] == ["brief.pdf", "memo.txt", "page.html"]
+    assert result["status"] == "complete"

@@ -227,3 +227,11 @@ def test_a_document_field_an_item_brings_itself_becomes_no_block_unless_well_for
     for bad in ({"format": "exe", "name": "q3"}, {"format": "pdf", "name": "../etc/passwd"}, {"format": "pdf"}, "pdf"):
         assert converse_documents({"document": bad, "document_bytes": b"%PDF"}) == ()
     assert converse_documents({"document": good}) == ()
+
+
+def test_an_older_html_page_is_read_in_the_charset_it_declares() -> None:
+    page = '<html><head><meta charset="windows-1252"></head><body><p>caf\u00e9 \u2013 na\u00efve</p></body></html>'
+    (item,) = document_items([("old.html", page.encode("windows-1252"))])
+    assert item["text"] == "caf\u00e9 \u2013 na\u00efve"
+    with pytest.raises(InvalidJob, match="no <meta charset>"):
+        document_items([("bad.html", "<p>caf\u00e9</p>".encode("latin-1"))])
