@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import shlex
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -36,6 +38,9 @@ from fanout_core.planning import expand_tasks
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
 # as a shell reports a process ended by SIGINT (128 + 2) or SIGTERM (128 + 15)
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+# inline items above this go to the local input bucket and the execution gets their items_uri: Step Functions caps an
+# execution's input at 256 KiB ("Step Functions service quotas"), and moto's interpreter copies the input state by state
+STAGE_ITEMS_ABOVE_BYTES = 64 * 1024
 SIMULATOR = "sim"
 LOCAL_INPUT_BUCKET = "fanout-local-input"
 SERVE_PORT = 4599
@@ -206,6 +211,8 @@ def load_job(data: Any, base: Path, stem: str, model: str | None, concurrency: i
     assert job.job_id is not None
     data = {**data, "job_id": job.job_id}
     items = job.items or []
+    if job.items is not None and len(json.dumps(data["items"], ensure_ascii=False).encode()) > STAGE_ITEMS_ABOVE_BYTES:
+        data, items_body = _staged(data, job.items, job.job_id)
     if job.items_uri is not None:
         if items_body is None:
             raise InvalidJob(
@@ -257,6 +264,18 @@ def read_local_items(local: Path, data: dict[str, Any], files_uri: str) -> tuple
         return local.read_bytes(), local.suffix or ".jsonl", {}
     except OSError as exc:
         raise InvalidJob(f"items_uri: cannot read {local} ({exc.strerror})", "items_uri") from None
+
+
+def _staged(data: dict[str, Any], items: list[dict[str, Any]], job_id: str) -> tuple[dict[str, Any], bytes]:
+    """The job with its inline items replaced by an items_uri in the local input bucket, and that object's body.
+
+    JSON Lines with every non-ASCII character escaped, so no line separator can appear inside an item.
+    """
+    body = "".join(json.dumps(item, ensure_ascii=True) + "\n" for item in items).encode()
+    name = hashlib.sha256(job_id.encode()).hexdigest()[:16]  # any job_id, whatever its characters, makes a plain key
+    staged = {key: value for key, value in data.items() if key != "items"}
+    staged["items_uri"] = f"s3://{LOCAL_INPUT_BUCKET}/items/staged-{name}.jsonl"
+    return staged, body
 
 
 def _with_model(data: dict[str, Any], model: str) -> dict[str, Any]:
@@ -479,9 +498,10 @@ def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path
         f"job {result['job_id']}: {result['status']}"
         + (" (synthetic outputs from the simulator)" if result.get("synthetic") else ""),
         f"  items {counts['items']}  tasks {counts['tasks']}  ok {counts['ok']}  invalid {counts['invalid']}  "
-        f"failed {counts['failed']}",
-        f"  model calls {usage['model_calls']}  tokens {usage['input_tokens']} in / {usage['output_tokens']} out  "
-        f"cost {'unknown' if cost is None else f'${cost:.4f}'}",
+        f"failed {counts['failed']}  skipped {counts.get('skipped', 0)}",
+        # this run's calls; result.json's usage also counts the records kept from earlier runs of the job_id
+        f"  model calls {figures['model_calls']} (this run)  tokens {usage['input_tokens']} in / {usage['output_tokens']} out  "
+        f"cost {'unknown' if cost is None else f'${cost:.4f}'} (all records of the job)",
         f"  {figures['batches']} batches, {figures['state_transitions']} state transitions, {figures['wall_seconds']:.2f} s",
     ]
     if figures["tasks_skipped"]:
@@ -497,7 +517,9 @@ def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path
             f"  accuracy {ev['accuracy']:.1%} aggregated vs {ev['single_call_accuracy']:.1%} single call "
             f"({ev['items_with_expected']} items with expected answers)"
         )
-    if result["pattern"] == "voting":
+    if result["pattern"] == "voting" and result.get("strategy") in ("mean", "median"):
+        lines.append(_spread_line(result["items"]))
+    elif result["pattern"] == "voting":
         ties = sum(1 for i in result["items"] if i.get("tie"))
         # strategies whose signal is a spread or a support (confidence None) are not "low confidence"
         low = sum(1 for i in result["items"] if i.get("confidence") is not None and i["confidence"] < 0.6)
@@ -506,3 +528,16 @@ def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path
     lines.append(f"view: fanout view {target}  (report.html)")
     lines.append(f"result: {target / 'result.json'}")
     print("\n".join(lines))
+
+
+def _spread_line(items: list[dict[str, Any]]) -> str:
+    """A mean or median has no confidence: its signal is how many votes it is over and how far they spread."""
+    ns = [i["n"] for i in items if isinstance(i.get("n"), int)]
+    spreads = [v for i in items for v in (i.get("spread") or {}).values() if isinstance(v, (int, float))]
+    name = next((k for i in items for k in (i.get("spread") or {})), "spread")
+    if not ns:
+        return "  no numeric votes"
+    line = f"  votes per item n {min(ns)}-{max(ns)} (median {statistics.median(ns):g})"
+    if spreads:
+        line += f"  {name} median {statistics.median(spreads):g}, max {max(spreads):g}"
+    return line
