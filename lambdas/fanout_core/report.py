@@ -118,7 +118,9 @@ def _voting(result: dict[str, Any]) -> list[str]:
         lines += [f"| {k} | {v} |" for k, v in buckets.items()]
         lines += ["", f"Ties are broken by: {result.get('tie_break', '')}.", ""]
         doubtful = [i for i in items if i.get("tie") or (i.get("confidence") or 0.0) < _LOW_CONFIDENCE]
-    ordered = doubtful + [i for i in items if i not in doubtful]
+    # by identity: `in` on a list of dicts compares them field by field, item by item (quadratic in items)
+    flagged = {id(i) for i in doubtful}
+    ordered = doubtful + [i for i in items if id(i) not in flagged]
     lines += [
         "## Items (tied and low-confidence first)",
         "",
