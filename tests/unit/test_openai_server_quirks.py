@@ -182,7 +182,7 @@ def test_the_summary_does_not_claim_an_accuracy_when_no_item_got_an_answer(capsy
         "items": [{"id": "a", "answer": None, "confidence": 0.0, "tie": False, "errors": [error]}],
         "evaluation": {"items_with_expected": 1, "accuracy": 0.0, "single_call_accuracy": 0.0},
     }
-    figures = {"batches": 1, "state_transitions": 9, "wall_seconds": 0.1, "tasks_skipped": 0}
+    figures = {"batches": 1, "state_transitions": 9, "wall_seconds": 0.1, "tasks_skipped": 0, "model_calls": 1}
 
     _print_summary(result, figures, Path("out/j"))
 
