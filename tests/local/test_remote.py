@@ -226,6 +226,12 @@ def test_cancel_stops_the_execution_and_frees_the_job_id(
     code = main(["submit", str(path), "--endpoint-url", served["endpoint"], "--wait", "--quiet", "--out", str(tmp_path / "o")])
     assert code == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "o" / "remote-cancel" / "result.json").read_text())["status"] == "complete"
+    # and the stopped execution ends ABORTED (the local interpreter stops it once its running batch returns)
+    sfn = client(served, "stepfunctions")
+    deadline = time.monotonic() + 30
+    while sfn.describe_execution(executionArn=arn)["status"] == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sfn.describe_execution(executionArn=arn)["status"] == "ABORTED"
 
 
 def test_the_stack_is_found_by_its_cloudformation_outputs() -> None:
