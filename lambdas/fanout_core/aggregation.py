@@ -4,13 +4,24 @@ Every input item appears in the result, in input order, whatever happened
 to its tasks: a task with no record is ``failed`` with the reason of its
 batch (or ``no result``), an output that misses the schema is ``invalid``
 and excluded from votes, and a task recorded twice counts once.
+
+``aggregate_stream`` does the same in memory bounded by a part of the job:
+records are spread over spill files by item position (a part holds a run of
+consecutive items), each part is aggregated on its own, and each finished
+item goes to the caller as it is built; only running totals and what
+evaluation needs of each item (its expected answer, its outcome and votes)
+are kept.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rapidfuzz import fuzz
@@ -25,6 +36,10 @@ from fanout_core.voting import TIE_BREAK_RULE, JudgeVerdict, Vote, candidates, d
 
 _STATUS_RANK = {"ok": 4, "skipped": 3, "invalid": 2, "failed": 1}
 _SEVERITY_RANK = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+
+
+# a part of a streamed aggregation: about this many tasks' records in memory at once
+PART_TASKS = 50_000
 
 
 def aggregate(
@@ -42,17 +57,161 @@ def aggregate(
     calls run ``judge_threads`` at a time.
     """
     with collector_paused():
-        return _aggregate(job, items, records, batch_errors, judge, judge_threads)
+        part = _aggregate_part(job, items, records, batch_errors, judge, judge_threads)
+        totals = _Totals(job, len(items))
+        totals.add(items, part)
+        return totals.result(part.items)
 
 
-def _aggregate(
+def aggregate_stream(
+    job: Job,
+    items: list[dict[str, Any]],
+    records: Iterable[dict[str, Any]],
+    on_item: Callable[[dict[str, Any]], None],
+    *,
+    batch_errors: dict[str, str] | None = None,
+    judge: Judge | None = None,
+    judge_threads: int = 8,
+    part_tasks: int = PART_TASKS,
+    spill_dir: str | None = None,
+) -> dict[str, Any]:
+    """As ``aggregate``, but each result item goes to ``on_item`` in input order; returns result.json without ``items``.
+
+    A job of more than ``part_tasks`` tasks is aggregated a part at a time:
+    its records are first written to spill files in ``spill_dir`` (a
+    temporary folder by default), one per run of consecutive items.
+    """
+    per_item = max(1, len(slots(job)))
+    part_items = max(1, part_tasks // per_item)
+    totals = _Totals(job, len(items))
+    with collector_paused():
+        if len(items) <= part_items:
+            part = _aggregate_part(job, items, records, batch_errors, judge, judge_threads)
+            totals.add(items, part)
+            for out in part.items:
+                on_item(out)
+            return totals.result(None)
+        with tempfile.TemporaryDirectory(dir=spill_dir, prefix="fanout-aggregate-") as folder:
+            paths = _spill(records, items, part_items, Path(folder))
+            for number, path in enumerate(paths):
+                chunk = items[number * part_items : (number + 1) * part_items]
+                part = _aggregate_part(job, chunk, _read_spill(path), batch_errors, judge, judge_threads)
+                path.unlink(missing_ok=True)
+                totals.add(chunk, part)
+                for out in part.items:
+                    on_item(out)
+                del part
+    return totals.result(None)
+
+
+def _spill(records: Iterable[dict[str, Any]], items: list[dict[str, Any]], part_items: int, folder: Path) -> list[Path]:
+    """Each record appended to the spill file of its item's part; records of unknown items are left out."""
+    position = {item["id"]: n for n, item in enumerate(items)}
+    count = (len(items) + part_items - 1) // part_items
+    paths = [folder / f"part-{n:05d}.jsonl" for n in range(count)]
+    files = [path.open("w", encoding="utf-8") for path in paths]
+    try:
+        for record in records:
+            where = position.get(record.get("item_id", ""))
+            if where is not None:
+                files[where // part_items].write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+    finally:
+        for file in files:
+            file.close()
+    return paths
+
+
+def _read_spill(path: Path) -> Iterable[dict[str, Any]]:
+    with path.open(encoding="utf-8") as file:
+        for line in file:
+            yield json.loads(line)
+
+
+@dataclass
+class _Part:
+    """What aggregating some consecutive items gives: their result items and what the totals add up."""
+
+    items: list[dict[str, Any]]
+    votes: list[list[Vote]]
+    counts: dict[str, int]
+    by_model: dict[str, list[int]]
+    synthetic: bool
+
+
+@dataclass
+class _Totals:
+    """The running totals of a job's parts, and what evaluation needs of each item that has an expected answer."""
+
+    job: Job
+    item_count: int
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("ok", "invalid", "failed", "skipped"), 0))
+    by_model: dict[str, list[int]] = field(default_factory=dict)
+    synthetic: bool = False
+    scored_items: list[dict[str, Any]] = field(default_factory=list)
+    scored_outs: list[dict[str, Any]] = field(default_factory=list)
+    scored_votes: list[list[Vote]] = field(default_factory=list)
+
+    def add(self, items: list[dict[str, Any]], part: _Part) -> None:
+        for key, value in part.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + value
+        for name, spent in part.by_model.items():
+            mine = self.by_model.setdefault(name, [0] * len(spent))
+            for n, value in enumerate(spent):
+                mine[n] += value
+        self.synthetic = self.synthetic or part.synthetic
+        if self.job.pattern == "voting":
+            votes = part.votes or [[] for _ in items]
+            for item, out, mine_votes in zip(items, part.items, votes, strict=True):
+                if "expected" in item:
+                    self.scored_items.append({"id": item["id"], "expected": item["expected"]})
+                    self.scored_outs.append(out)
+                    self.scored_votes.append(mine_votes)
+
+    def result(self, out_items: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """result.json; without ``items`` when ``out_items`` is None (they were streamed)."""
+        job, counts, by_model = self.job, self.counts, self.by_model
+        tasks = self.item_count * len(slots(job))
+        # votes not asked because the first ones agreed (stop_when_agree) are neither missing nor failed
+        ok_tasks = counts["ok"]
+        answered = ok_tasks + counts["skipped"]
+        status = "complete" if answered == tasks else ("failed" if ok_tasks == 0 else "partial")
+        result: dict[str, Any] = {
+            "job_id": job.job_id,
+            "pattern": job.pattern,
+            "status": status,
+            "strategy": job.strategy,
+            "counts": {"items": self.item_count, "tasks": tasks, **{k: counts[k] for k in ("ok", "invalid", "failed")}},
+        }
+        if out_items is not None:
+            result["items"] = out_items
+        result["usage"] = {
+            "model_calls": sum(m[0] for m in by_model.values()),
+            "input_tokens": sum(m[1] for m in by_model.values()),
+            "output_tokens": sum(m[2] for m in by_model.values()),
+            "estimated_cost_usd": None,
+            "calls_saved": counts["skipped"],
+            "by_model": {name: _model_usage(m) for name, m in sorted(by_model.items())},
+        }
+        if counts["skipped"]:
+            result["counts"]["skipped"] = counts["skipped"]
+        if job.pattern == "voting":
+            result["tie_break"] = TIE_BREAK_RULE
+        if self.synthetic:
+            result["synthetic"] = True
+        evaluation = evaluate(job, self.scored_items, self.scored_outs, self.scored_votes)
+        if evaluation is not None:
+            result["evaluation"] = evaluation
+        return result
+
+
+def _aggregate_part(
     job: Job,
     items: list[dict[str, Any]],
     records: Iterable[dict[str, Any]],
     batch_errors: dict[str, str] | None,
     judge: Judge | None,
     judge_threads: int,
-) -> dict[str, Any]:
+) -> _Part:
     item_slots = slots(job)
     wanted = {item["id"] for item in items}
     known_slots = set(item_slots)
@@ -85,7 +244,6 @@ def _aggregate(
 
     check = SchemaCheck(job.output_schema) if job.output_schema else None
     counts = dict.fromkeys(("ok", "invalid", "failed", "skipped"), 0)
-    counts.update(items=len(items), tasks=len(items) * len(item_slots))
     per_item: list[list[dict[str, Any]]] = []
     digest = check.digest if check is not None else None
     find = by_task.get
@@ -104,6 +262,7 @@ def _aggregate(
             counts[outcome["status"]] += 1
             outcomes.append(outcome)
         per_item.append(outcomes)
+    del by_task
 
     verdicts: list[JudgeVerdict | None] = [None] * len(items)
     votes = [valid_votes(job, o) for o in per_item] if job.pattern == "voting" else []
@@ -118,37 +277,7 @@ def _aggregate(
         out_items = [vote_item(job, i, o, v, w) for i, o, v, w in zip(items, per_item, verdicts, votes, strict=True)]
     else:
         out_items = [section_item(job, i, o) for i, o in zip(items, per_item, strict=True)]
-
-    # votes not asked because the first ones agreed (stop_when_agree) are neither missing nor failed
-    ok_tasks = counts["ok"]
-    answered = ok_tasks + counts["skipped"]
-    status = "complete" if answered == counts["tasks"] else ("failed" if ok_tasks == 0 else "partial")
-    result: dict[str, Any] = {
-        "job_id": job.job_id,
-        "pattern": job.pattern,
-        "status": status,
-        "strategy": job.strategy,
-        "counts": {k: counts.get(k, 0) for k in ("items", "tasks", "ok", "invalid", "failed")},
-        "items": out_items,
-        "usage": {
-            "model_calls": sum(m[0] for m in by_model.values()),
-            "input_tokens": sum(m[1] for m in by_model.values()),
-            "output_tokens": sum(m[2] for m in by_model.values()),
-            "estimated_cost_usd": None,
-            "calls_saved": counts["skipped"],
-            "by_model": {name: _model_usage(m) for name, m in sorted(by_model.items())},
-        },
-    }
-    if counts["skipped"]:
-        result["counts"]["skipped"] = counts["skipped"]
-    if job.pattern == "voting":
-        result["tie_break"] = TIE_BREAK_RULE
-    if synthetic:
-        result["synthetic"] = True
-    evaluation = evaluate(job, items, out_items, votes)
-    if evaluation is not None:
-        result["evaluation"] = evaluation
-    return result
+    return _Part(out_items, votes, counts, by_model, synthetic)
 
 
 Judge = Callable[[dict[str, Any], list[tuple[Any, int]]], JudgeVerdict]

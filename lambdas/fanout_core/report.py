@@ -1,67 +1,175 @@
-"""report.md and results.jsonl from a result document: readable at a glance, problems first."""
+"""report.md and results.jsonl from a result document: readable at a glance, problems first.
+
+``Report`` is fed the items one at a time (Aggregate streams them) and keeps
+only what the page shows: counts per confidence band, the first tied or
+low-confidence items, the first failures and the first sectioning items.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 _LOW_CONFIDENCE = 0.6
+_ITEM_ROWS, _FAILURE_ROWS, _SECTION_ITEMS = 500, 200, 200
 
 
 def results_jsonl(result: dict[str, Any]) -> str:
-    return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in result["items"])
+    return "".join(results_line(item) for item in result["items"])
+
+
+def results_line(item: dict[str, Any]) -> str:
+    return json.dumps(item, ensure_ascii=False) + "\n"
 
 
 def report_markdown(result: dict[str, Any]) -> str:
-    counts = result["counts"]
-    usage = result["usage"]
-    lines = [f"# fanout report: {result['job_id']}", ""]
-    if result.get("synthetic"):
-        lines += ["> Outputs come from the built-in simulator (`sim`): they are synthetic, not model answers.", ""]
-    lines += [
-        "| status | pattern | items | tasks | ok | invalid | failed |",
-        "|---|---|---|---|---|---|---|",
-        f"| **{result['status']}** | {result['pattern']} ({result.get('strategy', '')}) | {counts['items']} "
-        f"| {counts['tasks']} | {counts['ok']} | {counts['invalid']} | {counts['failed']} |",
-        "",
-    ]
-    cost = usage.get("estimated_cost_usd")
-    lines += [
-        "## Usage and cost",
-        "",
-        f"- model calls: {usage['model_calls']}",
-        f"- tokens: {usage['input_tokens']} in, {usage['output_tokens']} out",
-        f"- estimated cost: {'unknown (no price for this model)' if cost is None else f'${cost:.4f}'}",
-        *([f"- calls saved by early stopping: {usage['calls_saved']}"] if usage.get("calls_saved") else []),
-        "",
-    ]
-    if "evaluation" in result:
-        ev = result["evaluation"]
+    report = Report(result["pattern"], result.get("strategy"))
+    for item in result["items"]:
+        report.add(item)
+    return report.markdown(result)
+
+
+class Report:
+    """report.md built from the items as they come, in memory bounded by the rows it shows."""
+
+    def __init__(self, pattern: str, strategy: str | None) -> None:
+        self.pattern, self.strategy = pattern, strategy or "majority"
+        self.items = 0
+        self.bands: Counter[str] = Counter()
+        self.doubtful: list[dict[str, Any]] = []  # the first tied / low-confidence (or unanswered) items
+        self.others: list[dict[str, Any]] = []  # the first of the rest
+        self.doubtful_count = 0
+        self.failures: list[tuple[str, dict[str, Any]]] = []
+        self.failure_count = 0
+        self.sections: list[dict[str, Any]] = []
+
+    def add(self, item: dict[str, Any]) -> None:
+        self.items += 1
+        errors = item.get("errors") or []
+        self.failure_count += len(errors)
+        for error in errors[: max(0, _FAILURE_ROWS - len(self.failures))]:
+            self.failures.append((item["id"], error))
+        if self.pattern != "voting":
+            if len(self.sections) < _SECTION_ITEMS:
+                self.sections.append(item)
+            return
+        if self.strategy in ("mean", "median", "threshold"):
+            doubtful = item.get("answer") is None
+        else:
+            c = item.get("confidence") or 0.0
+            self.bands["1.0" if c >= 1.0 else "0.8-0.99" if c >= 0.8 else "0.6-0.79" if c >= 0.6 else "< 0.6"] += 1
+            doubtful = bool(item.get("tie")) or c < _LOW_CONFIDENCE
+        if doubtful:
+            self.doubtful_count += 1
+            if len(self.doubtful) < _ITEM_ROWS:
+                self.doubtful.append(item)
+        elif len(self.others) < _ITEM_ROWS:
+            self.others.append(item)
+
+    def markdown(self, result: dict[str, Any]) -> str:
+        """The page, for the result document's header fields (its items are not read)."""
+        counts = result["counts"]
+        usage = result["usage"]
+        lines = [f"# fanout report: {result['job_id']}", ""]
+        if result.get("synthetic"):
+            lines += ["> Outputs come from the built-in simulator (`sim`): they are synthetic, not model answers.", ""]
         lines += [
-            "## Evaluation",
-            "",
-            f"- items with expected answers: {ev['items_with_expected']}",
-            f"- aggregated accuracy: {ev['accuracy']:.1%}",
-            f"- mean single-call accuracy: {ev['single_call_accuracy']:.1%}",
-            f"- uplift from aggregation: {ev['uplift']:+.1%}",
+            "| status | pattern | items | tasks | ok | invalid | failed |",
+            "|---|---|---|---|---|---|---|",
+            f"| **{result['status']}** | {result['pattern']} ({result.get('strategy', '')}) | {counts['items']} "
+            f"| {counts['tasks']} | {counts['ok']} | {counts['invalid']} | {counts['failed']} |",
             "",
         ]
-        lines += _calibration(ev)
-    if result["pattern"] == "voting":
-        lines += _voting(result)
-    else:
-        lines += _sectioning(result)
-    failures = [(item["id"], e) for item in result["items"] for e in item.get("errors", [])]
-    if failures:
-        lines += ["## Failures", "", "| item | task | status | reason |", "|---|---|---|---|"]
-        for item_id, error in failures[:200]:
-            lines.append(f"| {_cell(item_id)} | {_cell(error['slot'])} | {error['status']} | {_cell(error['error'])} |")
-        if len(failures) > 200:
-            lines.append(f"| ... | | | {len(failures) - 200} more in results.jsonl |")
+        cost = usage.get("estimated_cost_usd")
+        lines += [
+            "## Usage and cost",
+            "",
+            f"- model calls: {usage['model_calls']}",
+            f"- tokens: {usage['input_tokens']} in, {usage['output_tokens']} out",
+            f"- estimated cost: {'unknown (no price for this model)' if cost is None else f'${cost:.4f}'}",
+            *([f"- calls saved by early stopping: {usage['calls_saved']}"] if usage.get("calls_saved") else []),
+            "",
+        ]
+        if "evaluation" in result:
+            ev = result["evaluation"]
+            lines += [
+                "## Evaluation",
+                "",
+                f"- items with expected answers: {ev['items_with_expected']}",
+                f"- aggregated accuracy: {ev['accuracy']:.1%}",
+                f"- mean single-call accuracy: {ev['single_call_accuracy']:.1%}",
+                f"- uplift from aggregation: {ev['uplift']:+.1%}",
+                "",
+            ]
+            lines += _calibration(ev)
+        lines += self._voting(result) if self.pattern == "voting" else self._sectioning()
+        if self.failures:
+            lines += ["## Failures", "", "| item | task | status | reason |", "|---|---|---|---|"]
+            for item_id, error in self.failures:
+                lines.append(f"| {_cell(item_id)} | {_cell(error['slot'])} | {error['status']} | {_cell(error['error'])} |")
+            if self.failure_count > _FAILURE_ROWS:
+                lines.append(f"| ... | | | {self.failure_count - _FAILURE_ROWS} more in results.jsonl |")
+            lines.append("")
+        if result.get("synthesis"):
+            lines += ["## Synthesis", "", str(result["synthesis"].get("text", "")), ""]
+        return "\n".join(lines)
+
+    def _voting(self, result: dict[str, Any]) -> list[str]:
+        strategy = self.strategy
+        lines = []
+        if strategy in ("mean", "median", "threshold"):
+            signal = (
+                "the spread of the votes (stdev for mean, IQR for median)"
+                if strategy != "threshold"
+                else ("each element's support (how many votes reported it)")
+            )
+            lines += [f"Strategy `{strategy}`: the confidence signal is {signal}.", ""]
+        else:
+            lines += ["## Confidence", "", "| confidence | items |", "|---|---|"]
+            lines += [f"| {k} | {self.bands[k]} |" for k in ("1.0", "0.8-0.99", "0.6-0.79", "< 0.6")]
+            lines += ["", f"Ties are broken by: {result.get('tie_break', '')}.", ""]
+        ordered = (self.doubtful + self.others)[:_ITEM_ROWS]
+        lines += [
+            "## Items (tied and low-confidence first)",
+            "",
+            "| item | answer | confidence | votes | tie | expected |",
+            "|---|---|---|---|---|---|",
+        ]
+        for item in ordered:
+            expected = item.get("expected", "")
+            mark = "" if "correct" not in item else (" ✓" if item["correct"] else " ✗")
+            lines.append(
+                f"| {_cell(item['id'])} | {_cell(item.get('answer'))} | {_signal(item)} | {_votes(item)} "
+                f"| {'yes' if item.get('tie') else ''} | {_cell(expected)}{mark} |"
+            )
+        if self.items > _ITEM_ROWS:
+            lines.append(f"| ... {self.items - _ITEM_ROWS} more in results.jsonl | | | | | |")
         lines.append("")
-    if result.get("synthesis"):
-        lines += ["## Synthesis", "", str(result["synthesis"].get("text", "")), ""]
-    return "\n".join(lines)
+        return lines
+
+    def _sectioning(self) -> list[str]:
+        lines = ["## Items", ""]
+        for item in self.sections:
+            lines += [f"### {item['id']} ({item['status']})", ""]
+            merged = item.get("merged")
+            if merged:
+                for field, entries in merged.items():
+                    lines.append(f"Merged `{field}` ({len(entries)} after deduplication):")
+                    lines.append("")
+                    for entry in entries[:50]:
+                        label = next((v for v in entry.values() if isinstance(v, str)), "")
+                        severity = f" [{entry['severity']}]" if entry.get("severity") else ""
+                        lines.append(f"- {_cell(label)}{severity}: support {entry['support']} ({', '.join(entry['sources'])})")
+                    lines.append("")
+            else:
+                for name, output in item["sections"].items():
+                    text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
+                    lines.append(f"- **{name}**: {_cell(text)[:300]}")
+                lines.append("")
+        if self.items > _SECTION_ITEMS:
+            lines += [f"... {self.items - _SECTION_ITEMS} more items in results.jsonl", ""]
+        return lines
 
 
 def _calibration(ev: dict[str, Any]) -> list[str]:
@@ -96,50 +204,6 @@ def _calibration(ev: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _voting(result: dict[str, Any]) -> list[str]:
-    items = result["items"]
-    strategy = result.get("strategy", "majority")
-    lines = []
-    if strategy in ("mean", "median", "threshold"):
-        signal = (
-            "the spread of the votes (stdev for mean, IQR for median)"
-            if strategy != "threshold"
-            else ("each element's support (how many votes reported it)")
-        )
-        lines += [f"Strategy `{strategy}`: the confidence signal is {signal}.", ""]
-        doubtful: list[dict[str, Any]] = [i for i in items if i.get("answer") is None]
-    else:
-        buckets = {"1.0": 0, "0.8-0.99": 0, "0.6-0.79": 0, "< 0.6": 0}
-        for item in items:
-            c = item.get("confidence") or 0.0
-            key = "1.0" if c >= 1.0 else "0.8-0.99" if c >= 0.8 else "0.6-0.79" if c >= 0.6 else "< 0.6"
-            buckets[key] += 1
-        lines += ["## Confidence", "", "| confidence | items |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in buckets.items()]
-        lines += ["", f"Ties are broken by: {result.get('tie_break', '')}.", ""]
-        doubtful = [i for i in items if i.get("tie") or (i.get("confidence") or 0.0) < _LOW_CONFIDENCE]
-    # by identity: `in` on a list of dicts compares them field by field, item by item (quadratic in items)
-    flagged = {id(i) for i in doubtful}
-    ordered = doubtful + [i for i in items if id(i) not in flagged]
-    lines += [
-        "## Items (tied and low-confidence first)",
-        "",
-        "| item | answer | confidence | votes | tie | expected |",
-        "|---|---|---|---|---|---|",
-    ]
-    for item in ordered[:500]:
-        expected = item.get("expected", "")
-        mark = "" if "correct" not in item else (" ✓" if item["correct"] else " ✗")
-        lines.append(
-            f"| {_cell(item['id'])} | {_cell(item.get('answer'))} | {_signal(item)} | {_votes(item)} "
-            f"| {'yes' if item.get('tie') else ''} | {_cell(expected)}{mark} |"
-        )
-    if len(ordered) > 500:
-        lines.append(f"| ... {len(ordered) - 500} more in results.jsonl | | | | | |")
-    lines.append("")
-    return lines
-
-
 def _signal(item: dict[str, Any]) -> str:
     if item.get("confidence") is not None:
         return f"{item['confidence']:.2f}"
@@ -158,30 +222,6 @@ def _votes(item: dict[str, Any]) -> str:
     if judge and judge.get("reason"):
         shown += f" (judge: {_cell(judge['reason'])})"
     return shown
-
-
-def _sectioning(result: dict[str, Any]) -> list[str]:
-    lines = ["## Items", ""]
-    for item in result["items"][:200]:
-        lines += [f"### {item['id']} ({item['status']})", ""]
-        merged = item.get("merged")
-        if merged:
-            for field, entries in merged.items():
-                lines.append(f"Merged `{field}` ({len(entries)} after deduplication):")
-                lines.append("")
-                for entry in entries[:50]:
-                    label = next((v for v in entry.values() if isinstance(v, str)), "")
-                    severity = f" [{entry['severity']}]" if entry.get("severity") else ""
-                    lines.append(f"- {_cell(label)}{severity}: support {entry['support']} ({', '.join(entry['sources'])})")
-                lines.append("")
-        else:
-            for name, output in item["sections"].items():
-                text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
-                lines.append(f"- **{name}**: {_cell(text)[:300]}")
-            lines.append("")
-    if len(result["items"]) > 200:
-        lines += [f"... {len(result['items']) - 200} more items in results.jsonl", ""]
-    return lines
 
 
 def _cell(value: Any) -> str:

@@ -7,15 +7,18 @@ as arguments; the handlers in ``fanout_core.handlers`` only wire them up.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from fanout_core.aggregation import Judge, aggregate
+from fanout_core.aggregation import Judge, aggregate, aggregate_stream
 from fanout_core.catalog import check_job_models
 from fanout_core.documents import attach_documents
 from fanout_core.errors import InvalidJob
@@ -25,7 +28,7 @@ from fanout_core.loading import job_source, key_stem, load_items, read_job_objec
 from fanout_core.planning import batch_ranges, batching_for, choose_mode, expand_tasks, fingerprint
 from fanout_core.pricing import price_usage
 from fanout_core.providers.base import ModelError, ModelRequest, Provider
-from fanout_core.report import report_markdown, results_jsonl
+from fanout_core.report import Report, report_markdown, results_jsonl, results_line
 from fanout_core.report_html import report_html
 from fanout_core.runner import call_with_retries, run_batch
 from fanout_core.settings import Settings
@@ -211,29 +214,46 @@ def run_subtask(
     return outcome.as_event()
 
 
-def run_aggregate(event: dict[str, Any], *, s3: Any, provider_for: ProviderFactory) -> dict[str, Any]:
-    """Aggregate every record of the run into result.json, results.jsonl and report.md; return a summary."""
+def run_aggregate(
+    event: dict[str, Any], *, s3: Any, provider_for: ProviderFactory, scratch_dir: str | None = None
+) -> dict[str, Any]:
+    """Aggregate every record of the run into result.json, results.jsonl, report.md and report.html; return a summary.
+
+    The items are streamed: each goes to results.jsonl, result.json's item
+    list and report.md as it is built, through files in ``scratch_dir`` (a
+    temporary folder: /tmp in Lambda), so the records in memory are bounded
+    by a part of the job whatever its size (report.html, which lists every
+    item, reads the items back). A job with a synthesis is aggregated in
+    memory: its synthesis call reads every item.
+    """
     store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
     saved = store.get_json("job.json")
     job = Job.model_validate(saved["job"])
     items: list[dict[str, Any]] = saved["items"]
     errors = _batch_errors(store)
     judge = _judge(job, provider_for, saved["default_model"]) if job.strategy == "judge" else None
-    result = aggregate(
-        job, items, store.iter_records(), batch_errors=errors, judge=judge, judge_threads=min(job.limits.max_concurrency, 32)
-    )
-    if job.synthesis is not None:
-        spec = job.model or saved["default_model"]
-        _synthesise(job, result, provider_for(spec), spec)
-    prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
-    price_usage(result["usage"], prices)
-
+    judge_threads = min(job.limits.max_concurrency, 32)
     prefix = f"results/{job.job_id}/"
     bucket = store.bucket
-    put_text(s3, bucket, prefix + "result.json", json.dumps(result, ensure_ascii=False, indent=1), "application/json")
-    put_text(s3, bucket, prefix + "results.jsonl", results_jsonl(result), "application/x-ndjson")
-    put_text(s3, bucket, prefix + "report.md", report_markdown(result), "text/markdown")
-    put_text(s3, bucket, prefix + "report.html", report_html(result), "text/html; charset=utf-8")
+    prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
+    if job.synthesis is not None:
+        result = aggregate(job, items, store.iter_records(), batch_errors=errors, judge=judge, judge_threads=judge_threads)
+        spec = job.model or saved["default_model"]
+        _synthesise(job, result, provider_for(spec), spec)
+        price_usage(result["usage"], prices)
+        put_text(s3, bucket, prefix + "result.json", json.dumps(result, ensure_ascii=False, indent=1), "application/json")
+        put_text(s3, bucket, prefix + "results.jsonl", results_jsonl(result), "application/x-ndjson")
+        put_text(s3, bucket, prefix + "report.md", report_markdown(result), "text/markdown")
+        put_text(s3, bucket, prefix + "report.html", report_html(result), "text/html; charset=utf-8")
+    else:
+        with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="fanout-results-") as folder:
+            result = _aggregate_to_files(job, items, store, errors, judge, judge_threads, Path(folder), prices)
+            for name, content_type in (("result.json", "application/json"), ("results.jsonl", "application/x-ndjson")):
+                s3.upload_file(str(Path(folder) / name), bucket, prefix + name, ExtraArgs={"ContentType": content_type})
+            put_text(s3, bucket, prefix + "report.md", (Path(folder) / "report.md").read_text("utf-8"), "text/markdown")
+            with (Path(folder) / "results.jsonl").open(encoding="utf-8") as lines:
+                page = report_html({**result, "items": [json.loads(line) for line in lines]})
+            put_text(s3, bucket, prefix + "report.html", page, "text/html; charset=utf-8")
     store.release_lease()
     counts = result["counts"]
     skipped = _tasks_skipped(store)
@@ -262,6 +282,64 @@ def _tasks_skipped(store: RunStore) -> int:
         return int(store.get_json("plan.json")["counts"].get("skipped", 0))
     except (ClientError, KeyError, TypeError, ValueError):
         return 0
+
+
+def _aggregate_to_files(
+    job: Job,
+    items: list[dict[str, Any]],
+    store: RunStore,
+    errors: dict[str, str],
+    judge: Judge | None,
+    judge_threads: int,
+    folder: Path,
+    prices: dict[str, Any],
+) -> dict[str, Any]:
+    """result.json, results.jsonl and report.md written in ``folder`` as the items are built; returns result.json's head."""
+    report = Report(job.pattern, job.strategy)
+    listed = folder / "items.part"
+    with listed.open("w", encoding="utf-8") as item_list, (folder / "results.jsonl").open("w", encoding="utf-8") as lines:
+        separator = ""
+
+        def on_item(item: dict[str, Any]) -> None:
+            nonlocal separator
+            line = results_line(item)
+            lines.write(line)
+            item_list.write(separator + line[:-1])
+            separator = ",\n"
+            report.add(item)
+
+        head = aggregate_stream(
+            job,
+            items,
+            store.iter_records(),
+            on_item,
+            batch_errors=errors,
+            judge=judge,
+            judge_threads=judge_threads,
+            spill_dir=str(folder),
+        )
+    price_usage(head["usage"], prices)
+    _write_result(folder / "result.json", head, listed)
+    listed.unlink()
+    (folder / "report.md").write_text(report.markdown(head), encoding="utf-8")
+    return head
+
+
+def _write_result(path: Path, head: dict[str, Any], item_list: Path) -> None:
+    """result.json: the head's fields with the item list (one item a line) after ``counts``, copied from its file."""
+    fields = list(head.items())
+    at = next(n for n, (key, _) in enumerate(fields) if key == "counts") + 1
+    with path.open("w", encoding="utf-8") as out:
+        out.write("{\n")
+        for key, value in fields[:at]:
+            out.write(f" {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)},\n")
+        out.write(' "items": [\n')
+        with item_list.open(encoding="utf-8") as listed:
+            shutil.copyfileobj(listed, out, 1 << 20)
+        out.write("\n ]" + ("," if fields[at:] else "") + "\n")
+        for n, (key, value) in enumerate(fields[at:], start=at + 1):
+            out.write(f" {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}" + ("," if n < len(fields) else "") + "\n")
+        out.write("}\n")
 
 
 def _judge(job: Job, provider_for: ProviderFactory, default_model: str) -> Judge:
