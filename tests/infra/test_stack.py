@@ -231,13 +231,18 @@ def test_functions_share_one_code_asset_runtime_and_architecture(
 
 @pytest.mark.parametrize(
     ("name", "memory", "timeout"),
-    [("plan", 512, 300), ("subtask", 1024, 900), ("aggregate", 2048, 900)],
+    [("plan", 512, 300), ("subtask", 1024, 900), ("aggregate", 1536, 900)],
 )
 def test_function_memory_and_timeout(
     resources: dict[str, Any], function_ids: dict[str, str], name: str, memory: int, timeout: int
 ) -> None:
     props = resources[function_ids[name]]["Properties"]
     assert (props["MemorySize"], props["Timeout"]) == (memory, timeout)
+
+
+def test_aggregate_has_room_in_tmp_for_its_spill_files(resources: dict[str, Any], function_ids: dict[str, str]) -> None:
+    # streamed aggregation spills the records to /tmp: ~400 MB at a million tasks, more than the default 512 MB
+    assert resources[function_ids["aggregate"]]["Properties"]["EphemeralStorage"] == {"Size": 2048}
 
 
 def test_asl_task_timeouts_leave_room_for_the_function_timeouts(resources: dict[str, Any], function_ids: dict[str, str]) -> None:
