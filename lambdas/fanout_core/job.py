@@ -13,13 +13,12 @@ import json
 import re
 from typing import Any, Literal
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fanout_core.errors import InvalidJob
 from fanout_core.providers.spec import parse_model_spec
 from fanout_core.templating import template_fields
+from fanout_core.validation import SchemaRefused, check_output_schema
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$"
@@ -369,10 +368,9 @@ def _check_model_spec(spec: str, where: str) -> None:
 
 def _check_output_schema(schema: dict[str, Any]) -> None:
     try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        where = "output_schema" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.path)
-        raise InvalidJob(f"{where}: not a valid JSON Schema: {exc.message}", where) from None
+        check_output_schema(schema)
+    except SchemaRefused as exc:
+        raise InvalidJob(str(exc), exc.where) from None
     if schema.get("type") != "object":
         raise InvalidJob(
             'output_schema.type: must be "object" (structured output fills an object); wrap single values in a property',

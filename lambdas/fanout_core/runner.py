@@ -25,7 +25,7 @@ from fanout_core.errors import BatchIncomplete, ModelThrottled
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest, Provider
 from fanout_core.sharing import first_of_each_item, spans_by_task
 from fanout_core.stopping import StopRule, next_step, record_answer, vote_position
-from fanout_core.validation import SchemaCheck
+from fanout_core.validation import SchemaCheck, SchemaUnusable
 
 # a cut-off answer (stopReason max_tokens) is asked once more with this many times the budget, up to the cap
 TRUNCATED_BUDGET_FACTOR = 2
@@ -312,6 +312,9 @@ def _call(
     max_tokens, so a task spends at most max_tokens + 2 x max_tokens +
     max_tokens of output (``bound_calls``).
     """
+    if validator is not None and validator.unusable is not None:
+        # a schema that cannot check outputs fails its tasks before any call is paid for
+        return _record(task, "failed", None, validator.unusable, 0, time.monotonic(), model=task["model"]), 0
     inference = batch.get("inference") or {}
     request = ModelRequest(
         task_id=task["task_id"],
@@ -357,7 +360,10 @@ def _call(
         _spent(record, calls)
         record.update(extra, truncated=True)
         return record, calls.attempts
-    error = _problem(validator, reply.output)
+    try:
+        error = _problem(validator, reply.output)
+    except SchemaUnusable as exc:
+        return _unusable(task, reply, calls, started, exc, extra), calls.attempts
     if error is not None:
         # the repair keeps the shared beginning (it appends to the prompt), not a shared end
         repair = replace(
@@ -372,7 +378,10 @@ def _call(
             extra["repair_error"] = str(exc)
         else:
             calls.add_usage(reply)
-            second = None if repaired.truncated else _problem(validator, repaired.output)
+            try:
+                second = None if repaired.truncated else _problem(validator, repaired.output)
+            except SchemaUnusable as exc:
+                return _unusable(task, repaired, calls, started, exc, extra), calls.attempts
             if repaired.truncated:
                 second = f"truncated: the repaired answer was cut off at max_tokens ({request.max_tokens})"
             extra["repaired"] = second is None
@@ -394,6 +403,17 @@ def _call(
     if validator is not None:
         record["checked"] = validator.digest
     return record, calls.attempts
+
+
+def _unusable(
+    task: dict[str, Any], reply: ModelReply, calls: _Calls, started: float, exc: SchemaUnusable, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """The record of a task whose output the schema could not check: failed, with what its calls cost."""
+    calls.add_usage(reply)
+    record = _record(task, "failed", None, str(exc), calls.attempts, started, model=task["model"], synthetic=reply.synthetic)
+    _spent(record, calls)
+    record.update(extra)
+    return record
 
 
 @dataclass

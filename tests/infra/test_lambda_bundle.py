@@ -33,7 +33,16 @@ def test_bundle_holds_the_handlers_and_runtime_dependencies_only(tmp_path: Path)
     # and it holds the handlers and the runtime dependencies, built for the Lambda platform
     for name in ("plan", "subtask", "aggregate"):
         assert (bundle / "fanout_core" / "handlers" / f"{name}.py").is_file()
-    for package in ("pydantic", "pydantic_core", "jsonschema", "aws_lambda_powertools", "aws_xray_sdk", "rapidfuzz", "openai"):
+    for package in (
+        "pydantic",
+        "pydantic_core",
+        "jsonschema",
+        "aws_lambda_powertools",
+        "aws_xray_sdk",
+        "rapidfuzz",
+        "openai",
+        "re2",
+    ):
         assert (bundle / package).is_dir(), f"{package}/ missing from the bundle"
     assert list((bundle / "pydantic_core").glob("*cpython-312-x86_64-linux-gnu.so")), "pydantic_core is not the Linux wheel"
 

@@ -4,6 +4,11 @@ machine; one message naming the field; no model call; nothing written to the res
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,12 @@ GOOD: dict[str, Any] = {
 def job(**changes: Any) -> dict[str, Any]:
     data = {**GOOD, **changes}
     return {k: v for k, v in data.items() if v is not None}
+
+
+def labelled(label: Any) -> dict[str, Any]:
+    """The job voting on an output_schema's 'label', whose schema is ``label``."""
+    schema = {"type": "object", "required": ["label"], "properties": {"label": label}}
+    return job(output_schema=schema, aggregate={"field": "label"})
 
 
 def big_item() -> dict[str, Any]:
@@ -76,6 +87,13 @@ CATALOGUE: list[tuple[str, Any, str]] = [
     ("items and items_uri", job(items_uri="s3://b/items.jsonl"), "items_uri: give either"),
     ("temperature out of range", job(inference={"temperature": 3}), "inference.temperature:"),
     ("unknown strategy", job(aggregate={"strategy": "vibes"}), "aggregate.strategy: 'vibes'"),
+    # output schemas are data: nothing they name is fetched, and what cannot be checked safely is refused
+    ("remote $ref", labelled({"$ref": "http://127.0.0.1:9/label.json"}), "output_schema.properties.label.$ref: refers outside"),
+    ("file $ref", labelled({"$ref": "file:///etc/passwd"}), "output_schema.properties.label.$ref: refers outside"),
+    ("dangling $ref", labelled({"$ref": "#/$defs/label"}), "output_schema.properties.label.$ref: '#/$defs/label' does not"),
+    ("recursive $ref", labelled({"$ref": "#/properties/label"}), "output_schema.properties.label.$ref: makes a reference loop"),
+    ("$dynamicRef without anchor", labelled({"$dynamicRef": "#meta"}), "output_schema.properties.label.$dynamicRef:"),
+    ("look-around pattern", labelled({"type": "string", "pattern": "^(?!x)"}), "output_schema.properties.label.pattern:"),
 ]
 
 
@@ -182,3 +200,68 @@ def test_an_unusable_out_folder_fails_before_any_model_call(tmp_path: Path, caps
     assert code == 1 and "Traceback" not in captured.err
     assert captured.err.startswith("error: --out: cannot write")
     assert "model:" not in captured.out  # refused before the run started
+
+
+@contextmanager
+def recording_listener() -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server on 127.0.0.1 that answers any request with a schema and records it."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            body = json.dumps({"enum": ["fetched"]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_schema_ref_to_a_listener_makes_no_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a listener that would serve a schema, and a job whose output_schema refers to it
+    with recording_listener() as (url, seen):
+        document = labelled({"$ref": f"{url}/label.json"})
+        path = tmp_path / "job.json"
+        path.write_text(json.dumps(document))
+
+        # When the job is validated, run locally, and started on the state machine
+        codes = [main(["validate", str(path)]), main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])]
+        with local_aws() as runtime:
+            execution = runtime.wait(runtime.start(document, "remote-ref"))
+            calls = sum(runtime.model_calls.values())
+
+        # Then each refuses it by the keyword's path, no model is called, and the listener saw no request
+        err = capsys.readouterr().err
+        assert codes == [2, 2], err
+        assert err.count("error: invalid job: output_schema.properties.label.$ref: refers outside the schema") == 2
+        assert (execution.error, calls) == ("InvalidJob", 0)
+        assert str(execution.cause).startswith("output_schema.properties.label.$ref: refers outside the schema")
+        assert seen == []
+
+
+def test_a_backtracking_pattern_runs_to_a_result_at_once(tmp_path: Path) -> None:
+    # Given the pattern that hung a batch for minutes with a backtracking matcher, and outputs that miss it
+    document = labelled({"type": "string", "pattern": r"^(\[sim\] |[a-z]|[a-z]+| )*!$"})
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(document))
+
+    # When it runs
+    started = time.monotonic()
+    code = main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])
+
+    # Then it ends within seconds with every task accounted for (invalid: the simulator's text has no '!')
+    result = json.loads((tmp_path / "out" / "hostile" / "result.json").read_text())
+    assert (code, result["status"]) == (1, "failed") and time.monotonic() - started < 60
+    assert result["counts"]["tasks"] == 3 and result["counts"]["invalid"] == 3

@@ -82,7 +82,10 @@ class Simulator:
         if error < self.error_rate:
             raise ModelError("ServiceUnavailableException", "simulated service error (sim error_rate)", "transient")
         answer = _rng(f"{self.seed}|{request.task_id}|answer")
-        output = self._answer(request, answer)
+        try:
+            output = self._answer(request, answer)
+        except (TypeError, ValueError, LookupError, OverflowError, RecursionError):
+            output = {}  # a schema the simulator cannot fill gets an output that misses it, as a model's would
         if invalid < self.invalid_rate:
             output = _break(output, request.output_schema)
         text = output if isinstance(output, str) else json.dumps(output)
@@ -129,14 +132,25 @@ def _rng(key: str) -> random.Random:
     return random.Random(int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big"))
 
 
-def fill(schema: dict[str, Any], rng: random.Random, depth: int = 0) -> Any:
-    """A value valid under a (simple) JSON Schema: enums, consts, numbers, strings, arrays and objects."""
+# what the simulator builds at most for one value, whatever minItems / minLength a schema asks for
+_MAX_FILL_ITEMS = 100
+_MAX_FILL_CHARS = 10_000
+
+
+def fill(schema: Any, rng: random.Random, depth: int = 0) -> Any:
+    """A value valid under a (simple) JSON Schema: enums, consts, numbers, strings, arrays and objects.
+
+    Any schema gets a value without an error: one no value fits (``enum: []``,
+    ``minimum`` above ``maximum``, ``false``) gets one that misses it.
+    """
+    if not isinstance(schema, dict):
+        return None if schema is False else "[sim] " + rng.choice(_PHRASES)
     if "const" in schema:
         return schema["const"]
     if "enum" in schema:
-        return rng.choice(schema["enum"])
+        return rng.choice(schema["enum"]) if isinstance(schema["enum"], list) and schema["enum"] else None
     for key in ("anyOf", "oneOf"):
-        if key in schema:
+        if isinstance(schema.get(key), list) and schema[key]:
             return fill(schema[key][0], rng, depth)
     kind = schema.get("type")
     if isinstance(kind, list):
@@ -145,9 +159,9 @@ def fill(schema: dict[str, Any], rng: random.Random, depth: int = 0) -> Any:
         kind = "object" if "properties" in schema else "string"
     if kind == "object":
         properties = schema.get("properties", {})
-        return {name: fill(sub, rng, depth + 1) for name, sub in properties.items()}
+        return {name: fill(sub, rng, depth + 1) for name, sub in properties.items()} if isinstance(properties, dict) else {}
     if kind == "array":
-        low = int(schema.get("minItems", 1))
+        low = min(int(schema.get("minItems", 1)), _MAX_FILL_ITEMS)
         high = max(low, min(int(schema.get("maxItems", 3)), 3 if depth < 3 else low))
         return [fill(schema.get("items", {}), rng, depth + 1) for _ in range(rng.randint(low, high))]
     if kind in ("integer", "number"):
@@ -162,11 +176,12 @@ def fill(schema: dict[str, Any], rng: random.Random, depth: int = 0) -> Any:
             bottom = 0 if given_high is None or given_high >= 100 else given_high - 100
         top: float = given_high if given_high is not None else bottom + 100
         if kind == "integer":
-            value: float = rng.randint(
-                math.floor(bottom) + 1 if open_low else math.ceil(bottom),
-                math.ceil(top) - 1 if open_high else math.floor(top),
-            )
+            low_int = math.floor(bottom) + 1 if open_low else math.ceil(bottom)
+            high_int = math.ceil(top) - 1 if open_high else math.floor(top)
+            value: float = rng.randint(low_int, high_int) if low_int <= high_int else low_int
             return value
+        if not (_fits_float(bottom) and _fits_float(top)) or bottom > top:
+            return bottom  # no number fits (or none that a float can hold): the output will miss the schema
         value = round(rng.uniform(float(bottom), float(top)), 3)
         inside = (value > bottom if open_low else value >= bottom) and (value < top if open_high else value <= top)
         # rounding can land on an exclusive bound or outside a narrow range
@@ -176,15 +191,23 @@ def fill(schema: dict[str, Any], rng: random.Random, depth: int = 0) -> Any:
     if kind == "null":
         return None
     text = "[sim] " + rng.choice(_PHRASES)
-    low, high = int(schema.get("minLength", 0)), int(schema.get("maxLength", 10_000))
+    low, high = min(int(schema.get("minLength", 0)), _MAX_FILL_CHARS), int(schema.get("maxLength", _MAX_FILL_CHARS))
     return (text + " " * max(0, low - len(text)))[:high]
 
 
+def _fits_float(value: float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _field_schema(schema: dict[str, Any], path: str) -> dict[str, Any]:
-    node = schema
+    node: Any = schema
     for part in path.split("."):
-        node = node.get("properties", {}).get(part, {})
-    return node
+        properties = node.get("properties") if isinstance(node, dict) else None
+        node = properties.get(part, {}) if isinstance(properties, dict) else {}
+    return node if isinstance(node, dict) else {}
 
 
 def _set_path(output: dict[str, Any], path: str, value: Any) -> None:
