@@ -21,6 +21,7 @@ parallel.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -140,9 +141,16 @@ def stays_leader(counts: Mapping[str, float], remaining: int, vote_weight: float
     top = sorted(counts.values(), reverse=True)
     if not top:
         return 0.0
-    lead, second, rest = top[0], (top[1] if len(top) > 1 else 0.0), top[2:]
-    alpha = [lead + 1.0, second + 1.0] + ([sum(v + 1.0 for v in rest)] if rest else [])
-    base = [lead, second, sum(rest)]
+    return _stays(
+        top[0], top[1] if len(top) > 1 else 0.0, sum(top[2:]), len(top) - 2 if len(top) > 2 else 0, remaining, vote_weight
+    )
+
+
+@functools.lru_cache(maxsize=65_536)
+def _stays(lead: float, second: float, rest: float, others: int, remaining: int, vote_weight: float) -> float:
+    # vote counts repeat across items (majority counts are small integers): computed once each
+    alpha = [lead + 1.0, second + 1.0] + ([rest + others] if others else [])
+    base = [lead, second, rest]
     total_alpha = sum(alpha)
     common = math.lgamma(remaining + 1) + math.lgamma(total_alpha) - math.lgamma(total_alpha + remaining)
     common -= sum(math.lgamma(a) for a in alpha)
