@@ -10,8 +10,11 @@ reach the network. Sections: summary, usage and cost, confidence histogram, cali
 from __future__ import annotations
 
 import functools
+import heapq
 import html
 import json
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,8 @@ LOW_CONFIDENCE = 0.6
 BINS = 10
 CELL_CHARS = 400  # what one table cell shows of a long answer or section output
 MAX_FAILURES = 2000
+# the table lists at most this many items (the most doubtful first); every item is in results.jsonl
+MAX_ROWS = 10_000
 
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; "
@@ -26,42 +31,45 @@ CSP = (
 )
 
 
-def report_html(result: dict[str, Any]) -> str:
-    data = page_data(result)
-    # "<" escaped: nothing in the data can end the script block, whatever an item holds
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+def report_html(result: dict[str, Any], items: Iterable[dict[str, Any]] | None = None) -> str:
+    """The page of ``result``; ``items`` (read once, e.g. streamed from results.jsonl) stands for ``result["items"]``."""
+    data = page_data(result, result.get("items", []) if items is None else items)
     title = html.escape(f"fanout report: {result.get('job_id', '')}")
-    return _page().replace("%TITLE%", title).replace("%CSP%", CSP).replace("%DATA%", payload)
+    return fill(_page(), {"TITLE": title, "CSP": _attribute(CSP), "DATA": script_json(data)})
 
 
-def page_data(result: dict[str, Any]) -> dict[str, Any]:
-    """What the page shows, computed here so the script only lays it out."""
-    items = result.get("items", [])
-    rows = [_row(index, item) for index, item in enumerate(items)]
-    scored = [(r["confidence"], r["correct"]) for r in rows if r["confidence"] is not None]
-    histogram = [0] * BINS
-    for confidence, _ in scored:
-        histogram[min(BINS - 1, max(0, int(confidence * BINS)))] += 1
-    calibration = None
-    judged = [(c, ok) for c, ok in scored if ok is not None]
-    if judged:
-        calibration = []
-        for index in range(BINS):
-            members = [(c, ok) for c, ok in judged if min(BINS - 1, max(0, int(c * BINS))) == index]
-            if members:
-                calibration.append(
-                    {
-                        "bin": index,
-                        "count": len(members),
-                        "confidence": round(sum(c for c, _ in members) / len(members), 4),
-                        "accuracy": round(sum(1 for _, ok in members if ok) / len(members), 4),
-                    }
-                )
-    failures = [
-        {"item": item.get("id"), "task": e.get("slot"), "status": e.get("status"), "reason": _short(e.get("error"))}
-        for item in items
-        for e in item.get("errors", []) or []
-    ]
+_PLACEHOLDER = re.compile(r"%(TITLE|CSP|DATA)%")
+# inside <script> the HTML parser ends the block at "</script" and treats "<!--" specially, whatever JSON says;
+# U+2028/U+2029 end a line in older JavaScript parsers. Each appears only inside a JSON string, where \uXXXX is equal.
+_SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def fill(page: str, values: dict[str, str]) -> str:
+    """Every placeholder replaced in one pass: a value that holds a placeholder's name is never substituted again."""
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], page)
+
+
+def script_json(data: Any) -> str:
+    """JSON safe to place inside a <script> block: nothing in it can end the block or the script's line."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return re.sub("[<>&\u2028\u2029]", lambda match: _SCRIPT_UNSAFE[match.group(0)], text)
+
+
+def _attribute(value: str) -> str:
+    # a double-quoted attribute value: & < > and " escaped (the CSP's single quotes stay as they are)
+    return html.escape(value, quote=False).replace('"', "&quot;")
+
+
+def page_data(result: dict[str, Any], items: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """What the page shows, computed here so the script only lays it out.
+
+    ``items`` is read once and never held: the histogram, calibration and failures are tallied as it goes,
+    and the table keeps the MAX_ROWS rows that come first in its order (tied and low confidence first),
+    so the page's memory is bounded whatever the job's size.
+    """
+    tally = _Tally()
+    rows = heapq.nsmallest(MAX_ROWS, (tally.add(index, item) for index, item in enumerate(items)), key=_table_order)
+    rows.sort(key=lambda row: row["n"])
     return {
         "job_id": result.get("job_id"),
         "pattern": result.get("pattern"),
@@ -72,13 +80,61 @@ def page_data(result: dict[str, Any]) -> dict[str, Any]:
         "usage": result.get("usage", {}),
         "evaluation": {k: v for k, v in (result.get("evaluation") or {}).items() if not isinstance(v, list | dict)},
         "low": LOW_CONFIDENCE,
-        "histogram": histogram,
-        "calibration": calibration,
+        "histogram": tally.histogram,
+        "calibration": tally.calibration(),
         "rows": rows,
-        "failures": failures[:MAX_FAILURES],
-        "failures_total": len(failures),
+        "rows_total": tally.items,
+        "failures": tally.failures,
+        "failures_total": tally.failures_total,
         "synthesis": _short((result.get("synthesis") or {}).get("text"), 4000),
     }
+
+
+def _table_order(row: dict[str, Any]) -> tuple[int, float, int]:
+    """The table's first order (the page's script sorts the same way): tied and low confidence first, lowest first."""
+    confidence = row["confidence"]
+    if row["tie"] or (confidence is not None and confidence < LOW_CONFIDENCE):
+        return (0, 2.0 if confidence is None else confidence, row["n"])
+    return (1, 0.0, row["n"])
+
+
+class _Tally:
+    """The figures over every item, kept in constant memory (failures up to MAX_FAILURES)."""
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.histogram = [0] * BINS
+        self.bins: list[list[float]] = [[0, 0.0, 0] for _ in range(BINS)]  # judged count, confidence sum, correct
+        self.failures: list[dict[str, Any]] = []
+        self.failures_total = 0
+
+    def add(self, index: int, item: dict[str, Any]) -> dict[str, Any]:
+        row = _row(index, item)
+        self.items += 1
+        confidence = row["confidence"]
+        if confidence is not None:
+            at = min(BINS - 1, max(0, int(confidence * BINS)))
+            self.histogram[at] += 1
+            if row["correct"] is not None:
+                members = self.bins[at]
+                members[0] += 1
+                members[1] += confidence
+                members[2] += 1 if row["correct"] else 0
+        for error in item.get("errors", []) or []:
+            self.failures_total += 1
+            if len(self.failures) < MAX_FAILURES:
+                slot, status = error.get("slot"), error.get("status")
+                self.failures.append({"item": row["id"], "task": slot, "status": status, "reason": _short(error.get("error"))})
+        return row
+
+    def calibration(self) -> list[dict[str, Any]] | None:
+        if not any(count for count, _, _ in self.bins):
+            return None
+        return [
+            {"bin": index, "count": int(count), "confidence": round(total / count, 4), "accuracy": round(correct / count, 4)}
+            for index, (count, total, correct) in enumerate(self.bins)
+            if count
+        ]
 
 
 def _row(index: int, item: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +145,7 @@ def _row(index: int, item: dict[str, Any]) -> dict[str, Any]:
         answer = _short(item.get("answer"))
     return {
         "n": index,
-        "id": str(item.get("id", "")),
+        "id": _short(str(item.get("id", ""))),
         "answer": _short(answer),
         "confidence": float(confidence) if isinstance(confidence, int | float) else None,
         "votes": ", ".join(f"{k}: {v}" for k, v in (item.get("votes") or {}).items()),

@@ -222,8 +222,8 @@ def run_aggregate(
     The items are streamed: each goes to results.jsonl, result.json's item
     list and report.md as it is built, through files in ``scratch_dir`` (a
     temporary folder: /tmp in Lambda), so the records in memory are bounded
-    by a part of the job whatever its size (report.html, which lists every
-    item, reads the items back). A job with a synthesis is aggregated in
+    by a part of the job whatever its size (report.html reads the items back
+    from results.jsonl one at a time, and lists at most its MAX_ROWS). A job with a synthesis is aggregated in
     memory: its synthesis call reads every item.
     """
     store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
@@ -252,7 +252,8 @@ def run_aggregate(
                 s3.upload_file(str(Path(folder) / name), bucket, prefix + name, ExtraArgs={"ContentType": content_type})
             put_text(s3, bucket, prefix + "report.md", (Path(folder) / "report.md").read_text("utf-8"), "text/markdown")
             with (Path(folder) / "results.jsonl").open(encoding="utf-8") as lines:
-                page = report_html({**result, "items": [json.loads(line) for line in lines]})
+                # streamed from the file: the page keeps its figures and a bounded table, never every item
+                page = report_html(result, (json.loads(line) for line in lines))
             put_text(s3, bucket, prefix + "report.html", page, "text/html; charset=utf-8")
     store.release_lease()
     counts = result["counts"]

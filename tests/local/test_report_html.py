@@ -225,3 +225,23 @@ def test_a_run_writes_report_html_next_to_report_md_and_view_finds_it(
     assert capsys.readouterr().out.strip() == f"report: {(target / 'report.html').resolve()}"
     assert main(["view", str(tmp_path / "nothing")]) == 1
     assert "no report.html there" in capsys.readouterr().err
+
+
+@needs_chromium
+def test_chromium_says_when_the_table_lists_only_the_most_doubtful_items(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fanout_core import report_html as page_module
+
+    # Given a page whose table may list two rows, of a result with five items
+    monkeypatch.setattr(page_module, "MAX_ROWS", 2)
+    path = tmp_path / "report.html"
+    path.write_text(report_html(result_doc()), encoding="utf-8")
+
+    # When Chromium renders it
+    dom, text = render(path)
+
+    # Then the two most doubtful items are listed, and the page says the rest are in results.jsonl
+    assert [r[1] for r in dom.rows] == ["low", "tied"]
+    assert "rows-note" not in dom.hidden
+    assert "The table lists the 2 most doubtful of 5 items" in text and "results.jsonl holds every item" in text
+    # the figures still count every item
+    assert sum(dom.bars) == 5
