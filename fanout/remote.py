@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 from fanout.errors import FanoutError
 from fanout.progress import ProgressView, Snapshot, Tally, read_s3_chunks
 from fanout_core.errors import InvalidJob
-from fanout_core.job import check_items, parse_job, safe_job_id
+from fanout_core.job import JOB_ID_PATTERN, check_items, parse_job, safe_job_id
 from fanout_core.loading import decode_json, parse_item_file
 
 # StartExecution's input is at most 262,144 bytes (Step Functions API reference, ExecutionStartedEventDetails:
@@ -35,6 +36,7 @@ ITEMS_PREFIX = "items/"
 RESULT_FILES = ("result.json", "results.jsonl", "report.md", "report.html")
 OPTIONAL_FILES = ("report.html",)
 NAME_LIMIT = 80  # Step Functions' longest execution name
+EXIT_INVALID = 2  # as the CLI exits for bad input
 STACK_OUTPUTS = {"StateMachineArn": "state_machine_arn", "InputBucketName": "input_bucket", "ResultsBucketName": "results_bucket"}
 SERVE_STATE_MACHINE = "fanout"
 
@@ -243,7 +245,9 @@ def job_id_of(described: dict[str, Any]) -> str:
         given = None
     if isinstance(given, dict):
         if isinstance(given.get("job_id"), str):
-            return str(given["job_id"])
+            # Plan refuses any other job_id, so none that could name a path outside a folder is returned as it is
+            job_id = str(given["job_id"])
+            return job_id if re.fullmatch(JOB_ID_PATTERN, job_id) else safe_job_id(job_id)
         detail = given.get("detail")
         key = given.get("key") or (detail.get("object", {}).get("key") if isinstance(detail, dict) else None)
         if isinstance(given.get("job_uri"), str):
@@ -296,7 +300,18 @@ def wait(
 
 
 def download(remote: Remote, job_id: str, out: Path) -> Path | None:
-    """results/<job_id>/ into out/<job_id>/; None when the job has no result.json yet."""
+    """results/<job_id>/ into out/<job_id>/; None when the job has no result.json yet.
+
+    The job_id must be one Plan accepts (no ``/``, no ``..``), and every file written must resolve inside ``out``
+    (a symlink there cannot send a download elsewhere).
+    """
+    if not isinstance(job_id, str) or not re.fullmatch(JOB_ID_PATTERN, job_id):
+        raise FanoutError(
+            f"job_id: {job_id!r} is not a job_id (letters, digits, '.', '_' and '-', at most 64, starting with a letter "
+            "or digit); give the job_id fanout submit printed",
+            "job_id",
+            EXIT_INVALID,
+        )
     bodies: dict[str, bytes] = {}
     for name in RESULT_FILES:
         got = _get(remote.s3, remote.target.results_bucket, f"results/{job_id}/{name}")
@@ -309,10 +324,22 @@ def download(remote: Remote, job_id: str, out: Path) -> Path | None:
     try:
         target.mkdir(parents=True, exist_ok=True)
         for name, body in bodies.items():
-            (target / name).write_bytes(body)
+            _inside(out, target / name).write_bytes(body)
     except OSError as exc:
         raise FanoutError(f"--out: cannot write {target} ({exc.strerror})", "--out") from None
     return target
+
+
+def _inside(out: Path, path: Path) -> Path:
+    """``path`` when it resolves inside ``out`` (symlinks followed), else refused naming --out."""
+    root, resolved = out.resolve(), path.resolve()
+    if not resolved.is_relative_to(root):
+        raise FanoutError(
+            f"--out: {path} resolves to {resolved}, outside {root}; remove the link there or choose another --out",
+            "--out",
+            EXIT_INVALID,
+        )
+    return path
 
 
 # -- finding an execution, status, cancel -------------------------------------------
