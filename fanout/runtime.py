@@ -51,6 +51,10 @@ SUBSTITUTIONS = {
 }
 # a local run takes a job's max_concurrency as it is, up to this
 LOCAL_CONCURRENCY_CAP = 1000
+# how long each local invocation may run, as a function's Timeout does in the cloud (the stack gives the subtask
+# function 900 s, the most Lambda allows: "Configure Lambda function timeout"); the context reports what is left of it
+LAMBDA_TIMEOUT_ENV = "FANOUT_LOCAL_LAMBDA_TIMEOUT_SECONDS"
+DEFAULT_LAMBDA_TIMEOUT_SECONDS = 900.0
 _LOCAL_ENV = {
     "AWS_DEFAULT_REGION": REGION,
     "AWS_ACCESS_KEY_ID": "testing",
@@ -69,7 +73,7 @@ _LOCAL_ENV = {
 
 @dataclass(frozen=True)
 class _Context:
-    """What a handler reads of the Lambda context."""
+    """What a handler reads of the Lambda context: the time left counts down from the invocation's start."""
 
     function_name: str
     aws_request_id: str
@@ -77,9 +81,17 @@ class _Context:
     invoked_function_arn: str = ""
     log_group_name: str = "local"
     log_stream_name: str = "local"
+    ends_at: float = float("inf")  # time.monotonic() when the invocation's timeout would end it
 
     def get_remaining_time_in_millis(self) -> int:
-        return 900_000
+        left = self.ends_at - time.monotonic()
+        return 900_000 if left == float("inf") else max(0, int(left * 1000))
+
+
+def lambda_timeout_seconds() -> float:
+    """The local functions' timeout: ``FANOUT_LOCAL_LAMBDA_TIMEOUT_SECONDS``, else Lambda's 900 s."""
+    value = os.environ.get(LAMBDA_TIMEOUT_ENV, "").strip()
+    return float(value) if value else DEFAULT_LAMBDA_TIMEOUT_SECONDS
 
 
 @dataclass
@@ -96,7 +108,8 @@ class Execution:
 class LocalRuntime:
     """The stack's buckets and state machine inside moto, with the handlers answering Lambda calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_seconds: float | None = None) -> None:
+        self.timeout_seconds = lambda_timeout_seconds() if timeout_seconds is None else timeout_seconds
         self.state_machine_arn = ""
         self.invocations: dict[str, int] = {}
         self.busy_seconds: dict[str, float] = {}
@@ -147,7 +160,10 @@ class LocalRuntime:
         with self._lock:
             self.invocations[name] = self.invocations.get(name, 0) + 1
         context = _Context(
-            function_name=name, aws_request_id=f"local-{time.monotonic_ns()}", invoked_function_arn=SUBSTITUTIONS.get(name, "")
+            function_name=name,
+            aws_request_id=f"local-{time.monotonic_ns()}",
+            invoked_function_arn=SUBSTITUTIONS.get(name, ""),
+            ends_at=time.monotonic() + self.timeout_seconds,
         )
         headers = {"Content-Type": "application/json", "X-Amz-Executed-Version": "$LATEST"}
         started = time.perf_counter()

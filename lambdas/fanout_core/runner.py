@@ -76,6 +76,29 @@ class _Unfinished(Exception):
     """A task still throttled when its budget ran out: no record, the batch is retried."""
 
 
+class _OutOfTime(Exception):
+    """The batch's deadline came before a task could make (or wait for) its next attempt: no record, the batch is
+    handed back (BatchIncomplete) and its retry continues the task."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When a batch must stop calling: no attempt starts, and no backoff sleep ends, after ``deadline``.
+
+    ``deadline`` is a ``clock()`` value that already leaves room for the last attempt to finish and the records to be
+    written (the subtask handler takes the model timeout and a flush allowance off the Lambda's remaining time).
+    """
+
+    deadline: float | None = None
+    clock: Callable[[], float] = time.monotonic
+
+    def can_start(self) -> bool:
+        return self.deadline is None or self.clock() <= self.deadline
+
+    def can_sleep(self, seconds: float) -> bool:
+        return self.deadline is None or self.clock() + seconds <= self.deadline
+
+
 def run_batch(
     batch: dict[str, Any],
     *,
@@ -85,13 +108,17 @@ def run_batch(
     policy: RetryPolicy = RetryPolicy(),
     sleep: Callable[[float], None] = time.sleep,
     deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> BatchOutcome:
     """Run every task of a batch file.
 
     Raises ModelThrottled if some tasks were throttled past their budget,
-    and BatchIncomplete if ``deadline`` (a ``time.monotonic()`` value) passed
-    before every task started; either way the finished records are kept.
+    and BatchIncomplete if ``deadline`` (a ``clock()`` value, by default
+    ``time.monotonic()``) came before every task had finished: no attempt
+    of any task starts after it, and no retry's backoff sleeps past it.
+    Either way the finished records are kept.
     """
+    budget = Budget(deadline, clock)
     tasks: list[dict[str, Any]] = batch["tasks"]
     schema = batch.get("output_schema")
     validator = SchemaCheck(schema) if schema else None
@@ -105,14 +132,18 @@ def run_batch(
 
     def run_one(task: dict[str, Any]) -> tuple[str, int, int, int, dict[str, Any] | None]:
         """(outcome, model calls, input tokens, output tokens, record) of one task."""
-        if deadline is not None and time.monotonic() > deadline:
-            return ("deferred", 0, 0, 0, None)
         if task["task_id"] in done:
             return ("skipped", 0, 0, 0, None)
+        if not budget.can_start():
+            return ("deferred", 0, 0, 0, None)
         try:
-            record, calls = _call(task, batch, providers[task["model"]], validator, policy, sleep, sharing.get(task["task_id"]))
+            record, calls = _call(
+                task, batch, providers[task["model"]], validator, policy, sleep, sharing.get(task["task_id"]), budget
+            )
         except _Unfinished as exc:
             return ("unfinished", exc.args[0], 0, 0, None)
+        except _OutOfTime as exc:
+            return ("deferred", exc.args[0], 0, 0, None)
         writer.add(record)
         return (record["status"], calls, record["usage"]["input_tokens"], record["usage"]["output_tokens"], record)
 
@@ -151,7 +182,7 @@ def run_batch(
     result["tasks"] = len(tasks)
     if counts["deferred"]:
         raise BatchIncomplete(
-            f"batch {batch['index']} ran short of Lambda time with {counts['deferred']} of {len(tasks)} tasks not started; "
+            f"batch {batch['index']} ran short of Lambda time with {counts['deferred']} of {len(tasks)} tasks not finished; "
             "finished tasks are recorded and the retry continues with the rest"
         )
     if counts["unfinished"]:
@@ -303,6 +334,7 @@ def _call(
     policy: RetryPolicy,
     sleep: Callable[[float], None],
     span: tuple[int, int] | None = None,
+    budget: Budget = Budget(),
 ) -> tuple[dict[str, Any], int]:
     """One task: the call with its retries, validation, and one repair request when the output misses the schema.
 
@@ -310,7 +342,9 @@ def _call(
     the same prompt with twice the budget; it is never shown back to the
     model as a repair. The repair is asked at most once, at the job's own
     max_tokens, so a task spends at most max_tokens + 2 x max_tokens +
-    max_tokens of output (``bound_calls``).
+    max_tokens of output (``bound_calls``). Out of time (``budget``) before
+    an answer, the task raises _OutOfTime with the calls it made; out of
+    time before its repair, it is recorded with the answer it has.
     """
     if validator is not None and validator.unusable is not None:
         # a schema that cannot check outputs fails its tasks before any call is paid for
@@ -334,12 +368,14 @@ def _call(
     calls = _Calls()
     extra: dict[str, Any] = {}
     try:
-        reply = _invoke(provider, request, policy, sleep, calls)
-        budget = reask_budget(task["model"], request.max_tokens)
-        if reply.truncated and budget is not None:
+        reply = _invoke(provider, request, policy, sleep, calls, budget)
+        larger = reask_budget(task["model"], request.max_tokens)
+        if reply.truncated and larger is not None:
             calls.add_usage(reply)
-            extra["reasked_truncated"] = budget
-            reply = _invoke(provider, replace(request, max_tokens=budget), policy, sleep, calls)
+            extra["reasked_truncated"] = larger
+            reply = _invoke(provider, replace(request, max_tokens=larger), policy, sleep, calls, budget)
+    except _OutOfTime:
+        raise _OutOfTime(calls.attempts) from None
     except ModelError as exc:
         record = _record(task, "failed", None, f"{exc.code}: {exc.message}", calls.attempts, started, model=task["model"])
         _spent(record, calls)
@@ -373,7 +409,9 @@ def _call(
             max_tokens=request.max_tokens,
         )
         try:
-            repaired = _invoke(provider, repair, policy, sleep, calls)
+            repaired = _invoke(provider, repair, policy, sleep, calls, budget)
+        except _OutOfTime:
+            extra["repair_error"] = "not asked: the batch ran short of Lambda time"
         except (ModelError, _Unfinished) as exc:
             extra["repair_error"] = str(exc)
         else:
@@ -448,24 +486,38 @@ def _spent(record: dict[str, Any], calls: _Calls) -> None:
 
 
 def call_with_retries(
-    provider: Provider, request: ModelRequest, policy: RetryPolicy = RetryPolicy(), sleep: Callable[[float], None] = time.sleep
+    provider: Provider,
+    request: ModelRequest,
+    policy: RetryPolicy = RetryPolicy(),
+    sleep: Callable[[float], None] = time.sleep,
+    budget: Budget = Budget(),
 ) -> tuple[ModelReply, int]:
-    """One call outside a batch (a judge, a synthesis) with the same retry table; (reply, calls made)."""
+    """One call outside a batch with the same retry table and time budget; (reply, calls made)."""
     calls = _Calls()
     try:
-        return _invoke(provider, request, policy, sleep, calls), calls.attempts
+        return _invoke(provider, request, policy, sleep, calls, budget), calls.attempts
     except _Unfinished:
         raise ModelError("ThrottlingException", f"still throttled after {calls.attempts} attempts", "throttled") from None
+    except _OutOfTime:
+        raise ModelError("OutOfTime", f"no time left for another attempt after {calls.attempts}", "timeout") from None
 
 
 def _invoke(
-    provider: Provider, request: ModelRequest, policy: RetryPolicy, sleep: Callable[[float], None], calls: _Calls
+    provider: Provider,
+    request: ModelRequest,
+    policy: RetryPolicy,
+    sleep: Callable[[float], None],
+    calls: _Calls,
+    budget: Budget = Budget(),
 ) -> ModelReply:
-    """One model call with the retry table applied; raises _Unfinished (throttled past the budget) or ModelError."""
+    """One model call with the retry table applied; raises _Unfinished (throttled past the budget), _OutOfTime (no
+    attempt may start, or no backoff end, before the deadline) or ModelError."""
     jitter = _JITTER
     timeouts = 0
     tries = 0
     while True:
+        if not budget.can_start():
+            raise _OutOfTime(calls.attempts)
         tries += 1
         calls.attempts += 1
         try:
@@ -479,7 +531,11 @@ def _invoke(
                 exc.kind == "timeout" and timeouts <= policy.timeout_retries
             )
             if retry:
-                sleep(policy.delay(tries, jitter))
+                pause = policy.delay(tries, jitter)
+                if not budget.can_sleep(pause):
+                    # the retry would start past the deadline: hand the task to the batch's retry instead
+                    raise _OutOfTime(calls.attempts) from exc
+                sleep(pause)
                 continue
             if exc.kind == "throttled":
                 raise _Unfinished(calls.attempts) from exc
