@@ -228,6 +228,9 @@ def load_job(data: Any, base: Path, stem: str, model: str | None, concurrency: i
     warnings = tuple(check_job_models(job, default_model))
     tasks = expand_tasks(job, items, default_model)
     _check_mode(job, len(tasks))
+    from fanout_core.tiers import choose_tier
+
+    choose_tier(job, tasks)  # a tier the job's models do not offer is refused here, as Plan refuses it
     return LoadedJob(data, job, tasks, items, items_body, warnings, files)
 
 
@@ -301,10 +304,12 @@ def plan_summary(loaded: LoadedJob) -> dict[str, Any]:
     from fanout.runtime import LOCAL_CONCURRENCY_CAP
     from fanout_core.costs import plan_costs
     from fanout_core.planning import batching_for, choose_mode
+    from fanout_core.tiers import choose_tier
 
     job, tasks = loaded.job, loaded.tasks
     batching = batching_for(job, len(tasks), LOCAL_CONCURRENCY_CAP)
-    costs = plan_costs(job, tasks)
+    choice = choose_tier(job, tasks, lambda tier: plan_costs(job, tasks, tier=tier).estimated_cost)
+    costs = plan_costs(job, tasks, tier=choice.tier)
     plan = {
         "job_id": job.job_id,
         "pattern": job.pattern,
@@ -316,6 +321,7 @@ def plan_summary(loaded: LoadedJob) -> dict[str, Any]:
         "threads_per_batch": batching.threads,
         "parallel_batches": batching.map_concurrency,
         "models": sorted({t["model"] for t in tasks}),
+        "tier": choice.as_plan(),
         **costs.as_plan(),
         "caching": costs.caching_notes,
     }

@@ -31,6 +31,7 @@ from fanout_core.calibration import by_model, calibration
 from fanout_core.job import Job
 from fanout_core.memory import collector_paused
 from fanout_core.planning import slots
+from fanout_core.tiers import usage_key
 from fanout_core.validation import SchemaCheck
 from fanout_core.voting import TIE_BREAK_RULE, JudgeVerdict, Vote, candidates, decide, valid_votes
 
@@ -224,7 +225,10 @@ def _aggregate_part(
         key = (record.get("item_id", ""), record.get("slot", ""))
         if key[0] not in wanted or key[1] not in known_slots:
             continue
+        # a call bought at another tier than on-demand is counted, and priced, apart (fanout_core.tiers)
         name = record.get("model") or "unknown"
+        if "tier" in record:
+            name = usage_key(name, record["tier"])
         model = by_model.get(name)
         if model is None:
             model = by_model[str(name)] = [0, 0, 0, 0, 0]

@@ -63,6 +63,14 @@ class CacheLimits:
 
 
 @dataclass(frozen=True)
+class BatchSupport:
+    """Bedrock batch inference for a model: its share of the on-demand price and the fewest records a job takes."""
+
+    price_factor: float
+    min_records: int
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     model_id: str  # the foundation model id the entry is keyed by
     name: str
@@ -71,6 +79,9 @@ class ModelInfo:
     structured_output: StructuredMode
     cache: CacheLimits | None
     max_output_tokens: int | None
+    # None: no batch inference; service tiers besides standard ("flex", "priority") with their price factors
+    batch: BatchSupport | None = None
+    service_tiers: tuple[tuple[str, float], ...] = ()
 
 
 @functools.cache
@@ -139,6 +150,12 @@ def info(spec: str) -> ModelInfo | None:
         if not cache
         else CacheLimits(int(cache["min_tokens"]), int(cache["max_checkpoints"]), tuple(cache.get("fields", ()))),
         max_output_tokens=entry.get("max_output_tokens"),
+        batch=None
+        if not entry.get("batch")
+        else BatchSupport(float(entry["batch"]["price_factor"]), int(entry["batch"]["min_records"])),
+        service_tiers=tuple(
+            (name, float(tier["price_factor"])) for name, tier in sorted((entry.get("service_tiers") or {}).items())
+        ),
     )
 
 

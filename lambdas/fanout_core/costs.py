@@ -25,6 +25,7 @@ from fanout_core.catalog import CHARS_PER_TOKEN, cache_plan
 from fanout_core.pricing import rates_of
 from fanout_core.runner import reask_budget
 from fanout_core.sharing import spans_by_task
+from fanout_core.tiers import usage_key
 
 # per call, for the forced tool's definition and the message framing around the prompt (the schema is counted apart)
 CALL_ALLOWANCE_TOKENS = 1_000
@@ -64,9 +65,18 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def plan_costs(job: Any, tasks: list[dict[str, Any]], overrides: dict[str, Any] | None = None) -> PlanCosts:
-    """The estimate, the bound and what the prompt cache will (not) do, for a job's tasks."""
+def plan_costs(
+    job: Any, tasks: list[dict[str, Any]], overrides: dict[str, Any] | None = None, tier: str = "on_demand"
+) -> PlanCosts:
+    """The estimate, the bound and what the prompt cache will (not) do, for a job's tasks bought at ``tier``.
+
+    At tier batch the estimate prices each task's one call at the batch price with no prompt cache (batch
+    records are sent without a cachePoint); the bound adds that batch call to the whole on-demand bound, since
+    any record may fall back to an on-demand call.
+    """
     overrides = overrides if overrides is not None else {n: p.model_dump() for n, p in (job.prices or {}).items()}
+    if tier == "batch":
+        return _batch_costs(job, tasks, overrides)
     out = PlanCosts()
     system = job.system or ""
     schema_bytes = len(json.dumps(job.output_schema).encode()) if job.output_schema else 0
@@ -76,7 +86,7 @@ def plan_costs(job: Any, tasks: list[dict[str, Any]], overrides: dict[str, Any] 
     notes: dict[str, str] = {}
     for task in tasks:
         prompt = task["prompt"]
-        rates = rates_of(task["model"], overrides)
+        rates = rates_of(usage_key(task["model"], tier), overrides)
         reask = reask_budget(task["model"], budget) or 0
         tokens_in = (len(system) + len(prompt)) // CHARS_PER_TOKEN + 1
         out.input_tokens += tokens_in
@@ -134,3 +144,27 @@ def _bound_extra_calls(job: Any, tasks: list[dict[str, Any]], overrides: dict[st
             out.bound_cost = None
             continue
         out.bound_cost += (tokens_in * max(rates.input, rates.cache_write) + tokens_out * rates.output) / 1e6
+
+
+def _batch_costs(job: Any, tasks: list[dict[str, Any]], overrides: dict[str, Any]) -> PlanCosts:
+    """Tier batch: one batch call per task, uncached, estimated; bounded by that call plus the on-demand bound."""
+    out = plan_costs(job, tasks, overrides)
+    budget = job.inference.max_tokens
+    system = job.system or ""
+    estimate: float | None = 0.0
+    extra_bound: float | None = 0.0
+    for task in tasks:
+        rates = rates_of(usage_key(task["model"], "batch"), overrides)
+        if rates is None:
+            estimate = extra_bound = None
+            break
+        tokens_in = (len(system) + len(task["prompt"])) // CHARS_PER_TOKEN + 1
+        assert estimate is not None and extra_bound is not None
+        estimate += (tokens_in * rates.input + budget / 2 * rates.output) / 1e6
+        call_in = len((system + task["prompt"]).encode()) + CALL_ALLOWANCE_TOKENS
+        extra_bound += (call_in * rates.input + budget * rates.output) / 1e6
+    out.estimated_cost = estimate
+    out.bound_cost = None if out.bound_cost is None or extra_bound is None else out.bound_cost + extra_bound
+    out.bound_output_tokens += budget * len(tasks)
+    out.caching_notes = ["batch inference records are sent without a cachePoint: the estimate has no cache reads"]
+    return out

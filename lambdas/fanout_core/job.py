@@ -111,6 +111,11 @@ class Limits(_Strict):
     max_votes: int = Field(default=25, ge=2)
     max_item_bytes: int = Field(default=200_000, ge=1)
     max_prompt_bytes: int = Field(default=400_000, ge=1)
+    # how the model calls are bought (fanout_core.tiers): on-demand, a Bedrock batch inference job at its lower
+    # price, a Bedrock service tier, or auto: batch when the job is large enough and the deadline allows
+    tier: Literal["on_demand", "batch", "flex", "priority", "auto"] = "on_demand"
+    # hours the job may take at most: what 'auto' weighs against a batch job's up to 24 h
+    deadline_hours: float | None = Field(default=None, gt=0, le=8_760)
 
 
 class Job(_Strict):

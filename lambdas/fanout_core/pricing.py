@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from fanout_core.catalog import Rates, base_model_id, info
+from fanout_core.tiers import is_simulator, split_tier, tier_factor
 
 __all__ = ["base_model_id", "estimate_cost", "price_of", "price_usage", "rates_of", "usage_cost"]
 
@@ -19,14 +20,23 @@ CACHE_FIELDS = ("cache_read_input_tokens", "cache_write_input_tokens")
 
 
 def rates_of(model: str, overrides: dict[str, Any] | None = None) -> Rates | None:
-    """The model's rates (a job's ``prices`` override first); None when its price is not known."""
-    if model == "sim" or model.startswith("sim:"):
-        return Rates(0.0, 0.0, 0.0, 0.0)
+    """The model's rates (a job's ``prices`` override first); None when its price is not known.
+
+    A usage key with a tier (``bedrock:x@batch``, fanout_core.tiers) is priced at that tier's share of the rates.
+    """
+    spec, tier = split_tier(model)
+    if tier != "on_demand":
+        rates, factor = rates_of(spec, overrides), tier_factor(spec, tier)
+        if rates is None or factor is None:
+            return None
+        return Rates(*(rate * factor for rate in (rates.input, rates.output, rates.cache_read, rates.cache_write)))
     for key in (model, model.removeprefix("bedrock:"), base_model_id(model)):
         if overrides and key in overrides:
             entry = overrides[key]
             given_in = float(entry["input_per_million"])
             return Rates(given_in, float(entry["output_per_million"]), given_in, given_in)
+    if is_simulator(model):
+        return Rates(0.0, 0.0, 0.0, 0.0)
     found = info(model if model.startswith("bedrock:") else f"bedrock:{model}")
     return None if found is None else found.rates
 

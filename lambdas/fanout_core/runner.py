@@ -129,6 +129,7 @@ def run_batch(
     writer = store.writer(batch["index"])
     providers = {model: provider_for(model) for model in {t["model"] for t in tasks}}
     sharing = _cached_spans(tasks, batch.get("system"))
+    tier = _service_tier(batch)
 
     def run_one(task: dict[str, Any]) -> tuple[str, int, int, int, dict[str, Any] | None]:
         """(outcome, model calls, input tokens, output tokens, record) of one task."""
@@ -144,6 +145,8 @@ def run_batch(
             return ("unfinished", exc.args[0], 0, 0, None)
         except _OutOfTime as exc:
             return ("deferred", exc.args[0], 0, 0, None)
+        if tier is not None:
+            record["tier"] = tier  # priced at the tier's rates (fanout_core.tiers)
         writer.add(record)
         return (record["status"], calls, record["usage"]["input_tokens"], record["usage"]["output_tokens"], record)
 
@@ -363,6 +366,7 @@ def _call(
         shared_prefix=span[0] if span else 0,
         shared_suffix=span[1] if span else 0,
         documents=converse_documents(task),
+        service_tier=_service_tier(batch),
     )
     started = time.monotonic()
     calls = _Calls()
@@ -441,6 +445,11 @@ def _call(
     if validator is not None:
         record["checked"] = validator.digest
     return record, calls.attempts
+
+
+def _service_tier(batch: dict[str, Any]) -> str | None:
+    tier = batch.get("tier")
+    return tier if tier in ("flex", "priority") else None
 
 
 def _unusable(

@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 
 from fanout_core.aggregation import Judge, aggregate, aggregate_stream
 from fanout_core.catalog import check_job_models
+from fanout_core.costs import plan_costs
 from fanout_core.documents import attach_documents
 from fanout_core.errors import InvalidJob
 from fanout_core.job import DEFAULT_JUDGE_PROMPT, Job, parse_job
@@ -35,6 +36,7 @@ from fanout_core.settings import Settings
 from fanout_core.stopping import rule_for, vote_weights
 from fanout_core.store import FINISHED, RunStore, put_text
 from fanout_core.templating import render
+from fanout_core.tiers import TierChoice, choose_tier, for_this_run
 from fanout_core.voting import JudgeVerdict, judge_prompt, judge_schema
 
 ProviderFactory = Callable[[str], Provider]
@@ -103,6 +105,7 @@ def _plan_run(
         tasks = [t for t in every_task if t["task_id"] not in finished]
     concurrency = min(job.limits.max_concurrency, settings.max_concurrency_cap)
     batching = batching_for(job, len(tasks), settings.max_concurrency_cap)
+    tier = _tier(job, every_task, tasks)
 
     store.put_json(
         "job.json",
@@ -123,6 +126,8 @@ def _plan_run(
         "inference": job.inference.model_dump(),
         "output_schema": job.output_schema,
         "answer_field": job.aggregate.field,
+        # the service tier of the on-demand calls (a batch job's fallback calls are on-demand)
+        "tier": tier.tier if tier.tier in ("flex", "priority") else "on_demand",
         **_stopping(job, settings.default_model),
     }
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -149,6 +154,8 @@ def _plan_run(
         "threads": batching.threads,
         "map_concurrency": batching.map_concurrency,
         "max_concurrency": concurrency,
+        # which tier the calls are bought at and why, with the estimate next to on-demand's
+        "tier": tier.as_plan(),
         "counts": {
             "items": len(items),
             "tasks": len(every_task),
@@ -159,6 +166,12 @@ def _plan_run(
     }
     store.put_json("plan.json", summary)
     return summary
+
+
+def _tier(job: Job, every_task: list[dict[str, Any]], pending: list[dict[str, Any]]) -> TierChoice:
+    """The job's tier (an unsupported one refused), then what this run buys its pending tasks at."""
+    choice = choose_tier(job, every_task)
+    return for_this_run(choice, pending, lambda tier: plan_costs(job, pending, tier=tier).estimated_cost)
 
 
 def _stopping(job: Job, default_model: str) -> dict[str, Any]:
@@ -236,18 +249,21 @@ def run_aggregate(
     prefix = f"results/{job.job_id}/"
     bucket = store.bucket
     prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
+    tier = _planned_tier(store)
     if job.synthesis is not None:
         result = aggregate(job, items, store.iter_records(), batch_errors=errors, judge=judge, judge_threads=judge_threads)
         spec = job.model or saved["default_model"]
         _synthesise(job, result, provider_for(spec), spec)
         price_usage(result["usage"], prices)
+        if tier is not None:
+            result["tier"] = tier
         put_text(s3, bucket, prefix + "result.json", json.dumps(result, ensure_ascii=False, indent=1), "application/json")
         put_text(s3, bucket, prefix + "results.jsonl", results_jsonl(result), "application/x-ndjson")
         put_text(s3, bucket, prefix + "report.md", report_markdown(result), "text/markdown")
         put_text(s3, bucket, prefix + "report.html", report_html(result), "text/html; charset=utf-8")
     else:
         with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="fanout-results-") as folder:
-            result = _aggregate_to_files(job, items, store, errors, judge, judge_threads, Path(folder), prices)
+            result = _aggregate_to_files(job, items, store, errors, judge, judge_threads, Path(folder), prices, tier)
             for name, content_type in (("result.json", "application/json"), ("results.jsonl", "application/x-ndjson")):
                 s3.upload_file(str(Path(folder) / name), bucket, prefix + name, ExtraArgs={"ContentType": content_type})
             put_text(s3, bucket, prefix + "report.md", (Path(folder) / "report.md").read_text("utf-8"), "text/markdown")
@@ -277,6 +293,15 @@ def run_aggregate(
     }
 
 
+def _planned_tier(store: RunStore) -> dict[str, Any] | None:
+    """The tier the run's calls were bought at and why (plan.json), for result.json."""
+    try:
+        tier = store.get_json("plan.json").get("tier")
+    except (ClientError, AttributeError, ValueError):
+        return None
+    return tier if isinstance(tier, dict) else None
+
+
 def _tasks_skipped(store: RunStore) -> int:
     """How many tasks this run found finished when it was planned (plan.json)."""
     try:
@@ -294,6 +319,7 @@ def _aggregate_to_files(
     judge_threads: int,
     folder: Path,
     prices: dict[str, Any],
+    tier: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """result.json, results.jsonl and report.md written in ``folder`` as the items are built; returns result.json's head."""
     report = Report(job.pattern, job.strategy)
@@ -320,6 +346,8 @@ def _aggregate_to_files(
             spill_dir=str(folder),
         )
     price_usage(head["usage"], prices)
+    if tier is not None:
+        head["tier"] = tier
     _write_result(folder / "result.json", head, listed)
     listed.unlink()
     (folder / "report.md").write_text(report.markdown(head), encoding="utf-8")

@@ -29,6 +29,8 @@ class ModelRequest:
     # Converse document content blocks (a PDF or office item's file) for providers that take them; every provider
     # also has the item's extracted text in the prompt
     documents: tuple[dict[str, Any], ...] = ()
+    # a Bedrock service tier besides standard ("flex", "priority"; fanout_core.tiers), sent as Converse serviceTier
+    service_tier: str | None = None
 
 
 @dataclass(frozen=True)

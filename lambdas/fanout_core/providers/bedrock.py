@@ -164,6 +164,9 @@ def converse_request(model_id: str, request: ModelRequest, *, json_schema_output
     }
     if request.system:
         params["system"] = [{"text": request.system}]
+    if request.service_tier is not None:
+        # "Service tiers for optimizing performance and cost" (service-tiers-inference.html); ServiceTier.type
+        params["serviceTier"] = {"type": request.service_tier}
     caching, _ = cache_plan(f"bedrock:{model_id}", request.system, shared)
     if caching and shared:
         content.insert(1, CACHE_POINT)
