@@ -30,6 +30,7 @@ from typing import Any
 import fanout  # puts lambdas/ on the path in a checkout
 from fanout import commands as commands_elsewhere
 from fanout.errors import FanoutError
+from fanout_core import layout
 from fanout_core.errors import InvalidJob
 from fanout_core.job import Job, check_items, parse_job
 from fanout_core.loading import decode_json, parse_item_file
@@ -205,8 +206,8 @@ def load_job(data: Any, base: Path, stem: str, model: str | None, concurrency: i
     suffix, files = "", dict[str, bytes]()
     if isinstance(data, dict) and isinstance(data.get("items_uri"), str) and not data["items_uri"].startswith("s3://"):
         local = base / data["items_uri"].removeprefix("file://")
-        items_body, suffix, files = read_local_items(local, data, f"s3://{LOCAL_INPUT_BUCKET}/items/{stem}/files/")
-        data = {**data, "items_uri": f"s3://{LOCAL_INPUT_BUCKET}/items/{stem}{suffix}"}
+        items_body, suffix, files = read_local_items(local, data, f"s3://{LOCAL_INPUT_BUCKET}/{layout.items_key(stem)}/files/")
+        data = {**data, "items_uri": f"s3://{LOCAL_INPUT_BUCKET}/{layout.items_key(stem)}{suffix}"}
     job = parse_job(data, job_id_default=stem)
     assert job.job_id is not None
     data = {**data, "job_id": job.job_id}
@@ -277,7 +278,7 @@ def _staged(data: dict[str, Any], items: list[dict[str, Any]], job_id: str) -> t
     body = "".join(json.dumps(item, ensure_ascii=True) + "\n" for item in items).encode()
     name = hashlib.sha256(job_id.encode()).hexdigest()[:16]  # any job_id, whatever its characters, makes a plain key
     staged = {key: value for key, value in data.items() if key != "items"}
-    staged["items_uri"] = f"s3://{LOCAL_INPUT_BUCKET}/items/staged-{name}.jsonl"
+    staged["items_uri"] = f"s3://{LOCAL_INPUT_BUCKET}/{layout.items_key(f'staged-{name}.jsonl')}"
     return staged, body
 
 
@@ -439,7 +440,7 @@ def _run(
         if not copied:
             raise FanoutError(f"the run failed: {execution.error}: {execution.cause}")
         result = json.loads((target / "result.json").read_text())
-        plan = s3.get_object(Bucket=RESULTS_BUCKET, Key=f"runs/{job_id}/plan.json")["Body"].read()
+        plan = s3.get_object(Bucket=RESULTS_BUCKET, Key=layout.plan_key(job_id))["Body"].read()
         plan_doc = json.loads(plan)
         run_figures = {
             "mode": plan_doc["mode"],
@@ -466,9 +467,8 @@ def _run(
 
 def _copy_outputs(s3: Any, bucket: str, job_id: str, target: Path) -> bool:
     """result.json, results.jsonl and the reports, from local S3 to DIR/<job_id>/ (the records are there already)."""
-    names = ("result.json", "results.jsonl", "report.md", "report.html")
     try:
-        bodies = {n: s3.get_object(Bucket=bucket, Key=f"results/{job_id}/{n}")["Body"].read() for n in names}
+        bodies = {n: s3.get_object(Bucket=bucket, Key=layout.result_key(job_id, n))["Body"].read() for n in layout.RESULT_FILES}
     except s3.exceptions.NoSuchKey:
         return False
     target.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fanout.errors import FanoutError
+from fanout_core import layout
 from fanout_core.errors import InvalidJob
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
@@ -166,7 +167,7 @@ def _results(connection: Any, args: argparse.Namespace) -> int:
             f"job_id: no results for {args.job_id!r} yet (fanout status {args.job_id} says how the run is going)", "job_id"
         )
     result = json.loads((target / "result.json").read_text())
-    _print_result(result, target, f"downloaded s3://{connection.target.results_bucket}/results/{args.job_id}/")
+    _print_result(result, target, f"downloaded s3://{connection.target.results_bucket}/{layout.result_prefix(args.job_id)}")
     return EXIT_OK
 
 

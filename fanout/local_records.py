@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fanout import moto_patches
+from fanout_core import layout
 
 JOB_FILE = "_job.json"  # the run's job.json, next to the records it describes
 RESULT_FILES = ("result.json", "results.jsonl", "report.md", "run.json")
@@ -34,7 +35,7 @@ class RecordMirror:
 
     def __init__(self, account: str, bucket: str, job_id: str, target: Path, *, replace_previous: bool = False) -> None:
         self.account, self.bucket = account, bucket
-        self.prefix = f"runs/{job_id}/"
+        self.prefix = layout.run_prefix(job_id)
         self.target = target
         self.records = target / "records"
         self.replace_previous = replace_previous
@@ -50,29 +51,29 @@ class RecordMirror:
         if not self.replace_previous and self.records.is_dir():
             saved_job = self.records / JOB_FILE
             if saved_job.exists():
-                s3.put_object(Bucket=self.bucket, Key=self.prefix + "job.json", Body=saved_job.read_bytes())
+                s3.put_object(Bucket=self.bucket, Key=self.prefix + layout.JOB_FILE, Body=saved_job.read_bytes())
             for path in sorted(self.records.rglob("*.jsonl")):
                 key = f"{self.prefix}records/{path.relative_to(self.records).as_posix()}"
                 s3.put_object(Bucket=self.bucket, Key=key, Body=path.read_bytes())
         with self._lock:
             # what was put back is in the folder already: counted, not copied again
-            for _, body in moto_patches.new_objects(self.account, self.bucket, self.prefix + "records/", self._seen):
+            for _, body in moto_patches.new_objects(self.account, self.bucket, self.prefix + layout.RECORDS_DIR, self._seen):
                 self.count += body.count(b"\n")
-            for _ in moto_patches.new_objects(self.account, self.bucket, self.prefix + "job.json", self._seen):
+            for _ in moto_patches.new_objects(self.account, self.bucket, self.prefix + layout.JOB_FILE, self._seen):
                 pass
 
     def sync(self) -> int:
         """Copy the chunks written since the last sync; returns the records counted so far."""
         with self._lock:
-            for _, body in moto_patches.new_objects(self.account, self.bucket, self.prefix + "job.json", self._seen):
+            for _, body in moto_patches.new_objects(self.account, self.bucket, self.prefix + layout.JOB_FILE, self._seen):
                 self._pending_job = body
-            for key, body in moto_patches.new_objects(self.account, self.bucket, self.prefix + "records/", self._seen):
+            for key, body in moto_patches.new_objects(self.account, self.bucket, self.prefix + layout.RECORDS_DIR, self._seen):
                 if self.replace_previous:
                     self._replace_previous()
                 if self._pending_job is not None:
                     _write_whole(self.records / JOB_FILE, self._pending_job)
                     self._pending_job = None
-                _write_whole(self.records / key[len(self.prefix + "records/") :], body)
+                _write_whole(self.records / key[len(self.prefix + layout.RECORDS_DIR) :], body)
                 self.count += body.count(b"\n")
             if self._pending_job is not None and not self.replace_previous:
                 _write_whole(self.records / JOB_FILE, self._pending_job)

@@ -24,6 +24,7 @@ from typing import Any
 
 from fanout.errors import FanoutError
 from fanout.progress import ProgressView, Snapshot, Tally, read_s3_chunks
+from fanout_core import layout
 from fanout_core.errors import InvalidJob
 from fanout_core.job import JOB_ID_PATTERN, check_items, parse_job, safe_job_id
 from fanout_core.loading import decode_json, parse_item_file
@@ -32,8 +33,8 @@ from fanout_core.loading import decode_json, parse_item_file
 # "Maximum length of 262144"), and every state's payload has the same cap: items of a larger job go to S3
 INLINE_INPUT_LIMIT = 64 * 1024
 # uploaded items: never under jobs/, where an upload would start an execution of its own
-ITEMS_PREFIX = "items/"
-RESULT_FILES = ("result.json", "results.jsonl", "report.md", "report.html")
+ITEMS_PREFIX = layout.ITEMS
+RESULT_FILES = layout.RESULT_FILES
 OPTIONAL_FILES = ("report.html",)
 NAME_LIMIT = 80  # Step Functions' longest execution name
 EXIT_INVALID = 2  # as the CLI exits for bad input
@@ -269,10 +270,10 @@ class RunWatch:
     def read(self) -> Snapshot:
         s3, bucket = self.remote.s3, self.remote.target.results_bucket
         if not self.tally.total:
-            plan = _get(s3, bucket, f"runs/{self.job_id}/plan.json")
+            plan = _get(s3, bucket, layout.plan_key(self.job_id))
             if plan is not None and plan[1] >= self.since:
                 self.tally.total = int(json.loads(plan[0])["counts"]["tasks"])
-        read_s3_chunks(s3, bucket, f"runs/{self.job_id}/records/", self.tally)
+        read_s3_chunks(s3, bucket, layout.records_prefix(self.job_id), self.tally)
         return self.tally.snapshot()
 
 
@@ -314,7 +315,7 @@ def download(remote: Remote, job_id: str, out: Path) -> Path | None:
         )
     bodies: dict[str, bytes] = {}
     for name in RESULT_FILES:
-        got = _get(remote.s3, remote.target.results_bucket, f"results/{job_id}/{name}")
+        got = _get(remote.s3, remote.target.results_bucket, layout.result_key(job_id, name))
         if got is None:
             if name in OPTIONAL_FILES:
                 continue
@@ -357,7 +358,7 @@ def resolve(remote: Remote, ref: str) -> dict[str, Any] | None:
     if ref.startswith("arn:"):
         return None
     # a job_id: the execution holding its lease, else its latest execution named after it
-    lease = _get(remote.s3, remote.target.results_bucket, f"runs/{ref}/lease.json")
+    lease = _get(remote.s3, remote.target.results_bucket, layout.lease_key(ref))
     if lease is not None:
         holder = str(json.loads(lease[0]).get("execution", ""))
         arn = holder if holder.startswith("arn:") else remote.execution_prefix + holder
@@ -390,7 +391,7 @@ def status(remote: Remote, ref: str) -> dict[str, Any]:
             if described.get(field):
                 doc[field] = described[field]
         doc["progress"] = RunWatch(remote, job_id, described["startDate"]).read().as_dict()
-    result = _get(remote.s3, remote.target.results_bucket, f"results/{job_id}/result.json")
+    result = _get(remote.s3, remote.target.results_bucket, layout.result_key(job_id, "result.json"))
     if result is not None:
         summary = json.loads(result[0])
         doc["result_status"] = summary.get("status")
@@ -412,7 +413,7 @@ def cancel(remote: Remote, ref: str) -> dict[str, Any]:
         remote.sfn.stop_execution(executionArn=arn, error="Cancelled", cause="stopped with fanout cancel")
         stopped = True
     job_id = job_id_of(described)
-    key = f"runs/{job_id}/lease.json"
+    key = layout.lease_key(job_id)
     lease = _get(remote.s3, remote.target.results_bucket, key)
     freed = False
     if lease is not None and str(json.loads(lease[0]).get("execution", "")) in (name, arn):

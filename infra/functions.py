@@ -13,10 +13,10 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from fanout_core import layout
 from infra.bundling import ARCHITECTURE, lambda_code
 from infra.config import INFERENCE_PROFILE_PREFIXES, FanoutConfig
 from infra.nag import nag_reads, suppress, suppress_wildcards, template_arn
-from infra.storage import RESULTS_PREFIX, RUNS_PREFIX
 
 HANDLERS = "fanout_core.handlers"
 # where the handlers' Powertools Metrics publish (fanout_core.observability); the alarms and dashboard read them
@@ -36,7 +36,7 @@ INPUT_DOCUMENTS = (
 RUN_DATA = "run data is keyed runs/<job_id>/...; the job id is chosen per job at run time, so the prefix is the fixed part"
 RUN_FAILURES = "delete only the failures/ a batch left under runs/<job_id>/: a re-run of the job clears the earlier run's"
 RUN_LEASE = "delete only runs/<job_id>/lease.json, the lease one run of a job holds from Plan to Aggregate"
-LEASES = f"{RUNS_PREFIX}*/lease.json"
+LEASES = layout.LEASES_ANY
 LEASE_HOLDERS = (
     "plan asks whether the execution that holds a job_id's lease still runs; the grant names this state machine, "
     "the execution's name is chosen per start"
@@ -103,9 +103,9 @@ class Functions(Construct):
         fn = self._build_function("Plan", "plan", memory_mb=512, timeout=Duration.seconds(300))
         # job files and items_uri objects may sit anywhere in the input bucket, not only under jobs/
         self._allow_read(fn, self._input_bucket, "*")
-        self._allow_read(fn, self._results_bucket, f"{RUNS_PREFIX}*")
-        self._allow_write(fn, self._results_bucket, f"{RUNS_PREFIX}*")
-        failures = f"{RUNS_PREFIX}*/failures/*"
+        self._allow_read(fn, self._results_bucket, layout.RUNS_ANY)
+        self._allow_write(fn, self._results_bucket, layout.RUNS_ANY)
+        failures = layout.FAILURES_ANY
         fn.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["s3:DeleteObject"],
@@ -121,7 +121,7 @@ class Functions(Construct):
             {
                 nag_reads(holders): LEASE_HOLDERS,
                 template_arn(self._input_bucket, "/*"): INPUT_ANY_KEY,
-                template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA,
+                template_arn(self._results_bucket, "/" + layout.RUNS_ANY): RUN_DATA,
                 template_arn(self._results_bucket, f"/{failures}"): RUN_FAILURES,
                 template_arn(self._results_bucket, f"/{LEASES}"): RUN_LEASE,
             },
@@ -130,15 +130,15 @@ class Functions(Construct):
 
     def _build_subtask(self) -> lambda_.Function:
         fn = self._build_function("Subtask", "subtask", memory_mb=1024, timeout=Duration.seconds(900))
-        self._allow_read(fn, self._results_bucket, f"{RUNS_PREFIX}*")
-        self._allow_write(fn, self._results_bucket, f"{RUNS_PREFIX}*")
+        self._allow_read(fn, self._results_bucket, layout.RUNS_ANY)
+        self._allow_write(fn, self._results_bucket, layout.RUNS_ANY)
         self._allow_bedrock(fn)
         # a PDF or office item is sent to Bedrock as the file itself, read from where the items came from
         fn.add_to_role_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._input_bucket.arn_for_objects("*")]))
         suppress_wildcards(
             _role(fn),
             {
-                template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA,
+                template_arn(self._results_bucket, "/" + layout.RUNS_ANY): RUN_DATA,
                 template_arn(self._input_bucket, "/*"): INPUT_DOCUMENTS,
             },
         )
@@ -149,8 +149,8 @@ class Functions(Construct):
         # items back on top. /tmp holds the records' spill files and the result files (~400 MB at 1M tasks); its size
         # is 512 to 10,240 MB ("EphemeralStorage", Lambda API reference)
         fn = self._build_function("Aggregate", "aggregate", memory_mb=1536, timeout=Duration.seconds(900), ephemeral_mb=2048)
-        self._allow_read(fn, self._results_bucket, f"{RUNS_PREFIX}*")
-        self._allow_write(fn, self._results_bucket, f"{RESULTS_PREFIX}*")
+        self._allow_read(fn, self._results_bucket, layout.RUNS_ANY)
+        self._allow_write(fn, self._results_bucket, layout.RESULTS_ANY)
         # the run's end: its lease on the job_id is released
         fn.add_to_role_policy(
             iam.PolicyStatement(actions=["s3:DeleteObject"], resources=[self._results_bucket.arn_for_objects(LEASES)])
@@ -160,8 +160,8 @@ class Functions(Construct):
         suppress_wildcards(
             _role(fn),
             {
-                template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA,
-                template_arn(self._results_bucket, f"/{RESULTS_PREFIX}*"): RESULT_FILES,
+                template_arn(self._results_bucket, "/" + layout.RUNS_ANY): RUN_DATA,
+                template_arn(self._results_bucket, "/" + layout.RESULTS_ANY): RESULT_FILES,
                 template_arn(self._results_bucket, f"/{LEASES}"): RUN_LEASE,
             },
         )

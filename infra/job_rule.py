@@ -11,8 +11,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-JOBS_PREFIX = "jobs/"
-JOB_SUFFIX = ".json"
+from fanout_core import layout
+
+JOBS_PREFIX = layout.JOBS
+JOB_SUFFIX = layout.JOB_SUFFIX
 # EventBridge ANDs the fields of a pattern but ORs the filters listed for one field, so "under jobs/ AND
 # ending in .json" is one wildcard filter; its "*" matches any characters, "/" included (jobs/a/b.json)
 KEY_WILDCARD = f"{JOBS_PREFIX}*{JOB_SUFFIX}"

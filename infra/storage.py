@@ -14,12 +14,14 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from fanout_core import layout
 from infra.config import FanoutConfig
 from infra.nag import suppress
 
-JOBS_PREFIX = "jobs/"
-RUNS_PREFIX = "runs/"
-RESULTS_PREFIX = "results/"
+# the prefixes are the run layout's (fanout_core.layout)
+JOBS_PREFIX = layout.JOBS
+RUNS_PREFIX = layout.RUNS
+RESULTS_PREFIX = layout.RESULTS
 
 # the Distributed Map's ResultWriter uploads in parts; parts of an upload that never completed are billed
 ABORT_INCOMPLETE_UPLOADS = Duration.days(1)

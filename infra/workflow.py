@@ -15,10 +15,10 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from fanout_core import layout
 from infra.config import FanoutConfig
 from infra.functions import LEASES, RUN_DATA, RUN_LEASE, Functions, data_key_statement
 from infra.nag import nag_reads, suppress, suppress_wildcards, template_arn
-from infra.storage import RUNS_PREFIX
 
 # the one definition, also run by the local runtime
 ASL_FILE = Path(__file__).resolve().parent.parent / "statemachine" / "fanout.asl.json"
@@ -131,7 +131,7 @@ class Workflow(Construct):
         self.state_machine.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["s3:GetObject", "s3:PutObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"],
-                resources=[self._results_bucket.arn_for_objects(f"{RUNS_PREFIX}*")],
+                resources=[self._results_bucket.arn_for_objects(layout.RUNS_ANY)],
             )
         )
         # ReleaseLease frees the job_id when Aggregate failed for good: delete the lease, nothing else
@@ -141,7 +141,7 @@ class Workflow(Construct):
         suppress_wildcards(
             self.state_machine.role,
             {
-                template_arn(self._results_bucket, f"/{RUNS_PREFIX}*"): RUN_DATA,
+                template_arn(self._results_bucket, "/" + layout.RUNS_ANY): RUN_DATA,
                 template_arn(self._results_bucket, f"/{LEASES}"): RUN_LEASE,
             },
         )

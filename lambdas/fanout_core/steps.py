@@ -18,6 +18,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from fanout_core import layout
 from fanout_core.aggregation import Judge, aggregate, aggregate_stream
 from fanout_core.catalog import check_job_models
 from fanout_core.costs import plan_costs
@@ -83,7 +84,7 @@ def plan(
         raise
     if model_warnings:
         summary["warnings"] = model_warnings
-        store.put_json("plan.json", summary)
+        store.put_json(layout.PLAN_FILE, summary)
     return summary
 
 
@@ -108,7 +109,7 @@ def _plan_run(
     tier = _tier(job, every_task, tasks)
 
     store.put_json(
-        "job.json",
+        layout.JOB_FILE,
         {
             "job": job.model_dump(exclude={"items"}),
             "items": items,
@@ -119,7 +120,7 @@ def _plan_run(
     ranges = batch_ranges(len(tasks), batching.batch_size)
     mode = choose_mode(job.limits.mode, batching)
     if rerun:
-        store.delete_prefix("failures/")  # failures of an earlier run of this job_id describe other batches
+        store.delete_prefix(layout.FAILURES_DIR)  # failures of an earlier run of this job_id describe other batches
     shared = {
         "job_id": job.job_id,
         "system": job.system,
@@ -139,13 +140,13 @@ def _plan_run(
                 ranges,
             )
         )
-    store.put_json("batches.json", ranges)
+    store.put_json(layout.MANIFEST_FILE, ranges)
     summary = {
         "job_id": job.job_id,
         "run_uri": store.uri,
         "run_bucket": store.bucket,
-        "manifest_key": store.prefix + "batches.json",
-        "map_results_prefix": store.prefix + "map-results",
+        "manifest_key": layout.manifest_key(job.job_id),
+        "map_results_prefix": layout.map_results_prefix(job.job_id),
         "mode": mode,
         # the distributed Map reads the batch list from S3; the state stays small however large the job
         "batches": ranges if mode == "inline" else [],
@@ -164,7 +165,7 @@ def _plan_run(
             "batches": len(ranges),
         },
     }
-    store.put_json("plan.json", summary)
+    store.put_json(layout.PLAN_FILE, summary)
     return summary
 
 
@@ -200,7 +201,7 @@ def _naming_the_object(where: str) -> Iterator[None]:
 def _earlier_run(store: RunStore, job_id: str, print_: str) -> bool:
     """Whether this job_id ran before; refuses a changed job whose earlier records would be reused."""
     try:
-        previous = store.get_json("job.json")
+        previous = store.get_json(layout.JOB_FILE)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             return False
@@ -240,13 +241,13 @@ def run_aggregate(
     memory: its synthesis call reads every item.
     """
     store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
-    saved = store.get_json("job.json")
+    saved = store.get_json(layout.JOB_FILE)
     job = Job.model_validate(saved["job"])
     items: list[dict[str, Any]] = saved["items"]
     errors = _batch_errors(store)
     judge = _judge(job, provider_for, saved["default_model"]) if job.strategy == "judge" else None
     judge_threads = min(job.limits.max_concurrency, 32)
-    prefix = f"results/{job.job_id}/"
+    prefix = layout.result_prefix(job.job_id)
     bucket = store.bucket
     prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
     tier = _planned_tier(store)
@@ -305,7 +306,7 @@ def _planned_tier(store: RunStore) -> dict[str, Any] | None:
 def _tasks_skipped(store: RunStore) -> int:
     """How many tasks this run found finished when it was planned (plan.json)."""
     try:
-        return int(store.get_json("plan.json")["counts"].get("skipped", 0))
+        return int(store.get_json(layout.PLAN_FILE)["counts"].get("skipped", 0))
     except (ClientError, KeyError, TypeError, ValueError):
         return 0
 

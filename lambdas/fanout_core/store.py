@@ -1,14 +1,4 @@
-"""S3 I/O for a run: the plan, batch files, the task records, and the results.
-
-Layout in the results bucket::
-
-    runs/<job_id>/job.json                       the checked job with its items
-    runs/<job_id>/plan.json, batches.json        the plan and the batch list
-    runs/<job_id>/batches/<n>.json               the rendered tasks of batch n
-    runs/<job_id>/records/b<n>/<writer>-<k>.jsonl   task records, one JSON line each
-    runs/<job_id>/failures/<n>.json              the error of a batch that failed for good
-    runs/<job_id>/lease.json                     held by the one run of the job_id in progress
-    results/<job_id>/result.json, results.jsonl, report.md
+"""S3 I/O for a run: the plan, batch files, the task records, and the results (keys: ``fanout_core.layout``).
 
 Records are written as the batch goes, a chunk at a time (every
 ``flush_records`` records or ``flush_seconds``, and when the batch ends or
@@ -26,6 +16,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from fanout_core import layout
+
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://") or "/" not in uri[5:]:
@@ -35,7 +27,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 # held by the run of a job_id from Plan to Aggregate (fanout_core.lease), so two runs never share its records
-LEASE = "lease.json"
+LEASE = layout.LEASE_FILE
 # the record statuses that need no more model calls: answered, or not asked because earlier votes agreed
 FINISHED = ("ok", "skipped")
 
@@ -47,7 +39,7 @@ class RunStore:
         self.s3 = s3
         self.bucket = bucket
         self.job_id = job_id
-        self.prefix = f"runs/{job_id}/"
+        self.prefix = layout.run_prefix(job_id)
 
     @classmethod
     def from_uri(cls, s3: Any, run_uri: str, job_id: str) -> RunStore:
@@ -65,11 +57,11 @@ class RunStore:
         return get_json(self.s3, self.bucket, self.prefix + name)
 
     def batch_name(self, index: int) -> str:
-        return f"batches/{index:05d}.json"
+        return layout.batch_name(index)
 
     def writer(self, batch_index: int, flush_records: int = 500, flush_seconds: float = 1.0) -> RecordWriter:
         """Where one run of batch ``batch_index`` writes its records."""
-        prefix = f"{self.prefix}records/b{batch_index:05d}/{uuid.uuid4().hex[:12]}"
+        prefix = f"{self.prefix}{layout.batch_records_dir(batch_index)}{uuid.uuid4().hex[:12]}"
         return RecordWriter(self.s3, self.bucket, prefix, flush_records, flush_seconds)
 
     def completed(self, batch_index: int) -> set[str]:
@@ -78,23 +70,23 @@ class RunStore:
 
     def finished_records(self, batch_index: int) -> list[dict[str, Any]]:
         """The records behind ``completed``: early stopping decides from their answers."""
-        return [r for r in self._read_records(self._keys(f"records/b{batch_index:05d}/")) if r["status"] in FINISHED]
+        return [r for r in self._read_records(self._keys(layout.batch_records_dir(batch_index))) if r["status"] in FINISHED]
 
     def has_records(self) -> bool:
-        listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + "records/", MaxKeys=1)
+        listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + layout.RECORDS_DIR, MaxKeys=1)
         return bool(listed.get("KeyCount"))
 
     def record_keys(self) -> Iterator[str]:
-        return self._keys("records/")
+        return self._keys(layout.RECORDS_DIR)
 
     def release_lease(self) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=self.prefix + LEASE)
 
     def failures(self) -> Iterator[dict[str, Any]]:
-        """The errors of batches that failed for good, written by the state machine as failures/<n>.json."""
-        for key in self._keys("failures/"):
+        """The errors of batches that failed for good, written by the state machine (layout.FAILURE_FORMAT)."""
+        for key in self._keys(layout.FAILURES_DIR):
             failure: dict[str, Any] = get_json(self.s3, self.bucket, key)
-            failure["batch"] = int(key.rsplit("/", 1)[-1].split(".")[0])
+            failure["batch"] = layout.failure_batch(key)
             yield failure
 
     def delete_prefix(self, name: str) -> None:
