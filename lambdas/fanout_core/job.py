@@ -11,10 +11,11 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fanout_core import strictjson
 from fanout_core.errors import InvalidJob
 from fanout_core.providers.spec import parse_model_spec
 from fanout_core.templating import template_fields
@@ -23,6 +24,9 @@ from fanout_core.validation import SchemaRefused, check_output_schema
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$"
 MAX_ITEM_ID_CHARS = 200
+
+MAX_WEIGHT = 1_000_000.0
+MAX_PRICE_PER_MILLION = 1_000_000.0  # USD per million tokens: far above any model's, far below float's range
 
 VOTING_STRATEGIES = ("majority", "weighted", "mean", "median", "threshold", "judge")
 SECTIONING_STRATEGIES = ("merge",)
@@ -77,7 +81,8 @@ class Aggregate(_Strict):
     field: str | None = None
     dedupe: Dedupe | None = None
     # weighted: weight of each model's vote, by model spec (unlisted models weigh 1)
-    weights: dict[str, float] | None = None
+    # bounded so that no sum of weights overflows into infinity (and confidence into NaN)
+    weights: dict[str, Annotated[float, Field(ge=0, le=MAX_WEIGHT, allow_inf_nan=False)]] | None = None
     # threshold: an element is kept when at least k votes report it (default: more than half)
     k: int | None = Field(default=None, ge=1)
     # threshold over a list of objects: the property that identifies an element
@@ -95,8 +100,8 @@ class Synthesis(_Strict):
 
 
 class Price(_Strict):
-    input_per_million: float = Field(ge=0)
-    output_per_million: float = Field(ge=0)
+    input_per_million: float = Field(ge=0, le=MAX_PRICE_PER_MILLION, allow_inf_nan=False)
+    output_per_million: float = Field(ge=0, le=MAX_PRICE_PER_MILLION, allow_inf_nan=False)
 
 
 class Limits(_Strict):
@@ -171,6 +176,10 @@ def parse_job(data: Any, *, job_id_default: str | None = None, caps: dict[str, i
     ``caps`` are the deployment's ceilings for the job's limits: a job may
     lower a limit, never raise it above its cap.
     """
+    found = strictjson.problem(data)
+    if found is not None:
+        where, message = found
+        raise InvalidJob(f"{where or 'job'}: {message}", where or "job")
     if not isinstance(data, dict):
         raise InvalidJob(f"job: must be a JSON object, got {_type_name(data)}", "job")
     if not data:
@@ -294,8 +303,8 @@ def _check_voting(job: Job) -> None:
                 'aggregate.field: strategy \'threshold\' needs a list field in output_schema ("type": "array")',
                 "aggregate.field",
             )
-        element = node.get("items") or {}
-        if element.get("type") == "object" and job.aggregate.key is None:
+        element = node.get("items")
+        if isinstance(element, dict) and element.get("type") == "object" and job.aggregate.key is None:
             raise InvalidJob("aggregate.key: name the property that identifies a list element (e.g. 'title')", "aggregate.key")
         if job.aggregate.k is not None and job.aggregate.k > job.vote_count:
             raise InvalidJob(f"aggregate.k: {job.aggregate.k} is more than the {job.vote_count} votes", "aggregate.k")
@@ -389,11 +398,15 @@ def check_items(job: Job, items: list[Any], *, where: str = "items") -> None:
         raise InvalidJob(f"{where}: is empty; give at least one item", where)
     if len(items) > job.limits.max_items:
         raise InvalidJob(f"{where}: {len(items)} items exceed limits.max_items ({job.limits.max_items})", where)
+    check_task_count(job, len(items))
     templates = prompt_templates(job)
     needed = {name: sorted(template_fields(text)) for name, text in templates.items()}
     seen: dict[str, int] = {}
     for index, item in enumerate(items):
         at = f"{where}[{index}]"
+        found = strictjson.problem(item, at)
+        if found is not None:
+            raise InvalidJob(f"{found[0]}: {found[1]}", found[0])
         if not isinstance(item, dict):
             raise InvalidJob(f"{at}: must be an object with an 'id', got {_type_name(item)}", at)
         if "id" not in item:
@@ -422,6 +435,21 @@ def check_items(job: Job, items: list[Any], *, where: str = "items") -> None:
                         f"{at}.{field}: item '{item_id}' lacks field '{field}' used by {template_name}",
                         f"{at}.{field}",
                     )
+
+
+def task_count(job: Job, item_count: int) -> int:
+    """How many tasks the job expands to, counted without building them."""
+    return item_count * (len(job.sections or []) if job.pattern == "sectioning" else job.vote_count)
+
+
+def check_task_count(job: Job, item_count: int) -> None:
+    """limits.max_tasks, checked on the count before any task is built (100k items x 25 votes is refused at once)."""
+    count = task_count(job, item_count)
+    if count > job.limits.max_tasks:
+        raise InvalidJob(
+            f"limits.max_tasks: the job expands to {count} tasks, over limits.max_tasks ({job.limits.max_tasks})",
+            "limits.max_tasks",
+        )
 
 
 def prompt_templates(job: Job) -> dict[str, str]:

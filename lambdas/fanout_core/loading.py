@@ -8,6 +8,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from fanout_core import strictjson
 from fanout_core.documents import csv_items, is_csv, s3_document_items
 from fanout_core.errors import InvalidJob
 from fanout_core.job import Job, check_items
@@ -18,18 +19,44 @@ def job_source(event_input: Any) -> tuple[str, str] | None:
     """(bucket, key) when the input points at a job object in S3, else None (the input is the job)."""
     if not isinstance(event_input, dict):
         return None
-    detail = event_input.get("detail")
-    if isinstance(detail, dict) and "bucket" in detail and "object" in detail:
-        # the EventBridge "Object Created" event as it arrives without an input transformer
-        return str(detail["bucket"].get("name", "")), str(detail["object"].get("key", ""))
+    if "detail" in event_input and "pattern" not in event_input:
+        return _event_object(event_input["detail"])
     if set(event_input) == {"bucket", "key"}:
-        return str(event_input["bucket"]), str(event_input["key"])
+        return _named_object(event_input["bucket"], event_input["key"], "")
     if set(event_input) == {"job_uri"}:
+        uri = event_input["job_uri"]
+        if not isinstance(uri, str):
+            raise InvalidJob("job_uri: must be a string like s3://bucket/key.json", "job_uri")
         try:
-            return parse_s3_uri(str(event_input["job_uri"]))
+            return parse_s3_uri(uri)
         except ValueError as exc:
             raise InvalidJob(f"job_uri: {exc}; use s3://bucket/key.json", "job_uri") from None
     return None
+
+
+def _event_object(detail: Any) -> tuple[str, str]:
+    """The object of an EventBridge "Object Created" event (as it arrives without an input transformer).
+
+    Field names: "Amazon S3 event notifications > Using EventBridge > EventBridge event message structure"
+    (detail.bucket.name, detail.object.key).
+    """
+    if not isinstance(detail, dict):
+        raise InvalidJob("detail: an S3 event's detail must be an object with bucket.name and object.key", "detail")
+    bucket, obj = detail.get("bucket"), detail.get("object")
+    if not isinstance(bucket, dict):
+        raise InvalidJob('detail.bucket: must be an object like {"name": "my-bucket"}', "detail.bucket")
+    if not isinstance(obj, dict):
+        raise InvalidJob('detail.object: must be an object like {"key": "jobs/job.json"}', "detail.object")
+    return _named_object(bucket.get("name"), obj.get("key"), "detail.")
+
+
+def _named_object(bucket: Any, key: Any, prefix: str) -> tuple[str, str]:
+    names = {f"{prefix}bucket{'.name' if prefix else ''}": bucket, f"{prefix}{'object.' if prefix else ''}key": key}
+    for where, value in names.items():
+        if not isinstance(value, str) or not value or strictjson.problem(value) is not None or len(value) > 1024:
+            # S3 bucket names are at most 63 characters and object keys at most 1,024 bytes ("Naming Amazon S3 objects")
+            raise InvalidJob(f"{where}: must be a non-empty string naming the job object in S3", where)
+    return bucket, key
 
 
 def read_job_object(s3: Any, bucket: str, key: str) -> Any:
@@ -44,14 +71,23 @@ def read_job_object(s3: Any, bucket: str, key: str) -> Any:
 
 
 def decode_json(body: bytes, where: str) -> Any:
+    """The JSON document in ``body``; what is not data in it is left as a marker for parse_job to refuse by its path."""
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidJob(f"{where}: not UTF-8 text (byte {exc.start}); save the file as UTF-8", where) from None
     try:
-        return json.loads(text)
+        return strictjson.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidJob(f"{where}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", where) from None
+    except strictjson.TooDeep as exc:
+        raise _too_deep(exc, "job", where) from None
+
+
+def _too_deep(exc: strictjson.TooDeep, root: str, where: str) -> InvalidJob:
+    path = root + exc.path if not exc.path or exc.path.startswith("[") else exc.path
+    path = path if len(path) <= 120 else path[:120] + "..."
+    return InvalidJob(f"{path}: nested deeper than {strictjson.MAX_DEPTH} levels (line {exc.line} of {where}); flatten it", path)
 
 
 def key_stem(key: str) -> str:
@@ -73,18 +109,23 @@ def load_items(s3: Any, job: Job) -> list[dict[str, Any]]:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             raise InvalidJob(f"items_uri: cannot read {job.items_uri} ({code}); check the bucket and key", "items_uri") from None
-        items = parse_item_file(body, key, "items_uri")
+        items = parse_item_file(body, key, "items_uri", max_items=job.limits.max_items)
     check_items(job, items, where="items_uri")
     return items
 
 
-def parse_item_file(body: bytes, name: str, where: str) -> list[Any]:
+def parse_item_file(body: bytes, name: str, where: str, *, max_items: int | None = None) -> list[Any]:
     """A CSV file (by its name) or a JSON list / JSON Lines file of items."""
-    return csv_items(body, where) if is_csv(name) else parse_items(body, where)
+    return csv_items(body, where) if is_csv(name) else parse_items(body, where, max_items=max_items)
 
 
-def parse_items(body: bytes, where: str) -> list[Any]:
-    """A JSON list of items, or JSON Lines with one item per line."""
+def parse_items(body: bytes, where: str, *, max_items: int | None = None) -> list[Any]:
+    """A JSON list of items, or JSON Lines with one item per line.
+
+    JSON Lines are split on ``\\n`` (and ``\\r\\n``) only, as the format says: U+2028, U+0085 or a form feed inside
+    a string are text, not line ends (``str.splitlines`` would cut the item there). Reading stops at the first line
+    past ``max_items``: a file far over the limit is refused without decoding the rest of it.
+    """
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -92,16 +133,28 @@ def parse_items(body: bytes, where: str) -> list[Any]:
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
-            items = json.loads(text)
+            items = strictjson.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidJob(f"{where}: not valid JSON: {exc.msg} at line {exc.lineno}", where) from None
-        return list(items)
+        except strictjson.TooDeep as exc:
+            raise _too_deep(exc, where, where) from None
+        if not isinstance(items, list):
+            raise InvalidJob(f"{where}: a file that starts with '[' must be one JSON list of items", where)
+        return items
     items = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
+        if max_items is not None and len(items) >= max_items:
+            raise InvalidJob(f"{where}: more than limits.max_items ({max_items}) items", where)
         try:
-            items.append(json.loads(line))
+            items.append(strictjson.loads(line))
         except json.JSONDecodeError as exc:
             raise InvalidJob(f"{where}: line {number} is not valid JSON: {exc.msg}", where) from None
+        except strictjson.TooDeep:
+            raise InvalidJob(
+                f"{where}[{len(items)}]: nested deeper than {strictjson.MAX_DEPTH} levels (line {number}); flatten it",
+                f"{where}[{len(items)}]",
+            ) from None
     return items

@@ -43,6 +43,27 @@ def big_item() -> dict[str, Any]:
     return {"id": "huge-one", "text": "x" * 2_000_000}
 
 
+def raw(document: dict[str, Any], marker: str, text: str) -> bytes:
+    """The job's JSON text with ``"marker"`` replaced by ``text``: JSON that json.dumps would not write."""
+    return json.dumps(document).replace(json.dumps(marker), text).encode()
+
+
+def nested(depth: int) -> Any:
+    value: Any = "deep"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def weighted(weight: Any) -> dict[str, Any]:
+    return job(
+        models=["sim:seed=1", "sim:seed=2"],
+        votes=None,
+        model=None,
+        aggregate={"strategy": "weighted", "weights": {"sim:seed=1": weight}},
+    )
+
+
 # (name, the job document or raw bytes, the field the message must start with)
 CATALOGUE: list[tuple[str, Any, str]] = [
     ("malformed JSON", b'{"pattern": "voting",', "job.json: not valid JSON"),
@@ -94,6 +115,52 @@ CATALOGUE: list[tuple[str, Any, str]] = [
     ("recursive $ref", labelled({"$ref": "#/properties/label"}), "output_schema.properties.label.$ref: makes a reference loop"),
     ("$dynamicRef without anchor", labelled({"$dynamicRef": "#meta"}), "output_schema.properties.label.$dynamicRef:"),
     ("look-around pattern", labelled({"type": "string", "pattern": "^(?!x)"}), "output_schema.properties.label.pattern:"),
+    # what Python's json reads but no later step can use: refused by its path, never a traceback
+    ("lone surrogate in an item", job(items=[{"id": "a", "text": "ok \ud800"}]), "items[0].text: contains a lone surrogate"),
+    ("lone surrogate in an id", job(items=[{"id": "\udfff", "text": "x"}]), "items[0].id: contains a lone surrogate"),
+    ("lone surrogate in a key", job(items=[{"id": "a", "text": "x", "\ud83d": 1}]), 'items[0]["\\ud83d"]: the key contains'),
+    ("lone surrogate in the prompt", job(prompt="\ud83d {text}"), "prompt: contains a lone surrogate"),
+    ("integer over 4,300 digits", raw(job(votes="N"), "N", "9" * 4301), "votes: an integer of 4301 digits"),
+    (
+        "integer over 4,300 digits in an item",
+        raw(job(items=[{"id": "a", "text": "N"}]), "N", "1" * 5000),
+        "items[0].text: an integer",
+    ),
+    ("number outside float range", raw(job(items=[{"id": "a", "text": "N"}]), "N", "-1e400"), "items[0].text: -1e400 is outside"),
+    ("NaN in an item", raw(job(items=[{"id": "a", "text": "N"}]), "N", "NaN"), "items[0].text: NaN is not a JSON number"),
+    (
+        "nesting deeper than the decoder goes",
+        raw(job(items=[{"id": "a", "text": "N"}]), "N", "[" * 5000 + "]" * 5000),
+        "items[0].text[0][0]",
+    ),
+    ("nesting past the depth limit", job(items=[{"id": "a", "text": "x", "tree": nested(200)}]), "items[0].tree[0][0]"),
+    ("NaN weight", raw(weighted("W"), "W", "NaN"), "aggregate.weights.sim:seed=1: NaN is not a JSON number"),
+    ("Infinity weight", raw(weighted("W"), "W", "Infinity"), "aggregate.weights.sim:seed=1: Infinity is not a JSON number"),
+    ("weight past float's sums", weighted(1e300), "aggregate.weights.sim:seed=1: input should be less than or equal to"),
+    ("weight as text", weighted("2"), "aggregate.weights.sim:seed=1:"),
+    (
+        "price past float's sums",
+        job(prices={"sim": {"input_per_million": 1e308, "output_per_million": 1}}),
+        "prices.sim.input_per_million:",
+    ),
+    (
+        "threshold list whose items is a number",
+        job(
+            output_schema={"type": "object", "properties": {"tags": {"type": "array", "items": 5}}},
+            aggregate={"strategy": "threshold", "field": "tags"},
+        ),
+        "output_schema.properties.tags.items",
+    ),
+    ("schema property that is a number", labelled(7), "output_schema.properties.label"),
+    ("items as true", job(items=True), "items:"),
+    ("sections as a string", job(pattern="sectioning", prompt=None, votes=None, sections="abc"), "sections:"),
+    ("aggregate as a list", job(aggregate=["majority"]), "aggregate:"),
+    ("limits as a number", job(limits=5), "limits:"),
+    (
+        "too many tasks, counted before any is built",
+        job(votes=25, items=[{"id": f"i{n}", "text": "x"} for n in range(30_000)]),
+        "limits.max_tasks: the job expands to 750000 tasks",
+    ),
 ]
 
 
@@ -123,6 +190,13 @@ def test_the_state_machine_refuses_the_same_jobs_before_any_model_call() -> None
         "jobs/items-missing.json": json.dumps(job(items=None, items_uri=f"s3://{INPUT_BUCKET}/items/none.jsonl")).encode(),
         "jobs/items-garbage.json": json.dumps(job(items=None, items_uri=f"s3://{INPUT_BUCKET}/items/garbage.jsonl")).encode(),
         "items/garbage.jsonl": b"{not json}\n",
+        "jobs/bigint.json": raw(job(votes="N"), "N", "7" * 5000),
+        "jobs/deep.json": raw(job(items=[{"id": "a", "text": "N"}]), "N", "[" * 3000 + "]" * 3000),
+        "jobs/nan.json": raw(job(votes="N"), "N", "NaN"),
+        "jobs/items-surrogate.json": json.dumps(job(items=None, items_uri=f"s3://{INPUT_BUCKET}/items/surrogate.jsonl")).encode(),
+        "items/surrogate.jsonl": b'{"id": "a", "text": "x"}\n{"id": "b", "text": "\\udc80"}\n',
+        "jobs/items-deep.json": json.dumps(job(items=None, items_uri=f"s3://{INPUT_BUCKET}/items/deep.jsonl")).encode(),
+        "items/deep.jsonl": b'{"id": "a", "text": ' + b"[" * 3000 + b"]" * 3000 + b"}\n",
     }
     inputs: list[tuple[Any, str]] = [(d, f) for _, d, f in CATALOGUE if not isinstance(d, bytes)]
     inputs += [("just a string", "job: must be a JSON object"), (42, "job: must be a JSON object")]
@@ -142,6 +216,29 @@ def test_the_state_machine_refuses_the_same_jobs_before_any_model_call() -> None
             f"s3://{INPUT_BUCKET}/jobs/deleted.json: cannot read the job object",
         ),
         ({"job_uri": "https://example.com/job.json"}, "job_uri:"),
+        # malformed S3 events, as EventBridge or a hand-written input could send them
+        ({"detail": {"bucket": "b", "object": {"key": "jobs/x.json"}}}, "detail.bucket: must be an object"),
+        ({"detail": {"bucket": {"name": INPUT_BUCKET}, "object": 5}}, "detail.object: must be an object"),
+        ({"detail": {"bucket": {"name": INPUT_BUCKET}, "object": {"key": ["jobs/x.json"]}}}, "detail.object.key: must be"),
+        ({"detail": {"bucket": {"name": 7}, "object": {"key": "jobs/x.json"}}}, "detail.bucket.name: must be"),
+        ({"detail": "Object Created"}, "detail: an S3 event's detail must be an object"),
+        ({"detail": {}}, "detail.bucket: must be an object"),
+        ({"bucket": INPUT_BUCKET, "key": 5}, "key: must be a non-empty string"),
+        ({"job_uri": ["s3://b/k.json"]}, "job_uri: must be a string"),
+        (
+            {"job_uri": f"s3://{INPUT_BUCKET}/jobs/bigint.json"},
+            f"s3://{INPUT_BUCKET}/jobs/bigint.json: votes: an integer of 5000",
+        ),
+        ({"job_uri": f"s3://{INPUT_BUCKET}/jobs/deep.json"}, f"s3://{INPUT_BUCKET}/jobs/deep.json: items[0].text[0][0]"),
+        ({"job_uri": f"s3://{INPUT_BUCKET}/jobs/nan.json"}, f"s3://{INPUT_BUCKET}/jobs/nan.json: votes: NaN is not"),
+        (
+            {"job_uri": f"s3://{INPUT_BUCKET}/jobs/items-surrogate.json"},
+            f"s3://{INPUT_BUCKET}/jobs/items-surrogate.json: items_uri[1].text: contains a lone surrogate",
+        ),
+        (
+            {"job_uri": f"s3://{INPUT_BUCKET}/jobs/items-deep.json"},
+            f"s3://{INPUT_BUCKET}/jobs/items-deep.json: items_uri[0]: nested deeper than",
+        ),
     ]
     with local_aws() as runtime:
         s3 = boto3.client("s3")
@@ -265,3 +362,36 @@ def test_a_backtracking_pattern_runs_to_a_result_at_once(tmp_path: Path) -> None
     result = json.loads((tmp_path / "out" / "hostile" / "result.json").read_text())
     assert (code, result["status"]) == (1, "failed") and time.monotonic() - started < 60
     assert result["counts"]["tasks"] == 3 and result["counts"]["invalid"] == 3
+
+
+def test_a_threshold_list_of_any_elements_runs_to_a_result(tmp_path: Path) -> None:
+    # Given a list field whose items schema is `true` (any element: a valid schema, once a crash in the checks)
+    schema = {"type": "object", "required": ["tags"], "properties": {"tags": {"type": "array", "items": True}}}
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job(output_schema=schema, aggregate={"strategy": "threshold", "field": "tags"})))
+
+    # When it runs, Then every task is accounted for in a result
+    code = main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])
+    result = json.loads((tmp_path / "out" / "hostile" / "result.json").read_text())
+    assert code in (0, 3) and result["counts"]["tasks"] == 3
+    assert result["counts"]["ok"] + result["counts"]["invalid"] + result["counts"]["failed"] == 3
+
+
+def test_json_lines_split_only_on_line_feeds(tmp_path: Path) -> None:
+    # Given JSON Lines whose strings hold raw U+2028, U+0085, a form feed and a vertical tab, and CRLF line ends
+    texts = ["one\u2028line", "next\u0085line", "form\x0cfeed", "tab\x0bbed"]
+    lines = [json.dumps({"id": f"i{n}", "text": t}, ensure_ascii=False) for n, t in enumerate(texts)]
+    (tmp_path / "items.jsonl").write_bytes("\r\n".join(lines).encode() + b"\r\n")
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job(items=None, items_uri="items.jsonl")))
+
+    # When it runs
+    code = main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])
+
+    # Then each line is one item, its text whole
+    assert code == 0
+    answered = [json.loads(line) for line in (tmp_path / "out" / "hostile" / "results.jsonl").read_text().splitlines()]
+    assert [i["id"] for i in answered] == ["i0", "i1", "i2", "i3"]
+    from fanout_core.loading import parse_items
+
+    assert [i["text"] for i in parse_items((tmp_path / "items.jsonl").read_bytes(), "items_uri")] == texts

@@ -322,3 +322,19 @@ def test_nested_fields_and_non_string_values_render_as_json() -> None:
     item = {"id": "a", "meta": {"lang": "fr", "tags": ["x", "é"]}, "n": 3}
 
     assert render("{meta.lang}/{meta.tags}/{n}", item) == 'fr/["x", "é"]/3'
+
+
+def test_max_tasks_is_checked_on_the_count_before_any_task_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given 30,000 items x 25 votes (750,000 tasks, over the default limits.max_tasks of 500,000)
+    from fanout import cli
+    from fanout_core import planning
+
+    rendered: list[str] = []
+    real_render = planning.render
+    monkeypatch.setattr(planning, "render", lambda t, i: rendered.append(i["id"]) or real_render(t, i))
+    data = voting(votes=25, items=[{"id": f"i{n}", "text": "x"} for n in range(30_000)])
+
+    # When the CLI loads it, Then it is refused by the count, and no prompt was rendered
+    with pytest.raises(InvalidJob, match=r"^limits.max_tasks: the job expands to 750000 tasks"):
+        cli.load_job(data, Path("."), "job", None, None, "sim")
+    assert rendered == []

@@ -147,9 +147,8 @@ def test_a_prompt_over_max_prompt_bytes_is_refused_naming_the_item() -> None:
 
 
 def test_a_job_expanding_past_max_tasks_is_refused() -> None:
-    job = voting_job(votes=3, limits={"max_tasks": 5})
-
     with pytest.raises(InvalidJob) as caught:
+        job = voting_job(votes=3, limits={"max_tasks": 5})  # refused on the count, before expanding
         expand_tasks(job, job.items or [], DEFAULT_MODEL)
 
     assert str(caught.value).startswith("limits.max_tasks:")
