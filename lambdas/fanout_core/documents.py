@@ -16,11 +16,13 @@ to the items made (``check_items``) and bound what is read before that.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import re
+import stat
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
@@ -38,6 +40,11 @@ MAX_NAME_CHARS = 200
 TEXT_READ_FACTOR = 4
 # bounds on what an office file's XML may unpack to (a zip bomb must not exhaust memory)
 MAX_XML_BYTES = 50_000_000
+# the text a workbook's shared strings may expand to: each string is stored once and may be referenced by any
+# number of cells, so a small file can name one long string a million times
+MAX_SHEET_CHARS = 10_000_000
+# all the files of one folder or prefix together: Plan (512 MB) holds them at once while it makes the items
+MAX_FOLDER_BYTES = 100_000_000
 SUPPORTED = ", ".join(sorted({*TEXT_FORMATS, *DOCUMENT_FORMATS}))
 
 
@@ -48,8 +55,10 @@ def is_listed_file(relative: str) -> bool:
 
 
 def check_size(relative: str, size: int, max_item_bytes: int, where: str) -> None:
-    """Refuse a file before reading it when it cannot make an item within the limits."""
+    """Refuse a file before reading it when it cannot make an item: a format fanout does not read, or over the limits."""
     suffix = PurePosixPath(relative).suffix.lower()
+    if suffix not in TEXT_FORMATS and suffix not in DOCUMENT_FORMATS:
+        raise InvalidJob(f"{where}: {relative}: cannot read {suffix or 'extensionless'} files; fanout reads {SUPPORTED}", where)
     if suffix in DOCUMENT_FORMATS and size > MAX_DOCUMENT_BYTES:
         raise InvalidJob(
             f"{where}: {relative} is {size} bytes, over the {MAX_DOCUMENT_BYTES} a Bedrock document may be; split it",
@@ -66,6 +75,15 @@ def check_size(relative: str, size: int, max_item_bytes: int, where: str) -> Non
 def check_count(count: int, max_items: int, where: str) -> None:
     if count > max_items:
         raise InvalidJob(f"{where}: more than {max_items} files, over limits.max_items; raise it or split the folder", where)
+
+
+def check_total(total: int, shown: str, where: str) -> None:
+    if total > MAX_FOLDER_BYTES:
+        raise InvalidJob(
+            f"{where}: the files in {shown} add up to more than {MAX_FOLDER_BYTES} bytes, what one job reads at once; "
+            "split them into several folders (one job each)",
+            where,
+        )
 
 
 def document_items(
@@ -87,28 +105,77 @@ def document_items(
 def local_document_items(
     folder: Path, *, max_items: int, max_item_bytes: int, where: str = "items_uri", uri_prefix: str | None = None
 ) -> list[dict[str, Any]]:
-    """The files under a local folder (symlinked folders not followed), checked against the limits before reading.
+    """The files under a local folder, each checked from its ``lstat`` (kind, format, size) before any is read.
 
-    ``uri_prefix`` is where the caller uploads the folder's PDF and office files, for their document blocks.
+    A symbolic link (to a file or a folder) or anything but a regular file or a folder refuses the job by its
+    path: a link could reach a file outside the folder. ``uri_prefix`` is where the caller uploads the folder's
+    PDF and office files, for their document blocks.
     """
     listed: list[tuple[str, Path]] = []
-    for directory, subdirectories, names in os.walk(folder):
+    total = 0
+    for directory, subdirectories, names in os.walk(folder, onerror=_unlisted(where)):
         subdirectories.sort()
-        for name in sorted(names):
+        for name in sorted(names + [d for d in subdirectories if os.path.islink(Path(directory) / d)]):
             path = Path(directory) / name
             relative = path.relative_to(folder).as_posix()
-            if not is_listed_file(relative) or not path.is_file():
+            if not is_listed_file(relative):
                 continue
-            check_size(f"{folder}/{relative}", path.stat().st_size, max_item_bytes, where)
+            info = path.lstat()
+            _check_kind(info.st_mode, f"{folder}/{relative}", where)
+            check_size(f"{folder}/{relative}", info.st_size, max_item_bytes, where)
+            total += info.st_size
+            check_total(total, f"{folder}/", where)
             listed.append((relative, path))
             check_count(len(listed), max_items, where)
-    files = []
-    for relative, path in listed:
-        try:
-            files.append((relative, path.read_bytes()))
-        except OSError as exc:
-            raise InvalidJob(f"{where}: {path}: cannot read it ({exc.strerror})", where) from None
+    files = [
+        (relative, read_regular(path, MAX_DOCUMENT_BYTES if _is_document(relative) else TEXT_READ_FACTOR * max_item_bytes, where))
+        for relative, path in listed
+    ]
     return document_items(files, where, shown=f"{folder}/", uri_prefix=uri_prefix)
+
+
+def read_regular(path: Path, limit: int, where: str = "items_uri") -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; anything else refuses the job (InvalidJob naming ``where``).
+
+    The file is opened without following a link and without blocking (a FIFO cannot hang the read), and checked
+    on the open descriptor, so what is read is what was checked.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            _check_kind(stat.S_IFLNK, str(path), where)
+        raise InvalidJob(f"{where}: cannot read {path} ({exc.strerror})", where) from None
+    with os.fdopen(descriptor, "rb") as opened:
+        info = os.fstat(opened.fileno())
+        _check_kind(info.st_mode, str(path), where)
+        body = opened.read(limit + 1)
+    if max(info.st_size, len(body)) > limit:
+        raise InvalidJob(f"{where}: {path} is over {limit} bytes, more than it may be; shorten or split it", where)
+    return body
+
+
+def _check_kind(mode: int, shown: str, where: str) -> None:
+    if stat.S_ISLNK(mode):
+        raise InvalidJob(
+            f"{where}: {shown} is a symbolic link; fanout reads only regular files here (a link could reach any file "
+            "on the disk): copy the file in instead",
+            where,
+        )
+    if not stat.S_ISREG(mode):
+        raise InvalidJob(f"{where}: {shown} is not a regular file (a FIFO, socket or device?); give files only", where)
+
+
+def _is_document(relative: str) -> bool:
+    return PurePosixPath(relative).suffix.lower() in DOCUMENT_FORMATS
+
+
+def _unlisted(where: str) -> Callable[[OSError], None]:
+    def refuse(exc: OSError) -> None:
+        raise InvalidJob(f"{where}: cannot list {exc.filename} ({exc.strerror})", where)
+
+    return refuse
 
 
 def s3_document_items(s3: Any, bucket: str, prefix: str, *, max_items: int, max_item_bytes: int) -> list[dict[str, Any]]:
@@ -117,6 +184,7 @@ def s3_document_items(s3: Any, bucket: str, prefix: str, *, max_items: int, max_
 
     where, shown = "items_uri", f"s3://{bucket}/{prefix}"
     keys: list[tuple[str, str]] = []
+    total = 0
     try:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
@@ -124,6 +192,8 @@ def s3_document_items(s3: Any, bucket: str, prefix: str, *, max_items: int, max_
                 if not is_listed_file(relative):
                     continue
                 check_size(shown + relative, int(obj.get("Size", 0)), max_item_bytes, where)
+                total += int(obj.get("Size", 0))
+                check_total(total, shown, where)
                 keys.append((relative, obj["Key"]))
                 check_count(len(keys), max_items, where)
     except ClientError as exc:
@@ -343,6 +413,7 @@ def xlsx_text(body: bytes) -> str:
             shared.append("".join(t.text or "" for t in item.iter() if _local(t.tag) == "t"))
     sheets = sorted(n for n in names if re.fullmatch(r"xl/worksheets/sheet\d+\.xml", n))
     rows = []
+    chars = 0  # the text made so far: shared strings repeated by many cells must not expand without bound
     for root in _zip_xml(body, sheets):
         for row in (e for e in root.iter() if _local(e.tag) == "row"):
             cells = []
@@ -350,6 +421,9 @@ def xlsx_text(body: bytes) -> str:
                 value = next((v.text for v in cell.iter() if _local(v.tag) in ("v", "t")), None) or ""
                 if cell.get("t") == "s" and value.isdigit() and int(value) < len(shared):
                     value = shared[int(value)]
+                chars += len(value) + 1
+                if chars > MAX_SHEET_CHARS:
+                    raise _Unreadable(f"its cells expand to more than {MAX_SHEET_CHARS} characters of text; split the workbook")
                 cells.append(value)
             if any(cells):
                 rows.append("\t".join(cells))
