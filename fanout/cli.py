@@ -30,6 +30,7 @@ from typing import Any
 import fanout  # puts lambdas/ on the path in a checkout
 from fanout import commands as commands_elsewhere
 from fanout.errors import FanoutError
+from fanout.files import local_items_path
 from fanout_core import layout
 from fanout_core.errors import InvalidJob
 from fanout_core.job import Job, check_items, parse_job
@@ -205,7 +206,7 @@ def load_job(data: Any, base: Path, stem: str, model: str | None, concurrency: i
     items_body: bytes | None = None
     suffix, files = "", dict[str, bytes]()
     if isinstance(data, dict) and isinstance(data.get("items_uri"), str) and not data["items_uri"].startswith("s3://"):
-        local = base / data["items_uri"].removeprefix("file://")
+        local = local_items_path(base, data["items_uri"])
         items_body, suffix, files = read_local_items(local, data, f"s3://{LOCAL_INPUT_BUCKET}/{layout.items_key(stem)}/files/")
         data = {**data, "items_uri": f"s3://{LOCAL_INPUT_BUCKET}/{layout.items_key(stem)}{suffix}"}
     job = parse_job(data, job_id_default=stem)
@@ -246,10 +247,14 @@ def _check_mode(job: Job, task_count: int) -> None:
 def read_local_items(local: Path, data: dict[str, Any], files_uri: str) -> tuple[bytes, str, dict[str, bytes]]:
     """A local items_uri as the body to upload, its suffix, and the files to upload with it.
 
-    A file is taken as it is (JSON, JSON Lines or CSV). A folder of documents becomes JSON Lines of its
-    items (one per file, read here, so an unreadable file is refused before any call), and its PDF and
+    ``local`` comes from ``local_items_path`` (checked to be inside the job file's folder). A file is taken as it
+    is (JSON, JSON Lines or CSV), read without following a link or blocking on a FIFO. A folder of documents
+    becomes JSON Lines of its items (one per file, read here, so an unreadable file is refused before any call), and its PDF and
     office files are uploaded under ``files_uri`` (s3://bucket/prefix/) for Bedrock's document blocks.
     """
+    from fanout.files import MAX_ITEMS_FILE_BYTES
+    from fanout_core.documents import MAX_DOCUMENT_BYTES, read_regular
+
     if local.is_dir():
         from fanout_core.documents import local_document_items
         from fanout_core.job import Limits
@@ -262,12 +267,11 @@ def read_local_items(local: Path, data: dict[str, Any], files_uri: str) -> tuple
             local, max_items=limits.max_items, max_item_bytes=limits.max_item_bytes, uri_prefix=files_uri
         )
         prefix = files_uri.removeprefix("s3://").partition("/")[2]
-        files = {prefix + item["id"]: (local / item["id"]).read_bytes() for item in items if "document" in item}
+        files = {
+            prefix + item["id"]: read_regular(local / item["id"], MAX_DOCUMENT_BYTES) for item in items if "document" in item
+        }
         return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode(), ".jsonl", files
-    try:
-        return local.read_bytes(), local.suffix or ".jsonl", {}
-    except OSError as exc:
-        raise InvalidJob(f"items_uri: cannot read {local} ({exc.strerror})", "items_uri") from None
+    return read_regular(local, MAX_ITEMS_FILE_BYTES), local.suffix or ".jsonl", {}
 
 
 def _staged(data: dict[str, Any], items: list[dict[str, Any]], job_id: str) -> tuple[dict[str, Any], bytes]:

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fanout.errors import FanoutError
+from fanout.files import local_items_path
 from fanout.progress import ProgressView, Snapshot, Tally, read_s3_chunks
 from fanout_core import layout
 from fanout_core.errors import InvalidJob
@@ -197,7 +198,7 @@ def prepare(path: Path, model: str | None, input_bucket: str) -> Submission:
     uploads: dict[str, bytes] = {}
     items: list[Any] | None = None
     if isinstance(data.get("items_uri"), str) and not data["items_uri"].startswith("s3://"):
-        local = path.parent / data["items_uri"].removeprefix("file://")
+        local = local_items_path(path.parent, data["items_uri"])
         folder = f"{ITEMS_PREFIX}{job_id}/files/"
         items_body, suffix, files = read_local_items(local, data, f"s3://{input_bucket}/{folder}")
         items = parse_item_file(items_body, suffix, "items_uri")
