@@ -414,12 +414,10 @@ def cancel(remote: Remote, ref: str) -> dict[str, Any]:
         remote.sfn.stop_execution(executionArn=arn, error="Cancelled", cause="stopped with fanout cancel")
         stopped = True
     job_id = job_id_of(described)
-    key = layout.lease_key(job_id)
-    lease = _get(remote.s3, remote.target.results_bucket, key)
-    freed = False
-    if lease is not None and str(json.loads(lease[0]).get("execution", "")) in (name, arn):
-        remote.s3.delete_object(Bucket=remote.target.results_bucket, Key=key)
-        freed = True
+    from fanout_core.lease import Lease
+
+    # deleted only while this execution holds it (If-Match on the ETag read): a run started since keeps its lease
+    freed = Lease(remote.s3, remote.target.results_bucket, layout.run_prefix(job_id)).release(arn)
     return {"execution": name, "execution_arn": arn, "job_id": job_id, "stopped": stopped, "lease_freed": freed}
 
 

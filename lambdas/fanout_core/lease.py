@@ -122,8 +122,26 @@ class Lease:
             return False
         return self._put({**held, "refreshed": now}, IfMatch=etag)
 
-    def release(self) -> None:
-        self.s3.delete_object(Bucket=self.bucket, Key=self.key)
+    def release(self, execution: str) -> bool:
+        """Delete the lease when ``execution`` (its ARN, or its name) holds it; True when it was deleted.
+
+        The delete is conditional on the ETag read (Amazon S3 User Guide, "How to perform conditional deletes":
+        DeleteObject with If-Match, 412 PreconditionFailed when the object changed), so a run never deletes a
+        lease another run has taken over since, even between its read and its delete.
+        """
+        read = self._read()
+        if read is None:
+            return False
+        held, etag = read
+        if not holds(_holder(held).execution, execution):
+            return False
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag)
+            return True
+        except ClientError as exc:
+            if _code(exc) in _LOST:
+                return False
+            raise
 
     def _put(self, body: dict[str, Any], **condition: str) -> bool:
         data = json.dumps(body, separators=(",", ":")).encode()
@@ -147,6 +165,18 @@ class Lease:
         except ValueError:
             held = {}
         return (held if isinstance(held, dict) else {}), str(got["ETag"])
+
+
+def holds(holder: str, execution: str) -> bool:
+    """Whether the lease's ``holder`` is ``execution``, each given as an execution ARN or its name."""
+    if holder.startswith("arn:") and execution.startswith("arn:"):
+        return holder == execution
+    # Aggregate knows its execution by name ($$.Execution.Name): an execution ARN ends in ":<name>"
+    return _name(holder) == _name(execution)
+
+
+def _name(execution: str) -> str:
+    return execution.rsplit(":", 1)[-1] if execution.startswith("arn:") else execution
 
 
 def _holder(held: dict[str, Any]) -> Holder:

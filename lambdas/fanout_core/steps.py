@@ -80,7 +80,7 @@ def plan(
     try:
         summary = _plan_run(job, items, every_task, print_, store, settings)
     except BaseException:
-        store.release_lease()  # a plan that did not finish leaves the job_id free
+        _lease(store).release(execution_arn or execution_name)  # a plan that did not finish leaves the job_id free
         raise
     if model_warnings:
         summary["warnings"] = model_warnings
@@ -272,7 +272,8 @@ def run_aggregate(
                 # streamed from the file: the page keeps its figures and a bounded table, never every item
                 page = report_html(result, (json.loads(line) for line in lines))
             put_text(s3, bucket, prefix + "report.html", page, "text/html; charset=utf-8")
-    store.release_lease()
+    # only while this run holds it: a lease another run has taken over since stays with that run
+    _lease(store).release(str(event.get("execution") or ""))
     counts = result["counts"]
     skipped = _tasks_skipped(store)
     resumed = f"; {skipped} tasks finished by an earlier run were not asked again" if skipped else ""

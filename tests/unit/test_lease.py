@@ -180,3 +180,38 @@ def test_a_batch_of_a_long_run_refreshes_the_runs_lease(aws: tuple[Any, Any]) ->
     # Then the lease says the run was active just now, and still names it
     assert held(s3)["execution"] == ARN + "one"
     assert held(s3)["refreshed"] > stale["refreshed"] + REFRESH_SECONDS
+
+
+def test_release_deletes_only_the_lease_its_execution_holds(aws: tuple[Any, Any]) -> None:
+    s3, _ = aws
+    # Given a lease that another run took over from "one" (which ended without releasing it)
+    lease(s3).take(ARN + "one", 100.0)
+    assert lease(s3).take(ARN + "two", 200.0, describe=statuses(one="ABORTED")) is None
+
+    # When "one" releases (its Aggregate, or fanout cancel of it, late), by ARN or by name
+    assert lease(s3).release(ARN + "one") is False
+    assert lease(s3).release("one") is False
+
+    # Then the lease stays with "two"; and "two" (known by name, as Aggregate knows it) releases it
+    assert held(s3)["execution"] == ARN + "two"
+    assert lease(s3).release("two") is True
+    assert s3.list_objects_v2(Bucket="results").get("KeyCount", 0) == 0
+    assert lease(s3).release("two") is False  # nothing left to release
+
+
+def test_release_is_conditional_on_the_etag_it_read(aws: tuple[Any, Any]) -> None:
+    s3, _ = aws
+    lease(s3).take(ARN + "one", 100.0)
+    deletes: list[dict[str, Any]] = []
+
+    # Given a takeover by "two" that lands between the release's read and its delete
+    def taken_over_meanwhile(params: dict[str, Any], **_: Any) -> None:
+        deletes.append(dict(params))
+        s3.put_object(Bucket="results", Key="runs/j/lease.json", Body=json.dumps({"execution": ARN + "two"}).encode())
+
+    s3.meta.events.register_first("before-parameter-build.s3.DeleteObject", taken_over_meanwhile)
+
+    # When "one" releases, its delete names the ETag it read, and so fails: the new holder's lease stays
+    assert lease(s3).release(ARN + "one") is False
+    assert deletes and deletes[0]["IfMatch"]
+    assert held(s3)["execution"] == ARN + "two"
