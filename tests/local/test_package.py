@@ -63,6 +63,16 @@ def _pins(path: Path) -> set[str]:
     return pins
 
 
+def test_every_file_the_manifest_includes_exists() -> None:
+    # a stale line (a data file renamed or deleted) only warns when the sdist is built: fail here instead
+    for line in (ROOT / "MANIFEST.in").read_text().splitlines():
+        words = line.split("#")[0].split()
+        if words and words[0] == "include":
+            for pattern in words[1:]:
+                assert list(ROOT.glob(pattern)), f"MANIFEST.in includes {pattern}, which does not exist"
+    assert "models.json" in (ROOT / "MANIFEST.in").read_text()
+
+
 def test_the_package_depends_on_the_pinned_runtime_and_local_requirements() -> None:
     # the wheel's dependencies are the pins the checkout installs, less the CDK (only deploying needs it)
     declared = {d.lower() for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
@@ -79,7 +89,7 @@ def test_the_wheel_holds_both_packages_their_data_and_the_project_files(wheel: P
         expected = {
             f"{package}/{p.relative_to(folder).as_posix()}"
             for p in folder.rglob("*")
-            if p.is_file() and p.suffix in (".py", ".json") and "__pycache__" not in p.parts
+            if p.is_file() and p.suffix in (".py", ".json", ".html") and "__pycache__" not in p.parts
         }
         assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
     assert [n for n in names if n.startswith("fanout_core/") and n.endswith(".json")], "fanout_core's data is missing"
