@@ -7,7 +7,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -349,8 +348,10 @@ def fenced(text: str, after: str, language: str) -> str:
 
 
 def test_the_readmes_try_it_locally_commands_work_as_written(served: Served, tmp_path: Path) -> None:
-    if shutil.which("aws") is None:
-        pytest.skip("the README's commands need the AWS CLI, which is not installed here")
+    # the AWS CLI of this environment (awscli in requirements-dev.txt), first on the commands' PATH
+    here = Path(sys.executable).parent
+    if not (here / "aws").is_file():
+        pytest.fail(f"the README's commands need the AWS CLI: {here / 'aws'} is missing; pip install -r requirements-dev.txt")
     sfn = served.client("stepfunctions")
     machine = served.info["state_machine_arn"]
 
@@ -364,6 +365,9 @@ def test_the_readmes_try_it_locally_commands_work_as_written(served: Served, tmp
 
     # When they run in order, as pasted into a shell that stops at the first failing command
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["PATH"] = f"{here}{os.pathsep}{env.get('PATH', '')}"
+    found = subprocess.run(["bash", "-c", "command -v aws"], env=env, capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == str(here / "aws")
     done = subprocess.run(["bash", "-e", "-c", commands], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
     # Then each succeeds, the result is printed, and both executions they started succeeded
