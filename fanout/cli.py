@@ -549,5 +549,11 @@ def _spread_line(items: list[dict[str, Any]]) -> str:
         return "  no numeric votes"
     line = f"  votes per item n {min(ns)}-{max(ns)} (median {statistics.median(ns):g})"
     if spreads:
-        line += f"  {name} median {statistics.median(spreads):g}, max {max(spreads):g}"
+        from fractions import Fraction
+
+        from fanout_core.voting import short_number
+
+        # a spread of integers too large for a float (an exact mean of huge votes) is ordered and shown exactly
+        middle = statistics.median([Fraction(v) for v in spreads])
+        line += f"  {name} median {short_number(middle)}, max {short_number(max(spreads))}"
     return line

@@ -11,6 +11,8 @@ import json
 from collections import Counter
 from typing import Any
 
+from fanout_core.validation import strict_json
+
 _LOW_CONFIDENCE = 0.6
 _ITEM_ROWS, _FAILURE_ROWS, _SECTION_ITEMS = 500, 200, 200
 
@@ -20,7 +22,8 @@ def results_jsonl(result: dict[str, Any]) -> str:
 
 
 def results_line(item: dict[str, Any]) -> str:
-    return json.dumps(item, ensure_ascii=False) + "\n"
+    # strict JSON: a NaN or Infinity that reached an item is written null, never as a token strict readers refuse
+    return strict_json(item, ensure_ascii=False) + "\n"
 
 
 def report_markdown(result: dict[str, Any]) -> str:
@@ -210,7 +213,9 @@ def _signal(item: dict[str, Any]) -> str:
     spread = item.get("spread")
     if spread:
         name, value = next(iter(spread.items()))
-        return f"n={item.get('n', 0)}, {name} {value:g}"
+        from fanout_core.voting import short_number
+
+        return f"n={item.get('n', 0)}, {name} {short_number(value)}"
     return "-"
 
 

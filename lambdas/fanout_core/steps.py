@@ -38,6 +38,7 @@ from fanout_core.stopping import rule_for, vote_weights
 from fanout_core.store import FINISHED, RunStore, put_text
 from fanout_core.templating import render
 from fanout_core.tiers import TierChoice, choose_tier, for_this_run
+from fanout_core.validation import strict_json
 from fanout_core.voting import JudgeVerdict, judge_prompt, judge_schema
 
 ProviderFactory = Callable[[str], Provider]
@@ -258,7 +259,7 @@ def run_aggregate(
         price_usage(result["usage"], prices)
         if tier is not None:
             result["tier"] = tier
-        put_text(s3, bucket, prefix + "result.json", json.dumps(result, ensure_ascii=False, indent=1), "application/json")
+        put_text(s3, bucket, prefix + "result.json", strict_json(result, ensure_ascii=False, indent=1), "application/json")
         put_text(s3, bucket, prefix + "results.jsonl", results_jsonl(result), "application/x-ndjson")
         put_text(s3, bucket, prefix + "report.md", report_markdown(result), "text/markdown")
         put_text(s3, bucket, prefix + "report.html", report_html(result), "text/html; charset=utf-8")
@@ -363,13 +364,13 @@ def _write_result(path: Path, head: dict[str, Any], item_list: Path) -> None:
     with path.open("w", encoding="utf-8") as out:
         out.write("{\n")
         for key, value in fields[:at]:
-            out.write(f" {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)},\n")
+            out.write(f" {json.dumps(key)}: {strict_json(value, ensure_ascii=False)},\n")
         out.write(' "items": [\n')
         with item_list.open(encoding="utf-8") as listed:
             shutil.copyfileobj(listed, out, 1 << 20)
         out.write("\n ]" + ("," if fields[at:] else "") + "\n")
         for n, (key, value) in enumerate(fields[at:], start=at + 1):
-            out.write(f" {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}" + ("," if n < len(fields) else "") + "\n")
+            out.write(f" {json.dumps(key)}: {strict_json(value, ensure_ascii=False)}" + ("," if n < len(fields) else "") + "\n")
         out.write("}\n")
 
 

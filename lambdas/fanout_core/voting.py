@@ -13,8 +13,11 @@
 
 from __future__ import annotations
 
+import math
+import re
 import statistics
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from fanout_core.answers import answer_at, normalise
@@ -123,34 +126,65 @@ def plurality(votes: list[Vote], weights: dict[str, float] | None = None) -> dic
 
 
 def numeric(votes: list[Vote], strategy: str) -> dict[str, Any]:
-    """Mean or median of the numeric votes, with n and the spread (stdev for mean, IQR for median)."""
-    numbers = [n for n in (_number(v.value) for v in votes) if n is not None]
+    """Mean or median of the numeric votes, with n and the spread (stdev for mean, IQR for median).
+
+    Votes within float's comfortable range are summed as floats; when one is not (a 401-digit integer,
+    ``"1e400"``, or floats whose sum would overflow) the item is aggregated exactly, in fractions, and a figure
+    too large for a float is written as the nearest integer: never inf or NaN, never an OverflowError.
+    """
+    exact = [n for n in (_number(v.value) for v in votes) if n is not None]
     out: dict[str, Any] = {
         "answer": None,
         "confidence": None,
-        "n": len(numbers),
-        "valid_votes": len(numbers),
+        "n": len(exact),
+        "valid_votes": len(exact),
         "votes": {},
         "tie": False,
     }
-    if not numbers:
+    if not exact:
         return out
+    floats = all(abs(n) <= _FLOAT_SAFE for n in exact)
+    numbers: list[Any] = [float(n) for n in exact] if floats else exact
     tally: dict[str, int] = {}
     for n in numbers:
         tally[_show(n)] = tally.get(_show(n), 0) + 1
     out["votes"] = tally
     if strategy == "mean":
-        out["answer"] = _round(statistics.fmean(numbers))
-        out["spread"] = {"stdev": _round(statistics.stdev(numbers)) if len(numbers) > 1 else 0.0}
+        mean = statistics.fmean(numbers) if floats else sum(numbers, Fraction(0)) / len(numbers)
+        out["answer"] = _figure(mean)
+        out["spread"] = {"stdev": _stdev(numbers) if len(numbers) > 1 else 0.0}
     else:
-        out["answer"] = _round(statistics.median(numbers))
+        out["answer"] = _figure(statistics.median(numbers))
         if len(numbers) > 1:
             q1, _, q3 = statistics.quantiles(numbers, n=4, method="inclusive")
-            out["spread"] = {"iqr": _round(q3 - q1)}
+            out["spread"] = {"iqr": _figure(q3 - q1)}
         else:
             out["spread"] = {"iqr": 0.0}
-    out["values"] = numbers
+    out["values"] = [n if isinstance(n, float) else _figure(n, rounded=False) for n in numbers]
     return out
+
+
+# below this size a sum of 25 votes and its squares cannot overflow a float
+_FLOAT_SAFE = 1e150
+
+
+def _stdev(numbers: list[Any]) -> float | int:
+    if isinstance(numbers[0], float):
+        return _round(statistics.stdev(numbers))
+    variance = statistics.variance(numbers)
+    try:
+        return _round(math.sqrt(variance))
+    except OverflowError:
+        return math.isqrt(round(variance))
+
+
+def _figure(value: Any, *, rounded: bool = True) -> float | int:
+    """A float when one can hold the value (rounded to 6 places), else the nearest integer, exact."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return round(value)
+    return _round(number) if rounded else number
 
 
 def threshold(votes: list[Vote], key: str | None, k: int | None) -> dict[str, Any]:
@@ -234,22 +268,42 @@ def judge_prompt(instruction: str, task: str, offered: list[tuple[Any, int]]) ->
     )
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any) -> Fraction | None:
+    """A vote's number, exactly; None for what is not a finite number (or a numeral longer than 400 characters)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
+    if isinstance(value, int):
+        return Fraction(value)
+    if isinstance(value, float):
+        return Fraction(value) if math.isfinite(value) else None
+    if isinstance(value, str) and len(value) <= _MAX_NUMERAL_CHARS:
+        numeral = _NUMERAL.match(value.strip())
+        if numeral is None or abs(int(numeral.group(1) or 0)) > _MAX_EXPONENT:
             return None
+        return Fraction(value.strip())
     return None
+
+
+# a numeral in a string is parsed exactly; "1e999999999" would be a billion-digit integer
+_MAX_NUMERAL_CHARS = 400
+_MAX_EXPONENT = 1000
+_NUMERAL = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d{1,6}))?$")
 
 
 def _round(value: float) -> float:
     return round(value, 6)
 
 
-def _show(value: float) -> str:
-    return str(int(value)) if value.is_integer() else str(value)
+def short_number(value: Any) -> str:
+    """A figure as ``%g`` writes it, also for an integer too large for a float (``1.23e+400``)."""
+    try:
+        return f"{float(value):g}"
+    except OverflowError:
+        digits = str(abs(int(value)))
+        return f"{'-' if value < 0 else ''}{digits[0]}.{digits[1:6].rstrip('0') or '0'}e+{len(digits) - 1}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else str(value)
+    return str(_figure(value, rounded=False))

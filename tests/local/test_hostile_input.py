@@ -454,3 +454,32 @@ def test_a_long_run_of_spaces_after_an_opener_renders_at_once() -> None:
     started = time.monotonic()
     render(DELIMITED, {"id": "a", "text": "<" + " " * 200_000 + "x", "note": "< " * 100_000})
     assert time.monotonic() - started < 2
+
+
+def strict_loads(text: str) -> Any:
+    def refuse(token: str) -> Any:
+        raise AssertionError(f"{token} in strict JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("strategy", ["mean", "median"])
+def test_numbers_past_float_range_aggregate_to_a_strict_result(tmp_path: Path, strategy: str) -> None:
+    # Given a schema-valid number field whose values have 401 digits (the mean that once crashed Aggregate)
+    schema = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer", "minimum": 10**400}}}
+    document = job(output_schema=schema, aggregate={"strategy": strategy, "field": "n"}, votes=5)
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(document))
+
+    # When it runs locally, and on the state machine twice (a crash would keep the job_id's lease)
+    code = main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])
+    with local_aws() as runtime:
+        runs = [runtime.wait(runtime.start({**document, "job_id": "big-numbers"}, f"big-{n}")) for n in range(2)]
+        body = boto3.client("s3").get_object(Bucket=RESULTS_BUCKET, Key="results/big-numbers/result.json")["Body"].read()
+
+    # Then each ends with an exact answer in strict JSON
+    result = strict_loads((tmp_path / "out" / "hostile" / "result.json").read_text())
+    answer = result["items"][0]["answer"]
+    assert code == 0 and isinstance(answer, int) and 10**400 <= answer <= 10**400 + 100
+    assert [r.status for r in runs] == ["SUCCEEDED", "SUCCEEDED"]
+    assert strict_loads(body.decode())["items"][0]["answer"] >= 10**400

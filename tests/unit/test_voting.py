@@ -4,6 +4,7 @@ statistical check that majority voting over the simulator lands where probabilit
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from typing import Any
 
@@ -272,3 +273,60 @@ def test_majority_accuracy_matches_probability_theory_on_the_simulator() -> None
     assert evaluation["single_call_accuracy"] == pytest.approx(accuracy, abs=3 * sigma_vote)
     assert evaluation["accuracy"] == pytest.approx(expected, abs=3 * sigma_item)
     assert expected > 0.88  # the uplift voting promises: 0.7 per call, about 0.89 aggregated
+
+
+def _votes(values: list[Any]) -> list[Any]:
+    from fanout_core.voting import Vote
+
+    return [Vote(n, v, {"score": v}, "sim", str(v)) for n, v in enumerate(values)]
+
+
+def _strict(value: Any) -> Any:
+    """value through strict JSON: NaN or Infinity anywhere fails."""
+    return json.loads(json.dumps(value, allow_nan=False))
+
+
+@pytest.mark.parametrize("strategy", ["mean", "median"])
+def test_numbers_outside_float_range_are_aggregated_exactly(strategy: str) -> None:
+    from fanout_core.voting import numeric
+
+    # Given 401-digit integer votes (schema-valid, far past a float's range)
+    big = 10**400
+    out = _strict(numeric(_votes([big, big + 2, big + 4]), strategy))
+
+    # Then the answer is exact, and every figure is strict JSON
+    assert out["answer"] == big + 2 and out["n"] == 3
+    assert out["values"] == [big, big + 2, big + 4]
+
+
+def test_float_votes_whose_sum_overflows_have_a_finite_mean_and_spread() -> None:
+    from fanout_core.voting import numeric
+
+    out = _strict(numeric(_votes([1.7e308, 1.7e308, -1.7e308]), "mean"))
+    assert out["answer"] == pytest.approx(1.7e308 / 3)
+    assert out["spread"]["stdev"] > 1e308  # an exact integer where a float overflows
+
+
+def test_numerals_that_are_not_finite_numbers_are_not_votes() -> None:
+    from fanout_core.voting import numeric
+
+    out = _strict(numeric(_votes(["nan", "inf", "-Infinity", "1e999999999", "4", " 6 ", "1e400"]), "median"))
+    assert (out["n"], out["answer"]) == (3, 6.0)
+
+
+def test_a_huge_spread_is_written_short_in_the_reports() -> None:
+    from fanout_core.voting import short_number
+
+    assert short_number(2.5) == "2.5"
+    assert short_number(123456 * 10**400) == "1.23456e+405"
+    assert short_number(-(10**400)) == "-1.0e+400"
+
+
+@pytest.mark.parametrize("text", ['{"n": ' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000])
+def test_a_reply_json_cannot_read_stays_text_for_validation_to_refuse(text: str) -> None:
+    from fanout_core.providers.bedrock import output_of
+    from fanout_core.providers.openai_compat import _parse_json
+
+    # an integer past 4,300 digits raises ValueError, deep nesting RecursionError: neither may end the batch
+    assert _parse_json(text) == text
+    assert output_of({"output": {"message": {"content": [{"text": text}]}}}, structured=True) == text

@@ -222,6 +222,6 @@ def output_of(response: dict[str, Any], structured: bool) -> Any:
         # a model that answered in text instead of the tool: take JSON if it is JSON, else let validation say so
         try:
             return json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an integer too long to read, nesting too deep
             return text
     return text

@@ -176,7 +176,7 @@ def _parse_json(text: str) -> Any:
         stripped = fenced.group(1)
     try:
         return json.loads(stripped)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, an integer too long to read, nesting too deep
         return text
 
 
