@@ -137,7 +137,7 @@ def run(
     """
     session = _session()
     default_model = _default_model(session)
-    loaded = _load(job, model, concurrency, default_model)
+    loaded = _load(job, model, concurrency, default_model).for_run()
     cli.quiet_handler_warnings()
     try:
         done = cli._run(

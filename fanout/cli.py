@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         return _validate(loaded)
     resume = _resume_command(args)
+    loaded = loaded.for_run()
     try:
         done = _run(
             loaded,
@@ -167,6 +168,17 @@ class LoadedJob:
     items_body: bytes | None = None  # a local items_uri file, uploaded where data["items_uri"] points
     warnings: tuple[str, ...] = ()  # Legacy models the job calls
     files: dict[str, bytes] = field(default_factory=dict)  # documents of a local folder, by key in the local input bucket
+    task_count: int = 0
+    models: tuple[str, ...] = ()  # every model spec the tasks call
+
+    def for_run(self) -> LoadedJob:
+        """What a run needs of the loaded job: Plan expands the tasks again, so the CLI keeps only their count.
+
+        A million-task job's task list (every prompt rendered) is ~600 MB, and its items ~100 MB: held through
+        the run they would sit on top of Plan's own, at the run's peak memory.
+        """
+        job = self.job.model_copy(update={"items": None}) if self.job.items is not None else self.job
+        return replace(self, job=job, tasks=[], items=[])
 
 
 @dataclass(frozen=True)
@@ -233,7 +245,8 @@ def load_job(data: Any, base: Path, stem: str, model: str | None, concurrency: i
     from fanout_core.tiers import choose_tier
 
     choose_tier(job, tasks)  # a tier the job's models do not offer is refused here, as Plan refuses it
-    return LoadedJob(data, job, tasks, items, items_body, warnings, files)
+    models = tuple(sorted({t["model"] for t in tasks}))
+    return LoadedJob(data, job, tasks, items, items_body, warnings, files, len(tasks), models)
 
 
 def _check_mode(job: Job, task_count: int) -> None:
@@ -386,14 +399,14 @@ def _run(
     from fanout.progress import local_view
     from fanout.runtime import ACCOUNT, RESULTS_BUCKET, local_aws
 
-    data, job, tasks = loaded.data, loaded.job, loaded.tasks
+    data, job = loaded.data, loaded.job
     job_id = str(job.job_id)
     target = out / job_id
     try:
         target.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, before any model call
     except OSError as exc:
         raise FanoutError(f"--out: cannot write {target} ({exc.strerror})", "--out") from None
-    models = sorted({t["model"] for t in tasks})
+    models = list(loaded.models)
     if job.model is None and not job.models and default_model == SIMULATOR:
         echo("model: sim (the built-in simulator: no model named and no AWS credentials; outputs are synthetic)")
     elif job.model is None and not job.models:
@@ -425,7 +438,7 @@ def _run(
                 mirror.start()
                 prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
                 with local_view(
-                    len(tasks), target / "records", quiet=quiet, prices=prices, fresh=fresh, refresh=mirror.sync
+                    loaded.task_count, target / "records", quiet=quiet, prices=prices, fresh=fresh, refresh=mirror.sync
                 ) as progress:
                     execution = runtime.wait(execution_arn, on_poll=progress.update)
         except KeyboardInterrupt as exc:

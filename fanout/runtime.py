@@ -68,7 +68,13 @@ _LOCAL_ENV = {
     # the CLI reports what went wrong itself, in one line; handler logs would repeat it on stdout
     "POWERTOOLS_LOG_LEVEL": "ERROR",
     "POWERTOOLS_DEV": "false",
+    # moto keeps an object's body in memory up to this size and in a temporary file above it (moto's own
+    # setting): batch files and record chunks are 100 KB and more, so a million-task run's ~700 MB of run
+    # data sits on disk, not in the process (bench.scale row (i) prints the peak)
+    "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(64 * 1024),
 }
+# each body moto keeps in a temporary file holds a file descriptor: about 3 per 1,000 tasks
+OPEN_FILES_WANTED = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -297,6 +303,28 @@ def caller_session() -> Any | None:
     return boto3.Session(botocore_session=core, region_name=core.get_config_variable("region") or REGION)
 
 
+def raise_open_files_limit(wanted: int = OPEN_FILES_WANTED) -> int:
+    """The soft limit on open files raised towards ``wanted`` (never above the hard limit); returns the limit now.
+
+    moto keeps each large object body in a temporary file, open while the object exists; a million-task run
+    holds ~3,000 of them, over the 1,024 (Linux) or 256 (macOS) a shell starts with.
+    """
+    try:
+        import resource
+    except ImportError:  # not on POSIX: the limit is not the process's to raise
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        for limit in (target, 10_240):  # macOS refuses more than kern.maxfilesperproc
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+                return limit
+            except (ValueError, OSError):
+                continue
+    return soft
+
+
 @contextmanager
 def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) -> Iterator[LocalRuntime]:
     """An in-process AWS (moto) with fanout's resources created.
@@ -312,6 +340,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
     from fanout_core.providers.registry import ProviderRegistry
 
     moto_patches.check_version()
+    raise_open_files_limit()
     saved = {k: os.environ.get(k) for k in _LOCAL_ENV}
     moto_logger = logging.getLogger("moto")
     saved_level = moto_logger.level

@@ -15,7 +15,7 @@ are kept.
 
 from __future__ import annotations
 
-import json
+import marshal
 import statistics
 import tempfile
 from collections.abc import Callable, Iterable
@@ -106,16 +106,23 @@ def aggregate_stream(
 
 
 def _spill(records: Iterable[dict[str, Any]], items: list[dict[str, Any]], part_items: int, folder: Path) -> list[Path]:
-    """Each record appended to the spill file of its item's part; records of unknown items are left out."""
+    """Each record appended to the spill file of its item's part; records of unknown items are left out.
+
+    The spill files are this aggregation's own scratch, read back once by ``_read_spill``: each record is
+    marshalled (a record holds JSON values only), several times faster to write and read than JSON, after
+    its length in 4 bytes.
+    """
     position = {item["id"]: n for n, item in enumerate(items)}
     count = (len(items) + part_items - 1) // part_items
-    paths = [folder / f"part-{n:05d}.jsonl" for n in range(count)]
-    files = [path.open("w", encoding="utf-8") for path in paths]
+    paths = [folder / f"part-{n:05d}.bin" for n in range(count)]
+    files = [path.open("wb") for path in paths]
+    dumps = marshal.dumps
     try:
         for record in records:
             where = position.get(record.get("item_id", ""))
             if where is not None:
-                files[where // part_items].write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+                blob = dumps(record)
+                files[where // part_items].write(len(blob).to_bytes(4, "little") + blob)
     finally:
         for file in files:
             file.close()
@@ -123,9 +130,14 @@ def _spill(records: Iterable[dict[str, Any]], items: list[dict[str, Any]], part_
 
 
 def _read_spill(path: Path) -> Iterable[dict[str, Any]]:
-    with path.open(encoding="utf-8") as file:
-        for line in file:
-            yield json.loads(line)
+    """The records of one spill file, in the order they were spilled (the file is one part: read whole)."""
+    body = memoryview(path.read_bytes())
+    loads = marshal.loads
+    at, end = 0, len(body)
+    while at < end:
+        size = int.from_bytes(body[at : at + 4], "little")
+        yield loads(body[at + 4 : at + 4 + size])
+        at += 4 + size
 
 
 @dataclass

@@ -1,0 +1,95 @@
+"""A local run's memory does not grow with its run data: moto keeps large bodies on disk, the CLI drops the task list."""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from fanout.cli import main
+from fanout.runtime import RESULTS_BUCKET, local_aws, raise_open_files_limit
+
+FAST_SIM = "sim:latency_ms=0,jitter_ms=0,seed=3"
+
+
+def resident_mb() -> float:
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process's resident size from /proc")
+def test_large_bodies_in_the_local_store_stay_out_of_the_process_memory() -> None:
+    # Given the local runtime's S3
+    with local_aws() as _:
+        s3 = boto3.client("s3")
+        gc.collect()
+        before = resident_mb()
+
+        # When 200 MB of run data is written to it, in bodies the size of batch files and record chunks
+        body = b"x" * (512 * 1024)
+        for n in range(400):
+            s3.put_object(Bucket=RESULTS_BUCKET, Key=f"runs/j/records/b{n:05d}.jsonl", Body=body)
+        del body
+        gc.collect()
+        grown = resident_mb() - before
+
+        # Then the process holds far less than the data (the bodies are in temporary files), and each reads back whole
+        assert grown < 60, f"the process grew by {grown:.0f} MB for 200 MB of bodies"
+        back = s3.get_object(Bucket=RESULTS_BUCKET, Key="runs/j/records/b00399.jsonl")["Body"].read()
+        assert back == b"x" * (512 * 1024)
+
+
+def test_the_open_files_limit_is_raised_for_the_bodies_on_disk() -> None:
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(256, soft)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        # Given a process that may open 256 files; When the local runtime raises the limit
+        now = raise_open_files_limit(4096)
+
+        # Then it may open 4,096 (or as many as the hard limit allows)
+        expected = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
+        assert now == expected == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_run_does_not_hold_the_task_list_the_cli_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a job of 600 tasks, and a look at the process's objects when the execution starts (before Plan runs)
+    from fanout.runtime import LocalRuntime
+
+    items = [{"id": f"t-{k}", "text": f"ticket {k}"} for k in range(200)]
+    job = {
+        "pattern": "voting",
+        "votes": 3,
+        "prompt": "Classify: {text}",
+        "items": items,
+        "aggregate": {"strategy": "majority"},
+    }
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    task_lists: list[int] = []
+    real_start = LocalRuntime.start
+
+    def start(self: LocalRuntime, job_input: Any, name: str) -> str:
+        gc.collect()
+        task_lists.extend(
+            len(o)
+            for o in gc.get_objects()
+            if isinstance(o, list) and len(o) == 600 and isinstance(o[0], dict) and "prompt" in o[0] and "task_id" in o[0]
+        )
+        return real_start(self, job_input, name)
+
+    monkeypatch.setattr(LocalRuntime, "start", start)
+
+    # When it runs
+    code = main(["run", str(path), "--out", str(tmp_path / "out"), "--model", FAST_SIM, "--quiet"])
+
+    # Then it completes, and no list of its 600 rendered tasks was alive while it ran
+    assert code == 0
+    assert task_lists == []
