@@ -19,7 +19,9 @@ MAX_ITEMS_FILE_BYTES = 256 * 1024 * 1024
 
 
 def local_items_path(base: Path, given: str) -> Path:
-    """The resolved file or folder ``given`` (an items_uri that is not s3://) names under ``base``, the job file's folder.
+    """The file or folder ``given`` (an items_uri that is not s3://) names under ``base``, the job file's folder.
+
+    Returned with every link resolved (relative to the current folder when inside it, so messages stay short).
 
     Raises InvalidJob naming items_uri and the fix; nothing is opened, so a FIFO cannot hang it.
     """
@@ -45,7 +47,7 @@ def local_items_path(base: Path, given: str) -> Path:
         )
     mode = os.stat(resolved).st_mode
     if stat.S_ISDIR(mode):
-        return resolved
+        return _shown(resolved)
     if not stat.S_ISREG(mode):
         raise InvalidJob(
             f"items_uri: {relative} is not a regular file or a folder (a FIFO, socket or device?); "
@@ -59,4 +61,10 @@ def local_items_path(base: Path, given: str) -> Path:
             "split the items into several jobs",
             "items_uri",
         )
-    return resolved
+    return _shown(resolved)
+
+
+def _shown(resolved: Path) -> Path:
+    """The resolved path, relative to the current folder when it lies inside it (as messages show it: docs/a.pdf)."""
+    here = Path.cwd()
+    return resolved.relative_to(here) if resolved.is_relative_to(here) else resolved
