@@ -142,7 +142,6 @@ def _aggregate_again(job_id: str, target: Path, first: dict[str, Any]) -> dict[s
         import boto3
 
         from fanout_core import steps
-        from fanout_core.handlers._clients import providers
 
         s3 = boto3.client("s3")
         for path in (target / "records").rglob("*"):
@@ -151,7 +150,7 @@ def _aggregate_again(job_id: str, target: Path, first: dict[str, Any]) -> dict[s
                 key = f"runs/{job_id}/{'job.json' if name == '_job.json' else 'records/' + name}"
                 s3.put_object(Bucket=RESULTS_BUCKET, Key=key, Body=path.read_bytes())
         event = {"job_id": job_id, "run_uri": f"s3://{RESULTS_BUCKET}/runs/{job_id}/"}
-        outputs = [steps.run_aggregate(event, s3=s3, provider_for=providers().provider_for) for _ in range(2)]
+        outputs = [steps.run_aggregate(event, s3=s3) for _ in range(2)]
         second = json.loads(s3.get_object(Bucket=RESULTS_BUCKET, Key=f"results/{job_id}/result.json")["Body"].read())
     assert outputs[0] == outputs[1], "aggregating twice must give the same summary"
     assert second == first, "aggregating again must give the same result.json"

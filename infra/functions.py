@@ -150,13 +150,14 @@ class Functions(Construct):
         # is 512 to 10,240 MB ("EphemeralStorage", Lambda API reference)
         fn = self._build_function("Aggregate", "aggregate", memory_mb=1536, timeout=Duration.seconds(900), ephemeral_mb=2048)
         self._allow_read(fn, self._results_bucket, layout.RUNS_ANY)
+        # the second pass's planning (PlanSecondPass) writes its batch files next to the first pass's
+        self._allow_write(fn, self._results_bucket, layout.RUNS_ANY)
         self._allow_write(fn, self._results_bucket, layout.RESULTS_ANY)
         # the run's end: its lease on the job_id is released
         fn.add_to_role_policy(
             iam.PolicyStatement(actions=["s3:DeleteObject"], resources=[self._results_bucket.arn_for_objects(LEASES)])
         )
-        # the optional synthesis call of a sectioning job
-        self._allow_bedrock(fn)
+        # no Bedrock: judge, escalation and synthesis calls run as second-pass batches in the subtask function
         suppress_wildcards(
             _role(fn),
             {

@@ -1,7 +1,9 @@
 """Turn task records into the job's answer: validate, align to items, vote or merge, count, evaluate.
 
-Every input item appears in the result, in input order, whatever happened
-to its tasks: a task with no record is ``failed`` with the reason of its
+Aggregate makes no model call: the judge's verdicts, escalated votes and
+syntheses are records of the second pass (``fanout_core.second_pass``),
+read here with the first pass's. Every input item appears in the result, in
+input order, whatever happened to its tasks: a task with no record is ``failed`` with the reason of its
 batch (or ``no result``), an output that misses the schema is ``invalid``
 and excluded from votes, and a task recorded twice counts once.
 
@@ -19,7 +21,6 @@ import marshal
 import statistics
 import tempfile
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,23 @@ from fanout_core.calibration import by_model, calibration
 from fanout_core.job import Job
 from fanout_core.memory import collector_paused
 from fanout_core.planning import slots
+from fanout_core.pricing import rates_of, usage_cost
+from fanout_core.second_pass import (
+    JOB_LEVEL,
+    Material,
+    decisive,
+    escalation_slot,
+    first_pass_confidence,
+    is_second_pass,
+    judge_request,
+    judge_slot,
+    needs_escalation,
+    synthesis_block,
+    synthesis_prompt,
+    synthesis_slot,
+)
 from fanout_core.tiers import usage_key
-from fanout_core.validation import SchemaCheck
+from fanout_core.validation import SchemaCheck, canonical
 from fanout_core.voting import TIE_BREAK_RULE, JudgeVerdict, Vote, candidates, decide, valid_votes
 
 _STATUS_RANK = {"ok": 4, "skipped": 3, "invalid": 2, "failed": 1}
@@ -49,18 +65,16 @@ def aggregate(
     records: Iterable[dict[str, Any]],
     *,
     batch_errors: dict[str, str] | None = None,
-    judge: Judge | None = None,
-    judge_threads: int = 8,
+    on_votes: OnVotes | None = None,
 ) -> dict[str, Any]:
-    """The result.json document for a job (synthesis and cost are added by the caller).
-
-    ``judge`` makes the extra call per item of the ``judge`` strategy; the
-    calls run ``judge_threads`` at a time.
-    """
+    """The result.json document for a job (cost is added by the caller)."""
+    job_level: dict[str, dict[str, Any]] = {}
     with collector_paused():
-        part = _aggregate_part(job, items, records, batch_errors, judge, judge_threads)
+        part = _aggregate_part(job, items, _divert(records, job_level), batch_errors, on_votes)
         totals = _Totals(job, len(items))
         totals.add(items, part)
+        material = _job_material(job, part.items)
+        totals.finish(job_level, material)
         return totals.result(part.items)
 
 
@@ -71,8 +85,7 @@ def aggregate_stream(
     on_item: Callable[[dict[str, Any]], None],
     *,
     batch_errors: dict[str, str] | None = None,
-    judge: Judge | None = None,
-    judge_threads: int = 8,
+    on_votes: OnVotes | None = None,
     part_tasks: int = PART_TASKS,
     spill_dir: str | None = None,
 ) -> dict[str, Any]:
@@ -85,24 +98,58 @@ def aggregate_stream(
     per_item = max(1, len(slots(job)))
     part_items = max(1, part_tasks // per_item)
     totals = _Totals(job, len(items))
+    job_level: dict[str, dict[str, Any]] = {}
+    material = _job_material(job, [])
+    records = _divert(records, job_level)
+
+    def emit(out: dict[str, Any]) -> None:
+        if material is not None:
+            material.add(out)
+        on_item(out)
+
     with collector_paused():
         if len(items) <= part_items:
-            part = _aggregate_part(job, items, records, batch_errors, judge, judge_threads)
+            part = _aggregate_part(job, items, records, batch_errors, on_votes)
             totals.add(items, part)
             for out in part.items:
-                on_item(out)
-            return totals.result(None)
-        with tempfile.TemporaryDirectory(dir=spill_dir, prefix="fanout-aggregate-") as folder:
-            paths = _spill(records, items, part_items, Path(folder))
-            for number, path in enumerate(paths):
-                chunk = items[number * part_items : (number + 1) * part_items]
-                part = _aggregate_part(job, chunk, _read_spill(path), batch_errors, judge, judge_threads)
-                path.unlink(missing_ok=True)
-                totals.add(chunk, part)
-                for out in part.items:
-                    on_item(out)
-                del part
+                emit(out)
+        else:
+            with tempfile.TemporaryDirectory(dir=spill_dir, prefix="fanout-aggregate-") as folder:
+                paths = _spill(records, items, part_items, Path(folder))
+                for number, path in enumerate(paths):
+                    chunk = items[number * part_items : (number + 1) * part_items]
+                    part = _aggregate_part(job, chunk, _read_spill(path), batch_errors, on_votes)
+                    path.unlink(missing_ok=True)
+                    totals.add(chunk, part)
+                    for out in part.items:
+                        emit(out)
+                    del part
+    totals.finish(job_level, material)
     return totals.result(None)
+
+
+def _divert(records: Iterable[dict[str, Any]], job_level: dict[str, dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    """The records, less the second-pass ones of the whole job (its synthesis), which go to ``job_level`` by slot."""
+    rank = _STATUS_RANK.get
+    for record in records:
+        if record.get("item_id") == JOB_LEVEL and is_second_pass(str(record.get("slot", ""))):
+            slot = str(record["slot"])
+            current = job_level.get(slot)
+            if current is None or rank(record.get("status", ""), 0) > rank(current.get("status", ""), 0):
+                job_level[slot] = record
+            job_level.setdefault("\x00all", {"records": []})["records"].append(record)
+            continue
+        yield record
+
+
+def _job_material(job: Job, out_items: list[dict[str, Any]]) -> Material | None:
+    """The input of the job's one synthesis, from its items (None without one, or with one per item)."""
+    if job.synthesis is None or job.synthesis.per_item:
+        return None
+    material = Material(job.synthesis.max_input_chars)
+    for out in out_items:
+        material.add(out)
+    return material
 
 
 def _spill(records: Iterable[dict[str, Any]], items: list[dict[str, Any]], part_items: int, folder: Path) -> list[Path]:
@@ -149,6 +196,8 @@ class _Part:
     counts: dict[str, int]
     by_model: dict[str, list[int]]
     synthetic: bool
+    escalation: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # items, calls, input and output tokens
+    escalation_cost: float | None = 0.0
 
 
 @dataclass
@@ -160,6 +209,9 @@ class _Totals:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("ok", "invalid", "failed", "skipped"), 0))
     by_model: dict[str, list[int]] = field(default_factory=dict)
     synthetic: bool = False
+    escalation: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    escalation_cost: float | None = 0.0
+    synthesis: dict[str, Any] | None = None
     scored_items: list[dict[str, Any]] = field(default_factory=list)
     scored_outs: list[dict[str, Any]] = field(default_factory=list)
     scored_votes: list[list[Vote]] = field(default_factory=list)
@@ -172,6 +224,10 @@ class _Totals:
             for n, value in enumerate(spent):
                 mine[n] += value
         self.synthetic = self.synthetic or part.synthetic
+        for n, value in enumerate(part.escalation):
+            self.escalation[n] += value
+        if self.escalation_cost is not None:
+            self.escalation_cost = None if part.escalation_cost is None else self.escalation_cost + part.escalation_cost
         if self.job.pattern == "voting":
             votes = part.votes or [[] for _ in items]
             for item, out, mine_votes in zip(items, part.items, votes, strict=True):
@@ -179,6 +235,16 @@ class _Totals:
                     self.scored_items.append({"id": item["id"], "expected": item["expected"]})
                     self.scored_outs.append(out)
                     self.scored_votes.append(mine_votes)
+
+    def finish(self, job_level: dict[str, dict[str, Any]], material: Material | None) -> None:
+        """The job's synthesis from its record (its usage counted with the rest), when the job has one."""
+        for record in job_level.pop("\x00all", {"records": []})["records"]:
+            _count_usage(self.by_model, record)
+        if material is None:
+            return
+        record = job_level.get(synthesis_slot(synthesis_prompt(self.job, material.text())))
+        self.synthesis = synthesis_block(self.job, record, material)
+        self.synthetic = self.synthetic or bool(record and record.get("synthetic"))
 
     def result(self, out_items: list[dict[str, Any]] | None) -> dict[str, Any]:
         """result.json; without ``items`` when ``out_items`` is None (they were streamed)."""
@@ -207,6 +273,18 @@ class _Totals:
         }
         if counts["skipped"]:
             result["counts"]["skipped"] = counts["skipped"]
+        if job.aggregate.escalate is not None:
+            items_n, calls, tokens_in, tokens_out = self.escalation
+            cost = None if self.escalation_cost is None else round(self.escalation_cost, 6)
+            result["usage"]["escalation"] = {
+                "items": items_n,
+                "model_calls": calls,
+                "input_tokens": tokens_in,
+                "output_tokens": tokens_out,
+                "estimated_cost_usd": cost,
+            }
+        if self.synthesis is not None:
+            result["synthesis"] = self.synthesis
         if job.pattern == "voting":
             result["tie_break"] = TIE_BREAK_RULE
         if self.synthetic:
@@ -222,21 +300,29 @@ def _aggregate_part(
     items: list[dict[str, Any]],
     records: Iterable[dict[str, Any]],
     batch_errors: dict[str, str] | None,
-    judge: Judge | None,
-    judge_threads: int,
+    on_votes: OnVotes | None = None,
 ) -> _Part:
     item_slots = slots(job)
     wanted = {item["id"] for item in items}
     known_slots = set(item_slots)
     by_task: dict[tuple[str, str], dict[str, Any]] = {}
+    # the second pass's records (escalated votes, judge verdicts, per-item syntheses), by item then slot
+    second: dict[str, dict[str, dict[str, Any]]] = {}
     # usage counts every record read, a task's duplicates included: those calls were made and paid for
     by_model: dict[str, list[int]] = {}
     synthetic = False
     rank = _STATUS_RANK.get
     for record in records:  # the hot loop of a large job: locals and direct lookups on purpose
         key = (record.get("item_id", ""), record.get("slot", ""))
-        if key[0] not in wanted or key[1] not in known_slots:
+        if key[0] not in wanted:
             continue
+        if key[1] not in known_slots:
+            if not is_second_pass(key[1]):
+                continue
+            mine = second.setdefault(key[0], {})
+            held = mine.get(key[1])
+            if held is None or rank(record.get("status", ""), 0) > rank(held["status"], 0):
+                mine[key[1]] = record
         # a call bought at another tier than on-demand is counted, and priced, apart (fanout_core.tiers)
         name = record.get("model") or "unknown"
         if "tier" in record:
@@ -253,6 +339,8 @@ def _aggregate_part(
             model[4] += spent.get("cache_write_input_tokens") or 0
         if not synthetic and record.get("synthetic"):
             synthetic = True
+        if key[1] not in known_slots:
+            continue
         current = by_task.get(key)
         # a task recorded twice (a retried batch) counts once, by its best outcome
         if current is None or rank(record.get("status", ""), 0) > rank(current["status"], 0):
@@ -280,23 +368,172 @@ def _aggregate_part(
         per_item.append(outcomes)
     del by_task
 
-    verdicts: list[JudgeVerdict | None] = [None] * len(items)
-    votes = [valid_votes(job, o) for o in per_item] if job.pattern == "voting" else []
-    if job.pattern == "voting" and job.strategy == "judge" and judge is not None:
-        verdicts = _judge_all(items, votes, judge, judge_threads)
-        for verdict in verdicts:
-            if verdict is not None and verdict.usage[0]:
-                spent_by_judge = by_model.setdefault(verdict.model, [0, 0, 0, 0, 0])
-                for n in range(3):
-                    spent_by_judge[n] += verdict.usage[n]
+    part = _Part([], [], counts, by_model, synthetic)
     if job.pattern == "voting":
-        out_items = [vote_item(job, i, o, v, w) for i, o, v, w in zip(items, per_item, verdicts, votes, strict=True)]
+        for item, outcomes in zip(items, per_item, strict=True):
+            first = valid_votes(job, outcomes)
+            part.votes.append(first)
+            part.items.append(_voting_item(job, item, outcomes, first, second.get(item["id"], {}), check, part, on_votes))
     else:
-        out_items = [section_item(job, i, o) for i, o in zip(items, per_item, strict=True)]
-    return _Part(out_items, votes, counts, by_model, synthetic)
+        part.items = [section_item(job, i, o) for i, o in zip(items, per_item, strict=True)]
+    if job.synthesis is not None and job.synthesis.per_item:
+        for out in part.items:
+            _attach_synthesis(job, out, second.get(out["id"], {}))
+    return part
 
 
-Judge = Callable[[dict[str, Any], list[tuple[Any, int]]], JudgeVerdict]
+@dataclass(frozen=True)
+class ItemVotes:
+    """What the second pass's planning needs of one voting item once its records are read."""
+
+    item: dict[str, Any]
+    first: list[Vote]  # the first pass's valid votes
+    votes: list[Vote]  # every valid vote the answer is decided from (the escalated ones included)
+    out: dict[str, Any]  # the result item
+    done: set[str]  # the item's second-pass slots that have a finished record
+
+
+OnVotes = Callable[[ItemVotes], None]
+
+
+def _voting_item(
+    job: Job,
+    item: dict[str, Any],
+    outcomes: list[dict[str, Any]],
+    first: list[Vote],
+    second: dict[str, dict[str, Any]],
+    check: SchemaCheck | None,
+    part: _Part,
+    on_votes: OnVotes | None,
+) -> dict[str, Any]:
+    """One voting item from its first votes and its second-pass records (escalated votes, the judge's verdict)."""
+    escalated = needs_escalation(job, first)
+    votes, weigh, extra = first, None, []
+    if escalated:
+        extra = _escalated_outcomes(job, item["id"], second, check)
+        votes = valid_votes(job, outcomes + extra)
+        if decisive(job):
+            # a named (stronger) model's votes decide: each outweighs all the first votes together,
+            # so the first votes only break a tie among them
+            heavy = float(len(outcomes) + 1)
+            weigh = lambda vote: heavy if vote.position >= len(outcomes) else 1.0  # noqa: E731
+    verdict = _verdict(job, item, votes, second) if job.strategy == "judge" else None
+    out = vote_item(job, item, outcomes, verdict, votes, weigh)
+    if escalated:
+        out["escalated"] = True
+        out["escalation"] = _escalation_summary(job, first, votes[len(first) :], extra, part)
+    if on_votes is not None:
+        done = {slot for slot, r in second.items() if r.get("status") in ("ok", "skipped")}
+        on_votes(ItemVotes(item, first, votes, out, done))
+    return out
+
+
+def _escalated_outcomes(
+    job: Job, item_id: str, second: dict[str, dict[str, Any]], check: SchemaCheck | None
+) -> list[dict[str, Any]]:
+    """The item's escalated votes as outcomes (checked against the schema as first votes are); a missing one failed."""
+    assert job.aggregate.escalate is not None
+    outcomes = []
+    for n in range(1, job.aggregate.escalate.votes + 1):
+        slot = escalation_slot(n)
+        outcome = second.get(slot)
+        if outcome is None:
+            outcome = {"item_id": item_id, "slot": slot, "status": "failed", "output": None, "error": "no result"}
+        elif check is not None and outcome["status"] == "ok" and outcome.get("checked") != check.digest:
+            problem = check(outcome["output"])
+            if problem is not None:
+                outcome = {**outcome, "status": "invalid", "error": problem}
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _escalation_summary(
+    job: Job, first: list[Vote], added: list[Vote], extra: list[dict[str, Any]], part: _Part
+) -> dict[str, Any]:
+    """What result.json says of an escalated item: its first-pass answer, the escalated votes, what they cost."""
+    assert job.aggregate.escalate is not None
+    before = decide(job, first) if job.strategy != "judge" else {"answer": None}
+    calls = sum(int(r.get("attempts") or 0) for r in extra)
+    tokens_in = sum(int((r.get("usage") or {}).get("input_tokens") or 0) for r in extra)
+    tokens_out = sum(int((r.get("usage") or {}).get("output_tokens") or 0) for r in extra)
+    cost: float | None = 0.0
+    prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
+    for record in extra:
+        if not record.get("usage"):
+            continue
+        rates = rates_of(str(record.get("model") or ""), prices)
+        if rates is None:
+            cost = None
+        elif cost is not None:
+            cost += usage_cost(record["usage"], rates)[0]
+    tally: dict[str, int] = {}
+    for vote in added:
+        shown = vote.value if isinstance(vote.value, str) else canonical(vote.value)
+        tally[shown] = tally.get(shown, 0) + 1
+    part.escalation[0] += 1
+    part.escalation[1] += calls
+    part.escalation[2] += tokens_in
+    part.escalation[3] += tokens_out
+    if part.escalation_cost is not None:
+        part.escalation_cost = None if cost is None else part.escalation_cost + cost
+    summary: dict[str, Any] = {
+        "below": job.aggregate.escalate.below,
+        "first_pass": {"answer": before.get("answer"), "confidence": round(first_pass_confidence(job, first), 4)},
+        "model": job.aggregate.escalate.model,
+        "decisive": decisive(job),
+        "votes": tally,
+        "valid_votes": len(added),
+        "model_calls": calls,
+        "input_tokens": tokens_in,
+        "output_tokens": tokens_out,
+        "estimated_cost_usd": None if cost is None else round(cost, 6),
+    }
+    errors = [{"slot": r["slot"], "status": r["status"], "error": r.get("error")} for r in extra if r["status"] != "ok"]
+    if errors:
+        summary["errors"] = errors
+    return summary
+
+
+def _verdict(job: Job, item: dict[str, Any], votes: list[Vote], second: dict[str, dict[str, Any]]) -> JudgeVerdict | None:
+    """The judge's verdict from its record: the one asked about exactly these candidates."""
+    offered = candidates(votes)
+    if not offered:
+        return None
+    if len(offered) == 1:
+        return JudgeVerdict(choice=0, reason="every valid vote gave the same answer", model="")
+    record = second.get(judge_slot(judge_request(job, item, offered)))
+    if record is None:
+        return JudgeVerdict(None, "", "", error="no result: the judge's call was not recorded")
+    spec = str(record.get("model") or "")
+    if record.get("status") != "ok":
+        return JudgeVerdict(None, "", spec, error=str(record.get("error") or record.get("status")))
+    output = record.get("output")
+    if not isinstance(output, dict):
+        return JudgeVerdict(None, "", spec, error=f"the judge answered {str(output)[:200]}")
+    best = output.get("best")
+    if not isinstance(best, int) or isinstance(best, bool) or not 1 <= best <= len(offered):
+        return JudgeVerdict(None, "", spec, error=f"the judge answered {str(output)[:200]}")
+    return JudgeVerdict(best - 1, str(output.get("reason", "")), spec)
+
+
+def _attach_synthesis(job: Job, out: dict[str, Any], second: dict[str, dict[str, Any]]) -> None:
+    assert job.synthesis is not None
+    material = Material(job.synthesis.max_input_chars)
+    material.add(out)
+    out["synthesis"] = synthesis_block(job, second.get(synthesis_slot(synthesis_prompt(job, material.text()))), material)
+
+
+def _count_usage(by_model: dict[str, list[int]], record: dict[str, Any]) -> None:
+    name = str(record.get("model") or "unknown")
+    if "tier" in record:
+        name = usage_key(name, record["tier"])
+    model = by_model.setdefault(name, [0, 0, 0, 0, 0])
+    model[0] += record.get("attempts") or 0
+    spent = record.get("usage") or {}
+    model[1] += spent.get("input_tokens") or 0
+    model[2] += spent.get("output_tokens") or 0
+    model[3] += spent.get("cache_read_input_tokens") or 0
+    model[4] += spent.get("cache_write_input_tokens") or 0
 
 
 def _model_usage(m: list[int]) -> dict[str, int]:
@@ -313,10 +550,11 @@ def vote_item(
     outcomes: list[dict[str, Any]],
     verdict: JudgeVerdict | None = None,
     votes: list[Vote] | None = None,
+    weigh: Callable[[Vote], float] | None = None,
 ) -> dict[str, Any]:
     """One voting item: the strategy's answer over its valid votes, its status and errors, and evaluation marks."""
     votes = valid_votes(job, outcomes) if votes is None else votes
-    out: dict[str, Any] = {"id": item["id"], **decide(job, votes, verdict)}
+    out: dict[str, Any] = {"id": item["id"], **decide(job, votes, verdict, weigh)}
     _attach_status(out, outcomes)
     if "expected" in item:
         out["expected"] = item["expected"]
@@ -326,20 +564,6 @@ def vote_item(
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _judge_all(items: list[dict[str, Any]], votes: list[list[Vote]], judge: Judge, threads: int) -> list[JudgeVerdict | None]:
-    """The judge's verdict for every item with at least two distinct candidates (one needs no judging)."""
-
-    def one(pair: tuple[dict[str, Any], list[Vote]]) -> JudgeVerdict | None:
-        item, item_votes = pair
-        offered = candidates(item_votes)
-        if len(offered) == 1:
-            return JudgeVerdict(choice=0, reason="every valid vote gave the same answer", model="")
-        return judge(item, offered) if offered else None
-
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        return list(pool.map(one, zip(items, votes, strict=True)))
 
 
 def _matches(answer: Any, expected: Any) -> bool:

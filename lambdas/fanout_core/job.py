@@ -75,6 +75,15 @@ class Stop(_Strict):
     max_votes: int | None = Field(default=None, ge=2)
 
 
+class Escalate(_Strict):
+    """A second pass for the doubtful: items whose confidence is below ``below`` after the first votes get ``votes``
+    more, from ``model`` when given (a stronger model: its votes decide) or from the job's own model(s)."""
+
+    below: float = Field(gt=0.0, le=1.0)
+    votes: int = Field(default=1, ge=1)
+    model: str | None = None
+
+
 class Aggregate(_Strict):
     strategy: str | None = None
     # a dotted path into the structured output: what is voted on
@@ -91,6 +100,7 @@ class Aggregate(_Strict):
     stop_when_agree: int | None = Field(default=None, ge=2)
     stop: Stop | None = None
     judge: Judge | None = None
+    escalate: Escalate | None = None
 
 
 class Synthesis(_Strict):
@@ -236,7 +246,7 @@ def _check_sectioning(job: Job) -> None:
     for key in ("prompt", "votes", "models"):
         if getattr(job, key) is not None:
             raise InvalidJob(f"{key}: only for pattern 'voting'; sectioning uses 'sections'", key)
-    for key in ("weights", "k", "key", "stop_when_agree", "stop", "judge"):
+    for key in ("weights", "k", "key", "stop_when_agree", "stop", "judge", "escalate"):
         if getattr(job.aggregate, key) is not None:
             raise InvalidJob(f"aggregate.{key}: only for pattern 'voting'", f"aggregate.{key}")
     seen: dict[str, int] = {}
@@ -330,6 +340,26 @@ def _check_voting(job: Job) -> None:
             )
     if job.aggregate.stop is not None:
         _check_stop(job, job.aggregate.stop)
+    if job.aggregate.escalate is not None:
+        _check_escalate(job, job.aggregate.escalate)
+
+
+def _check_escalate(job: Job, escalate: Escalate) -> None:
+    where = "aggregate.escalate"
+    if job.strategy not in ("majority", "weighted", "judge"):
+        raise InvalidJob(
+            f"{where}: only for strategies 'majority', 'weighted' and 'judge' (it acts on the vote share); "
+            f"strategy '{job.strategy}' has no confidence to compare with 'below'",
+            where,
+        )
+    if job.vote_count + escalate.votes > job.limits.max_votes:
+        raise InvalidJob(
+            f"{where}.votes: {job.vote_count} votes and {escalate.votes} escalated ones exceed limits.max_votes "
+            f"({job.limits.max_votes}); ask for fewer or raise the limit",
+            f"{where}.votes",
+        )
+    if escalate.model is not None:
+        _check_model_spec(escalate.model, f"{where}.model")
 
 
 def _check_stop(job: Job, stop: Stop) -> None:

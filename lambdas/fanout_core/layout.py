@@ -9,6 +9,9 @@ Results bucket::
     runs/<job_id>/records/b<nnnnn>/<writer>-<k>.jsonl   task records, one JSON line each
     runs/<job_id>/failures/<n>.json                 the error of a batch that failed for good (written by the ASL)
     runs/<job_id>/map-results/                      the Distributed Map's ResultWriter output
+    runs/<job_id>/second-pass/<stage>.json          a second-pass stage's batch manifest (its batch files are
+                                                    batches/<stage x 1,000,000 + n>, fanout_core.second_pass)
+    runs/<job_id>/map-results-<stage>/              the second pass's Distributed Map's ResultWriter output
     runs/<job_id>/lease.json                        held by the one run of the job_id in progress
     results/<job_id>/result.json, results.jsonl, report.md, report.html
 
@@ -39,6 +42,7 @@ BATCHES_DIR = "batches/"
 RECORDS_DIR = "records/"
 FAILURES_DIR = "failures/"
 MAP_RESULTS_DIR = "map-results"
+SECOND_PASS_DIR = "second-pass/"
 
 RESULT_FILES = ("result.json", "results.jsonl", "report.md", "report.html")
 
@@ -104,6 +108,15 @@ def records_prefix(job_id: str) -> str:
 
 def map_results_prefix(job_id: str) -> str:
     return run_key(job_id, MAP_RESULTS_DIR)
+
+
+def second_pass_manifest(stage: str) -> str:
+    """A second-pass stage's batch manifest, relative to the run prefix."""
+    return f"{SECOND_PASS_DIR}{stage}.json"
+
+
+def second_pass_map_results_prefix(job_id: str, stage: str) -> str:
+    return run_key(job_id, f"{MAP_RESULTS_DIR}-{stage}")
 
 
 def result_prefix(job_id: str) -> str:

@@ -122,6 +122,16 @@ def run_batch(
     tasks: list[dict[str, Any]] = batch["tasks"]
     schema = batch.get("output_schema")
     validator = SchemaCheck(schema) if schema else None
+    # a second-pass task (a judge's) may carry a schema of its own: checked by its own validator, built once
+    validators = {json.dumps(t["output_schema"], sort_keys=True) for t in tasks if t.get("output_schema")}
+    own_checks = {key: SchemaCheck(json.loads(key)) for key in validators}
+
+    def check_of(task: dict[str, Any]) -> SchemaCheck | None:
+        if "output_schema" not in task:
+            return validator
+        own = task["output_schema"]
+        return own_checks[json.dumps(own, sort_keys=True)] if own else None
+
     rule = StopRule.from_batch(batch)
     # a stopping rule decides from the answers of earlier attempts' records, not only which tasks they finished
     earlier = store.finished_records(batch["index"]) if rule is not None else []
@@ -139,7 +149,7 @@ def run_batch(
             return ("deferred", 0, 0, 0, None)
         try:
             record, calls = _call(
-                task, batch, providers[task["model"]], validator, policy, sleep, sharing.get(task["task_id"]), budget
+                task, batch, providers[task["model"]], check_of(task), policy, sleep, sharing.get(task["task_id"]), budget
             )
         except _Unfinished as exc:
             return ("unfinished", exc.args[0], 0, 0, None)
@@ -353,16 +363,18 @@ def _call(
         # a schema that cannot check outputs fails its tasks before any call is paid for
         return _record(task, "failed", None, validator.unusable, 0, time.monotonic(), model=task["model"]), 0
     inference = batch.get("inference") or {}
+    # a second-pass task (a judge's, a synthesis) may set its own schema, max_tokens and temperature
+    own_schema = "output_schema" in task
     request = ModelRequest(
         task_id=task["task_id"],
         prompt=task["prompt"],
         system=batch.get("system"),
-        output_schema=batch.get("output_schema"),
-        max_tokens=inference.get("max_tokens", 512),
-        temperature=inference.get("temperature"),
+        output_schema=task["output_schema"] if own_schema else batch.get("output_schema"),
+        max_tokens=task.get("max_tokens", inference.get("max_tokens", 512)),
+        temperature=task["temperature"] if "temperature" in task else inference.get("temperature"),
         top_p=inference.get("top_p"),
         expected=task.get("expected"),
-        answer_field=batch.get("answer_field"),
+        answer_field=None if own_schema else batch.get("answer_field"),
         shared_prefix=span[0] if span else 0,
         shared_suffix=span[1] if span else 0,
         documents=converse_documents(task),
@@ -590,8 +602,10 @@ def _record(
     }
     if task["kind"] == "vote":
         record["vote"] = int(task["slot"][1:])
-    else:
+    elif task["kind"] == "section":
         record["section"] = task["slot"]
+    else:
+        record["kind"] = task["kind"]  # a second-pass task: escalation, judge or synthesis
     if synthetic:
         record["synthetic"] = True
     return record

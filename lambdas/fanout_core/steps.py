@@ -19,27 +19,45 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from fanout_core import layout
-from fanout_core.aggregation import Judge, aggregate, aggregate_stream
+from fanout_core.aggregation import ItemVotes, aggregate_stream
 from fanout_core.catalog import check_job_models
 from fanout_core.costs import plan_costs
 from fanout_core.documents import attach_documents
 from fanout_core.errors import InvalidJob
-from fanout_core.job import DEFAULT_JUDGE_PROMPT, Job, parse_job
+from fanout_core.job import Job, parse_job
 from fanout_core.lease import Lease, execution_status
 from fanout_core.loading import job_source, key_stem, load_items, read_job_object
-from fanout_core.planning import batch_ranges, batching_for, choose_mode, expand_tasks, fingerprint
+from fanout_core.planning import (
+    INLINE_MAX_BATCHES,
+    Batching,
+    batch_ranges,
+    batching_for,
+    choose_batching,
+    choose_mode,
+    expand_tasks,
+    fingerprint,
+)
 from fanout_core.pricing import price_usage
-from fanout_core.providers.base import ModelError, ModelRequest, Provider
-from fanout_core.report import Report, report_markdown, results_jsonl, results_line
+from fanout_core.providers.base import Provider
+from fanout_core.report import Report, results_line
 from fanout_core.report_html import report_html
-from fanout_core.runner import call_with_retries, run_batch
+from fanout_core.runner import run_batch
+from fanout_core.second_pass import (
+    JOB_LEVEL,
+    STAGE_BATCH_BASE,
+    STAGES,
+    Material,
+    escalation_tasks,
+    is_second_pass,
+    judge_task,
+    needs_escalation,
+    synthesis_task,
+)
 from fanout_core.settings import Settings
 from fanout_core.stopping import rule_for, vote_weights
 from fanout_core.store import FINISHED, RunStore, put_text
-from fanout_core.templating import render
 from fanout_core.tiers import TierChoice, choose_tier, for_this_run
 from fanout_core.validation import strict_json
-from fanout_core.voting import JudgeVerdict, judge_prompt, judge_schema
 
 ProviderFactory = Callable[[str], Provider]
 
@@ -229,50 +247,156 @@ def run_subtask(
     return outcome.as_event()
 
 
-def run_aggregate(
-    event: dict[str, Any], *, s3: Any, provider_for: ProviderFactory, scratch_dir: str | None = None
-) -> dict[str, Any]:
+def plan_second_pass(event: dict[str, Any], *, s3: Any, settings: Settings) -> dict[str, Any]:
+    """Which second-pass tasks the job needs next, written as batches like Plan's; returns counts, never outputs.
+
+    ``event["stage"]`` is the last stage run (0 after the first Map). The
+    stages after it are looked at in order (escalate, judge, synthesis);
+    the first that has tasks without a finished record is written as batch
+    files numbered ``stage * STAGE_BATCH_BASE + n``, and its Map runs them
+    through RunBatch. ``done`` once no stage is left: Aggregate comes next.
+    """
+    store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
+    saved = store.get_json(layout.JOB_FILE)
+    job = Job.model_validate(saved["job"])
+    items: list[dict[str, Any]] = saved["items"]
+    after = int(event.get("stage") or 0)
+    for number, stage in enumerate(STAGES, start=1):
+        if number <= after or not _has_stage(job, stage):
+            continue
+        tasks = _stage_tasks(job, items, store, stage, saved["default_model"])
+        if tasks:
+            return _write_stage(job, store, number, tasks, settings.max_concurrency_cap)
+    return {"job_id": job.job_id, "stage": len(STAGES), "done": True, "counts": {"tasks": 0, "batches": 0}}
+
+
+def _has_stage(job: Job, stage: str) -> bool:
+    if stage == "escalate":
+        return job.pattern == "voting" and job.aggregate.escalate is not None
+    if stage == "judge":
+        return job.pattern == "voting" and job.strategy == "judge"
+    return job.synthesis is not None
+
+
+def _stage_tasks(job: Job, items: list[dict[str, Any]], store: RunStore, stage: str, default_model: str) -> list[dict[str, Any]]:
+    """The stage's tasks, from the items as aggregated so far, less those a finished record answers already."""
+    tasks: list[dict[str, Any]] = []
+    finished: set[str] = set()
+
+    def noting(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for record in records:
+            if is_second_pass(str(record.get("slot", ""))) and record.get("status") in FINISHED:
+                finished.add(record["task_id"])
+            yield record
+
+    def on_votes(seen: ItemVotes) -> None:
+        if stage == "escalate" and needs_escalation(job, seen.first):
+            tasks.extend(escalation_tasks(job, seen.item, default_model, set()))
+        elif stage == "judge":
+            task = judge_task(job, seen.item, seen.votes, default_model)
+            if task is not None:
+                tasks.append(task)
+
+    material = Material(job.synthesis.max_input_chars) if job.synthesis is not None else None
+
+    def on_item(out: dict[str, Any]) -> None:
+        if stage != "synthesis" or job.synthesis is None or material is None:
+            return
+        if job.synthesis.per_item:
+            own = Material(job.synthesis.max_input_chars)
+            own.add(out)
+            tasks.append(synthesis_task(job, out["id"], own, default_model))
+        else:
+            material.add(out)
+
+    with tempfile.TemporaryDirectory(prefix="fanout-second-pass-") as folder:
+        aggregate_stream(job, items, noting(store.iter_records()), on_item, on_votes=on_votes, spill_dir=folder)
+    if stage == "synthesis" and job.synthesis is not None and not job.synthesis.per_item and material is not None:
+        tasks.append(synthesis_task(job, JOB_LEVEL, material, default_model))
+    return [t for t in tasks if t["task_id"] not in finished]
+
+
+def _write_stage(job: Job, store: RunStore, number: int, tasks: list[dict[str, Any]], cap: int) -> dict[str, Any]:
+    """A stage's batch files and batch list (numbered apart from the first pass's), and what its Map needs."""
+    assert job.job_id is not None
+    stage = STAGES[number - 1]
+    batching = choose_batching(len(tasks), min(job.limits.max_concurrency, cap), job.limits.batch_size)
+    base = number * STAGE_BATCH_BASE
+    ranges = [{**r, "index": base + r["index"]} for r in batch_ranges(len(tasks), batching.batch_size)]
+    shared = {
+        "job_id": job.job_id,
+        "system": job.system,
+        "inference": job.inference.model_dump(),
+        "output_schema": job.output_schema,
+        "answer_field": job.aggregate.field,
+        "stage": stage,
+    }
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(
+            pool.map(
+                lambda r: store.put_json(
+                    store.batch_name(r["index"]), {**shared, "index": r["index"], "tasks": tasks[r["start"] : r["end"]]}
+                ),
+                ranges,
+            )
+        )
+    manifest = layout.second_pass_manifest(stage)
+    store.put_json(manifest, ranges)
+    mode = _second_pass_mode(job, batching)
+    return {
+        "job_id": job.job_id,
+        "stage": number,
+        "name": stage,
+        "done": False,
+        "run_uri": store.uri,
+        "run_bucket": store.bucket,
+        "mode": mode,
+        "batches": ranges if mode == "inline" else [],
+        "manifest_key": layout.run_key(job.job_id, manifest),
+        "map_results_prefix": layout.second_pass_map_results_prefix(job.job_id, stage),
+        "tolerated_failure_percentage": job.limits.tolerated_failure_percentage,
+        "threads": batching.threads,
+        "map_concurrency": batching.map_concurrency,
+        "counts": {"tasks": len(tasks), "batches": len(ranges)},
+    }
+
+
+def _second_pass_mode(job: Job, batching: Batching) -> str:
+    """The job's mode when the stage fits it (an inline job's second pass may need more batches), else auto's pick."""
+    if job.limits.mode == "inline" and batching.batch_count > INLINE_MAX_BATCHES:
+        return choose_mode("auto", batching)
+    return choose_mode(job.limits.mode, batching)
+
+
+def run_aggregate(event: dict[str, Any], *, s3: Any, scratch_dir: str | None = None) -> dict[str, Any]:
     """Aggregate every record of the run into result.json, results.jsonl, report.md and report.html; return a summary.
 
-    The items are streamed: each goes to results.jsonl, result.json's item
-    list and report.md as it is built, through files in ``scratch_dir`` (a
-    temporary folder: /tmp in Lambda), so the records in memory are bounded
-    by a part of the job whatever its size (report.html reads the items back
-    from results.jsonl one at a time, and lists at most its MAX_ROWS). A job with a synthesis is aggregated in
-    memory: its synthesis call reads every item.
+    Aggregate calls no model: judge verdicts, escalated votes and syntheses
+    are records of the second pass. The items are streamed: each goes to
+    results.jsonl, result.json's item list and report.md as it is built,
+    through files in ``scratch_dir`` (a temporary folder: /tmp in Lambda),
+    so the records in memory are bounded by a part of the job whatever its
+    size (report.html, which lists every item, reads the items back).
     """
     store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
     saved = store.get_json(layout.JOB_FILE)
     job = Job.model_validate(saved["job"])
     items: list[dict[str, Any]] = saved["items"]
     errors = _batch_errors(store)
-    judge = _judge(job, provider_for, saved["default_model"]) if job.strategy == "judge" else None
-    judge_threads = min(job.limits.max_concurrency, 32)
+    assert job.job_id is not None
     prefix = layout.result_prefix(job.job_id)
     bucket = store.bucket
     prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
     tier = _planned_tier(store)
-    if job.synthesis is not None:
-        result = aggregate(job, items, store.iter_records(), batch_errors=errors, judge=judge, judge_threads=judge_threads)
-        spec = job.model or saved["default_model"]
-        _synthesise(job, result, provider_for(spec), spec)
-        price_usage(result["usage"], prices)
-        if tier is not None:
-            result["tier"] = tier
-        put_text(s3, bucket, prefix + "result.json", strict_json(result, ensure_ascii=False, indent=1), "application/json")
-        put_text(s3, bucket, prefix + "results.jsonl", results_jsonl(result), "application/x-ndjson")
-        put_text(s3, bucket, prefix + "report.md", report_markdown(result), "text/markdown")
-        put_text(s3, bucket, prefix + "report.html", report_html(result), "text/html; charset=utf-8")
-    else:
-        with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="fanout-results-") as folder:
-            result = _aggregate_to_files(job, items, store, errors, judge, judge_threads, Path(folder), prices, tier)
-            for name, content_type in (("result.json", "application/json"), ("results.jsonl", "application/x-ndjson")):
-                s3.upload_file(str(Path(folder) / name), bucket, prefix + name, ExtraArgs={"ContentType": content_type})
-            put_text(s3, bucket, prefix + "report.md", (Path(folder) / "report.md").read_text("utf-8"), "text/markdown")
-            with (Path(folder) / "results.jsonl").open(encoding="utf-8") as lines:
-                # streamed from the file: the page keeps its figures and a bounded table, never every item
-                page = report_html(result, (json.loads(line) for line in lines))
-            put_text(s3, bucket, prefix + "report.html", page, "text/html; charset=utf-8")
+    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="fanout-results-") as folder:
+        result = _aggregate_to_files(job, items, store, errors, Path(folder), prices, tier)
+        for name, content_type in (("result.json", "application/json"), ("results.jsonl", "application/x-ndjson")):
+            s3.upload_file(str(Path(folder) / name), bucket, prefix + name, ExtraArgs={"ContentType": content_type})
+        put_text(s3, bucket, prefix + "report.md", (Path(folder) / "report.md").read_text("utf-8"), "text/markdown")
+        with (Path(folder) / "results.jsonl").open(encoding="utf-8") as lines:
+            # streamed from the file: the page keeps its figures and a bounded table, never every item
+            page = report_html(result, (json.loads(line) for line in lines))
+        put_text(s3, bucket, prefix + "report.html", page, "text/html; charset=utf-8")
     # only while this run holds it: a lease another run has taken over since stays with that run
     _lease(store).release(str(event.get("execution") or ""))
     counts = result["counts"]
@@ -318,8 +442,6 @@ def _aggregate_to_files(
     items: list[dict[str, Any]],
     store: RunStore,
     errors: dict[str, str],
-    judge: Judge | None,
-    judge_threads: int,
     folder: Path,
     prices: dict[str, Any],
     tier: dict[str, Any] | None = None,
@@ -344,8 +466,6 @@ def _aggregate_to_files(
             store.iter_records(),
             on_item,
             batch_errors=errors,
-            judge=judge,
-            judge_threads=judge_threads,
             spill_dir=str(folder),
         )
     price_usage(head["usage"], prices)
@@ -374,34 +494,6 @@ def _write_result(path: Path, head: dict[str, Any], item_list: Path) -> None:
         out.write("}\n")
 
 
-def _judge(job: Job, provider_for: ProviderFactory, default_model: str) -> Judge:
-    """The judge strategy's extra call per item: the candidates numbered, the best one picked with a reason."""
-    spec = (job.aggregate.judge.model if job.aggregate.judge else None) or job.model or default_model
-    instruction = job.aggregate.judge.prompt if job.aggregate.judge else DEFAULT_JUDGE_PROMPT
-    provider = provider_for(spec)
-
-    def judge(item: dict[str, Any], offered: list[tuple[Any, int]]) -> JudgeVerdict:
-        request = ModelRequest(
-            task_id=f"{item['id']}#judge",
-            prompt=judge_prompt(instruction, render(job.prompt or "", item), offered),
-            system=job.system,
-            output_schema=judge_schema(len(offered)),
-            max_tokens=max(256, job.inference.max_tokens),
-            temperature=0.0,
-        )
-        try:
-            reply, calls = call_with_retries(provider, request)
-        except ModelError as exc:
-            return JudgeVerdict(choice=None, reason="", model=spec, error=f"{exc.code}: {exc.message}")
-        spent = (calls, reply.input_tokens, reply.output_tokens)
-        best = reply.output.get("best") if isinstance(reply.output, dict) else None
-        if not isinstance(best, int) or not 1 <= best <= len(offered):
-            return JudgeVerdict(None, "", spec, error=f"the judge answered {str(reply.output)[:200]}", usage=spent)
-        return JudgeVerdict(best - 1, str(reply.output.get("reason", "")), spec, usage=spent)
-
-    return judge
-
-
 def _batch_errors(store: RunStore) -> dict[str, str]:
     """The error of each task whose batch failed for good, by task id (read from the batch's own file)."""
     errors: dict[str, str] = {}
@@ -424,66 +516,3 @@ def _cause(cause: Any) -> str:
             pass
         return cause[:500]
     return str(cause)[:500]
-
-
-def _synthesise(job: Job, result: dict[str, Any], provider: Provider, spec: str) -> None:
-    """One final call over the merged results (or one per item, concurrently), its input cut to the stated budget."""
-    assert job.synthesis is not None
-    synthesis = job.synthesis
-    targets = [(item, [item]) for item in result["items"]] if synthesis.per_item else [(None, result["items"])]
-
-    def one(target: tuple[dict[str, Any] | None, list[dict[str, Any]]]) -> tuple[dict[str, Any], tuple[int, int, int]]:
-        owner, subjects = target
-        material = json.dumps([_digest(i) for i in subjects], ensure_ascii=False)
-        budget = synthesis.max_input_chars
-        request = ModelRequest(
-            task_id=f"synthesis#{owner['id'] if owner else '*'}",
-            prompt=f"{synthesis.prompt}\n\n<results>\n{material[:budget]}\n</results>",
-            system=job.system,
-            max_tokens=max(job.inference.max_tokens, 1024),
-            temperature=job.inference.temperature,
-        )
-        try:
-            reply, calls = call_with_retries(provider, request)
-        except ModelError as exc:
-            return {"text": None, "model": spec, "error": f"{exc.code}: {exc.message}"}, (0, 0, 0)
-        text = reply.output if isinstance(reply.output, str) else json.dumps(reply.output, ensure_ascii=False)
-        if reply.synthetic:
-            text = "[synthetic] " + _synthetic_summary(subjects)
-        block = {
-            "text": text,
-            "model": spec,
-            "input_chars": min(len(material), budget),
-            "input_truncated": len(material) > budget,
-        }
-        return block, (calls, reply.input_tokens, reply.output_tokens)
-
-    with ThreadPoolExecutor(max_workers=max(1, min(job.limits.max_concurrency, 16))) as pool:
-        done = list(pool.map(one, targets))
-    per_model = result["usage"]["by_model"].setdefault(spec, {"model_calls": 0, "input_tokens": 0, "output_tokens": 0})
-    for (owner, _), (block, spent) in zip(targets, done, strict=True):
-        for key, value in zip(("model_calls", "input_tokens", "output_tokens"), spent, strict=True):
-            result["usage"][key] += value
-            per_model[key] += value
-        if owner is None:
-            result["synthesis"] = block
-        else:
-            owner["synthesis"] = block
-
-
-def _digest(item: dict[str, Any]) -> dict[str, Any]:
-    if "merged" in item:
-        return {"id": item["id"], "merged": item["merged"]}
-    return {k: v for k, v in item.items() if k in ("id", "sections", "answer", "confidence")}
-
-
-def _synthetic_summary(items: list[dict[str, Any]]) -> str:
-    """What the simulator writes for a synthesis: the best-supported merged entries, plainly listed."""
-    lines = []
-    for item in items:
-        for field, entries in (item.get("merged") or {}).items():
-            top = ", ".join(str(next(iter(e.values()))) for e in entries[:3])
-            lines.append(f"{item['id']}: top {field}: {top}.")
-        if "merged" not in item:
-            lines.append(f"{item['id']}: {len(item.get('sections', {}))} sections answered.")
-    return " ".join(lines) or "nothing to combine."

@@ -8,7 +8,8 @@
 - ``threshold``: list answers; elements reported by at least k votes, each
   with its support.
 - ``judge``: one extra model call per item picks the best candidate, with
-  the judge's reason (its call is made by the caller, see ``JudgeVerdict``).
+  the judge's reason (its call is a second-pass task, see
+  ``fanout_core.second_pass``; its record becomes a ``JudgeVerdict``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -63,17 +65,19 @@ def valid_votes(job: Job, outcomes: list[dict[str, Any]]) -> list[Vote]:
     return votes
 
 
-def decide(job: Job, votes: list[Vote], verdict: JudgeVerdict | None = None) -> dict[str, Any]:
-    """The answer fields of one voting item under the job's strategy."""
+def decide(
+    job: Job, votes: list[Vote], verdict: JudgeVerdict | None = None, weigh: Callable[[Vote], float] | None = None
+) -> dict[str, Any]:
+    """The answer fields of one voting item under the job's strategy (``weigh``: a factor on each vote's weight)."""
     strategy = job.strategy
     if strategy in ("mean", "median"):
         return numeric(votes, strategy)
     if strategy == "threshold":
         return threshold(votes, job.aggregate.key, job.aggregate.k)
     if strategy == "judge":
-        return judged(votes, verdict)
+        return judged(votes, verdict, weigh)
     weights = job.aggregate.weights if strategy == "weighted" else None
-    return plurality(votes, weights)
+    return plurality(votes, weights, weigh)
 
 
 class _Answer:
@@ -88,14 +92,20 @@ class _Answer:
         self.forms: dict[str, list[Any]] = {}  # original form -> [votes, value]
 
 
-def plurality(votes: list[Vote], weights: dict[str, float] | None = None) -> dict[str, Any]:
-    """Majority (or weighted) vote over normalised answers; the answer keeps its most common original form."""
+def plurality(
+    votes: list[Vote], weights: dict[str, float] | None = None, weigh: Callable[[Vote], float] | None = None
+) -> dict[str, Any]:
+    """Majority (or weighted) vote over normalised answers; the answer keeps its most common original form.
+
+    ``weigh`` multiplies a vote's weight (escalated votes of a stronger model outweigh the first ones).
+    """
     answers: dict[str, _Answer] = {}
     for vote in votes:
         answer = answers.get(vote.key)
         if answer is None:
             answer = answers[vote.key] = _Answer(vote.position)
-        answer.weight += 1.0 if weights is None else float(weights.get(vote.model, 1.0))
+        base = 1.0 if weights is None else float(weights.get(vote.model, 1.0))
+        answer.weight += base if weigh is None else base * weigh(vote)
         answer.count += 1
         form = vote.value if isinstance(vote.value, str) else canonical(vote.value)
         seen = answer.forms.get(form)
@@ -118,7 +128,7 @@ def plurality(votes: list[Vote], weights: dict[str, float] | None = None) -> dic
         "valid_votes": len(votes),
         "tie": len(tied) > 1,
     }
-    if weights is not None:
+    if weights is not None or weigh is not None:
         out["weighted_votes"] = {shown[id(a)][0]: round(a.weight, 4) for a in ranked}
     if len(tied) > 1:
         out["tied"] = [shown[id(a)][1][1] for a in tied]
@@ -228,11 +238,11 @@ def candidates(votes: list[Vote]) -> list[tuple[Any, int]]:
     return [(value, count) for value, count in seen.values()]
 
 
-def judged(votes: list[Vote], verdict: JudgeVerdict | None) -> dict[str, Any]:
+def judged(votes: list[Vote], verdict: JudgeVerdict | None, weigh: Callable[[Vote], float] | None = None) -> dict[str, Any]:
     """The judge's pick among the distinct candidates; agreement with it is the confidence."""
     offered = candidates(votes)
     if verdict is None or verdict.choice is None or not 0 <= verdict.choice < len(offered):
-        out = plurality(votes)
+        out = plurality(votes, None, weigh)
         out["judge"] = {"error": (verdict.error if verdict else None) or "no verdict", "fallback": "majority"}
         return out
     value, count = offered[verdict.choice]

@@ -113,9 +113,36 @@ def test_the_two_map_bodies_are_the_same_apart_from_their_names() -> None:
     assert {k: inline.get(k) for k in shared} == {k: distributed.get(k) for k in shared}
 
 
+def test_the_second_pass_runs_its_batches_as_the_first_pass_does() -> None:
+    # Given the first pass's Maps and the second pass's (judge, escalation, synthesis batches)
+    states = json.loads(ASL_FILE.read_text())["States"]
+    renames = {"RunPassBatch": "RunBatch", "RecordPassBatchFailure": "RecordBatchFailure"}
+
+    for first, second in (("RunBatches", "RunSecondPass"), ("RunBatchesDistributed", "RunSecondPassDistributed")):
+        # When the second pass's state names are mapped back to the first's
+        text = json.dumps(states[second]["ItemProcessor"])
+        for new, old in renames.items():
+            text = text.replace(f'"{new}', f'"{old}')
+        renamed = json.loads(text)
+
+        # Then each batch goes through the same RunBatch task, retries and failure record; only comments differ
+        def bare(processor: dict[str, Any]) -> dict[str, Any]:
+            return {
+                **processor,
+                "States": {n: {k: v for k, v in s.items() if k != "Comment"} for n, s in processor["States"].items()},
+            }
+
+        assert bare(renamed) == bare(states[first]["ItemProcessor"])
+        assert set(states[second]["ItemSelector"]) == set(states[first]["ItemSelector"])
+        assert states[second]["Next"] == "PlanSecondPass" and states[first]["Next"] == "StartSecondPass"
+    # and the loop ends in Aggregate once every stage is done
+    done = next(c for c in states["ChooseSecondPass"]["Choices"] if c.get("BooleanEquals") is True)
+    assert done == {"Variable": "$.second.next.done", "BooleanEquals": True, "Next": "Aggregate"}
+
+
 def test_every_lambda_task_retries_every_lambda_service_error() -> None:
     tasks = [s for s in _all_states(json.loads(ASL_FILE.read_text())) if s.get("Resource") == "arn:aws:states:::lambda:invoke"]
-    assert len(tasks) == 4  # plan, a batch in each Map, aggregate
+    assert len(tasks) == 7  # plan, a batch in each of the four Maps, the second pass's planning, aggregate
     for task in tasks:
         retried = {error for retrier in task.get("Retry", []) for error in retrier["ErrorEquals"]}
         assert retried >= LAMBDA_SERVICE_ERRORS, task["Comment"]

@@ -102,7 +102,15 @@ def test_each_task_state_invokes_its_function(state_machine: tuple[str, dict[str
     invoked = [(name, state["Parameters"]["FunctionName"]) for name, state in _task_states(definition)]
 
     # Then each step calls the function built for it, by ARN, and each function is called
-    step_function = {"Plan": "plan", "RunBatch": "subtask", "RunBatchDistributed": "subtask", "Aggregate": "aggregate"}
+    step_function = {
+        "Plan": "plan",
+        "RunBatch": "subtask",
+        "RunBatchDistributed": "subtask",
+        "PlanSecondPass": "aggregate",
+        "RunPassBatch": "subtask",
+        "RunPassBatchDistributed": "subtask",
+        "Aggregate": "aggregate",
+    }
     assert {name for name, _ in invoked} == set(step_function)
     for name, arn in invoked:
         assert arn == f"${{{function_ids[step_function[name]]}.Arn}}", f"{name} invokes {arn}"
@@ -175,14 +183,16 @@ def test_state_machine_role_reaches_run_data_and_its_own_children_only(
 
     # and starts, watches, stops and redrives the child executions of its own Map Run only
     # (children are named <state machine>/<map run label>:<id>; the label is the Distributed Map's in the ASL)
-    (label,) = {m["Label"] for m in _all_states(json.loads(ASL_FILE.read_text())) if m.get("Label")}
+    # (the first pass's Distributed Map and the second pass's, each with its label)
+    labels = {m["Label"] for m in _all_states(json.loads(ASL_FILE.read_text())) if m.get("Label")}
+    assert labels == {"Batches", "PassBatches"}
     arn = "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}"
-    assert states_grants == {
-        ("states:StartExecution", f"{arn}:stateMachine:{name}"),
-        ("states:DescribeExecution", f"{arn}:execution:{name}/{label}:*"),
-        ("states:StopExecution", f"{arn}:execution:{name}/{label}:*"),
-        ("states:RedriveExecution", f"{arn}:execution:{name}/{label}:*"),
+    children = {
+        (action, f"{arn}:execution:{name}/{label}:*")
+        for label in labels
+        for action in ("states:DescribeExecution", "states:StopExecution", "states:RedriveExecution")
     }
+    assert states_grants == {("states:StartExecution", f"{arn}:stateMachine:{name}")} | children
 
 
 def test_only_plan_may_ask_about_executions_and_only_about_this_state_machines(
@@ -247,7 +257,15 @@ def test_aggregate_has_room_in_tmp_for_its_spill_files(resources: dict[str, Any]
 
 def test_asl_task_timeouts_leave_room_for_the_function_timeouts(resources: dict[str, Any], function_ids: dict[str, str]) -> None:
     # a task timeout below the function's would abandon calls that are still running
-    step_function = {"Plan": "plan", "RunBatch": "subtask", "RunBatchDistributed": "subtask", "Aggregate": "aggregate"}
+    step_function = {
+        "Plan": "plan",
+        "RunBatch": "subtask",
+        "RunBatchDistributed": "subtask",
+        "PlanSecondPass": "aggregate",
+        "RunPassBatch": "subtask",
+        "RunPassBatchDistributed": "subtask",
+        "Aggregate": "aggregate",
+    }
     for state, task in _task_states(json.loads(ASL_FILE.read_text())):
         assert task["TimeoutSeconds"] >= resources[function_ids[step_function[state]]]["Properties"]["Timeout"], state
 
@@ -429,6 +447,7 @@ def test_every_wildcard_resource_is_a_known_scope(
         f"{results}/runs/*/lease.json",
         f"{results}/results/*",
         f"{states}:execution:{name}/Batches:*",
+        f"{states}:execution:{name}/PassBatches:*",
         f"{states}:execution:{name}:*",
         *(f"arn:${{AWS::Partition}}:bedrock:*::foundation-model/{m}" for m in models),
     }
@@ -467,8 +486,8 @@ def test_bedrock_is_invocable_only_on_the_configured_models(
         bedrock = [s for s in statements if any(a.startswith("bedrock:") for a in _actions(s))]
         granted = {r for s in bedrock for r in _resources(s)}
 
-        # Then subtask and aggregate may call exactly those models, plan none
-        if name == "plan":
+        # Then subtask may call exactly those models; plan and aggregate none (the second pass's calls are batches)
+        if name in ("plan", "aggregate"):
             assert bedrock == []
         else:
             assert {a for s in bedrock for a in _actions(s)} == {"bedrock:InvokeModel"}
@@ -476,7 +495,7 @@ def test_bedrock_is_invocable_only_on_the_configured_models(
 
     # and no other role in the stack touches bedrock
     others = [where for where, s in _all_allow_statements(resources) if any(a.startswith("bedrock:") for a in _actions(s))]
-    roles = {_role_of(resources, function_ids[name]) for name in ("subtask", "aggregate")}
+    roles = {_role_of(resources, function_ids[name]) for name in ("subtask",)}
     assert {where.split("/")[0] for where in others} <= roles
 
 
@@ -523,6 +542,8 @@ def test_bedrock_arns_for_profiles_of_every_geography() -> None:
             "aggregate",
             {
                 ("s3:GetObject", "results/runs/*"),
+                # the second pass's batch files
+                ("s3:PutObject", "results/runs/*"),
                 ("s3:PutObject", "results/results/*"),
                 ("s3:DeleteObject", "results/runs/*/lease.json"),
                 ("s3:ListBucket", "results"),

@@ -75,7 +75,7 @@ def test_a_second_run_of_a_running_job_id_is_refused_until_the_first_ends(s3: An
         plan({**JOB, "job_id": "busy"}, "exec-2", s3=s3, settings=settings)
 
     # Then once the first run is aggregated, the job_id is free again
-    run_aggregate({"job_id": "busy", "run_uri": first["run_uri"], "execution": "exec-1"}, s3=s3, provider_for=lambda _: None)  # type: ignore[arg-type,return-value]
+    run_aggregate({"job_id": "busy", "run_uri": first["run_uri"], "execution": "exec-1"}, s3=s3)
     assert plan({**JOB, "job_id": "busy"}, "exec-3", s3=s3, settings=settings)["job_id"] == "busy"
 
 

@@ -16,8 +16,9 @@ from fanout_core.providers.base import ModelRequest
 from fanout_core.providers.simulator import Simulator
 from fanout_core.report import report_markdown
 from fanout_core.runner import run_batch
+from fanout_core.second_pass import judge_task
 from fanout_core.stopping import rule_for, vote_weights
-from fanout_core.voting import JudgeVerdict
+from fanout_core.voting import valid_votes
 from tests.fakes import MemoryRunStore
 
 LABELS = ["positive", "neutral", "negative"]
@@ -119,20 +120,36 @@ def test_threshold_defaults_to_more_than_half_of_the_valid_votes() -> None:
     assert item["k"] == 3 and item["answer"] == ["a", "b"]
 
 
+def judge_record(job: Job, votes: list[dict[str, Any]], status: str = "ok", output: Any = None) -> dict[str, Any]:
+    """The record of the judge's second-pass task for item 'a', asked about the candidates of ``votes``."""
+    task = judge_task(job, (job.items or [])[0], valid_votes(job, votes), "bedrock:judge")
+    assert task is not None
+    return {
+        "task_id": task["task_id"],
+        "item_id": "a",
+        "slot": task["slot"],
+        "kind": "judge",
+        "status": status,
+        "output": output,
+        "error": None if status == "ok" else "ThrottlingException: slow down",
+        "model": "bedrock:judge",
+        "usage": {"input_tokens": 50, "output_tokens": 10},
+        "attempts": 1,
+    }
+
+
 def test_judge_picks_a_candidate_and_its_reason_and_usage_are_kept() -> None:
+    # Given three votes with two distinct candidates, and the judge's second-pass record picking the second
     job = job_with("judge", {"type": "object", "properties": {"label": {"type": "string"}}}, "label", votes=3)
-    seen: list[list[tuple[Any, int]]] = []
+    votes = records({"label": "positive"}, {"label": "negative"}, {"label": "Negative"})
+    verdict = judge_record(job, votes, output={"best": 2, "reason": "the ticket complains"})
 
-    def judge(item: dict[str, Any], offered: list[tuple[Any, int]]) -> JudgeVerdict:
-        seen.append(offered)
-        return JudgeVerdict(choice=1, reason="the ticket complains", model="bedrock:judge", usage=(1, 50, 10))
-
-    result = aggregate(
-        job, job.items or [], records({"label": "positive"}, {"label": "negative"}, {"label": "Negative"}), judge=judge
-    )
+    # When the item is aggregated
+    result = aggregate(job, job.items or [], [*votes, verdict])
     item = result["items"][0]
 
-    assert seen == [[("positive", 1), ("negative", 2)]]
+    # Then the judge's pick is the answer, with its reason, and its call is in the usage
+    assert "[1] positive" in judge_task(job, (job.items or [])[0], valid_votes(job, votes), "j")["prompt"]  # type: ignore[index]
     assert item["answer"] == "negative" and item["confidence"] == pytest.approx(2 / 3, rel=1e-3)
     assert item["judge"] == {"choice": 2, "reason": "the ticket complains", "model": "bedrock:judge"}
     assert result["usage"]["by_model"]["bedrock:judge"] == {"model_calls": 1, "input_tokens": 50, "output_tokens": 10}
@@ -141,16 +158,27 @@ def test_judge_picks_a_candidate_and_its_reason_and_usage_are_kept() -> None:
 
 def test_a_failed_judge_falls_back_to_the_majority_and_says_so() -> None:
     job = job_with("judge", LABEL, "label", votes=3)
+    votes = records({"label": "positive"}, {"label": "negative"}, {"label": "negative"})
 
-    def judge(item: dict[str, Any], offered: list[tuple[Any, int]]) -> JudgeVerdict:
-        return JudgeVerdict(choice=None, reason="", model="j", error="ThrottlingException: slow down")
-
-    item = aggregate(
-        job, job.items or [], records({"label": "positive"}, {"label": "negative"}, {"label": "negative"}), judge=judge
-    )["items"][0]
+    item = aggregate(job, job.items or [], [*votes, judge_record(job, votes, status="failed")])["items"][0]
 
     assert item["answer"] == "negative"
     assert item["judge"] == {"error": "ThrottlingException: slow down", "fallback": "majority"}
+
+
+def test_a_verdict_about_other_candidates_is_not_used() -> None:
+    # Given a judge's record from a run whose votes differed (it was asked about other candidates)
+    job = job_with("judge", LABEL, "label", votes=3)
+    earlier = records({"label": "positive"}, {"label": "neutral"}, {"label": "negative"})
+    stale = judge_record(job, earlier, output={"best": 1, "reason": "positive"})
+    votes = records({"label": "positive"}, {"label": "negative"}, {"label": "negative"})
+
+    # When the item is aggregated with the votes it has now
+    item = aggregate(job, job.items or [], [*votes, stale])["items"][0]
+
+    # Then the stale verdict is not taken: the majority decides and the missing verdict is named
+    assert item["answer"] == "negative"
+    assert item["judge"]["fallback"] == "majority" and "not recorded" in item["judge"]["error"]
 
 
 @pytest.mark.parametrize(
