@@ -145,8 +145,9 @@ class Functions(Construct):
         return fn
 
     def _build_aggregate(self) -> lambda_.Function:
-        # streamed aggregation of 1,000,000 records peaked at 801 MB (a clean process, VmHWM); report.html reads the
-        # items back on top. /tmp holds the records' spill files and the result files (~400 MB at 1M tasks); its size
+        # streamed aggregation of 1,000,000 records peaked at 801 MB (a clean process, VmHWM; one run, not a bench row);
+        # report.html streams the items back from results.jsonl, holding at most its 10,000 table rows. /tmp holds
+        # the records' spill files and the result files (~400 MB at 1M tasks); its size
         # is 512 to 10,240 MB ("EphemeralStorage", Lambda API reference)
         fn = self._build_function("Aggregate", "aggregate", memory_mb=1536, timeout=Duration.seconds(900), ephemeral_mb=2048)
         self._allow_read(fn, self._results_bucket, layout.RUNS_ANY)
