@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import sys
@@ -395,17 +396,58 @@ def _run(
     fails; ``echo`` gets the line saying which model answers. An interrupted
     run returns its exit code, having said what it kept.
     """
+    from fanout.local_records import RunLock
+
+    target = out / str(loaded.job.job_id)
+    try:
+        target.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, before any model call
+    except OSError as exc:
+        raise FanoutError(f"--out: cannot write {target} ({exc.strerror})", "--out") from None
+    _check_free_space(target, loaded.task_count)
+    # one run per job_id and --out: a second one would call every task again and write a second record for each
+    with RunLock(target):
+        return _run_locked(
+            loaded, target, fresh=fresh, quiet=quiet, default_model=default_model, session=session, resume=resume, echo=echo
+        )
+
+
+# what a run may write per task (its record, its results.jsonl line, its share of result.json and the reports),
+# and at least: a disk with less free is refused before any model call
+BYTES_PER_TASK = 4096
+MIN_FREE_BYTES = 8 * 1024 * 1024
+
+
+def _check_free_space(target: Path, task_count: int) -> None:
+    try:
+        free = shutil.disk_usage(target).free
+    except OSError:
+        return  # a folder whose usage cannot be read is tried; a write error is still reported whole
+    needed = MIN_FREE_BYTES + BYTES_PER_TASK * task_count
+    if free < needed:
+        raise FanoutError(
+            f"--out: {free / 1e6:.1f} MB free where {target} is, and this run may write up to {needed / 1e6:.1f} MB; "
+            "free space or give another --out (no model was called)",
+            "--out",
+        )
+
+
+def _run_locked(
+    loaded: LoadedJob,
+    target: Path,
+    *,
+    fresh: bool,
+    quiet: bool,
+    default_model: str,
+    session: Any,
+    resume: str,
+    echo: Any,
+) -> LocalRun | int:
     from fanout.local_records import RecordMirror
     from fanout.progress import local_view
     from fanout.runtime import ACCOUNT, RESULTS_BUCKET, local_aws
 
     data, job = loaded.data, loaded.job
     job_id = str(job.job_id)
-    target = out / job_id
-    try:
-        target.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, before any model call
-    except OSError as exc:
-        raise FanoutError(f"--out: cannot write {target} ({exc.strerror})", "--out") from None
     models = list(loaded.models)
     if job.model is None and not job.models and default_model == SIMULATOR:
         echo("model: sim (the built-in simulator: no model named and no AWS credentials; outputs are synthetic)")
@@ -478,7 +520,7 @@ def _run(
             "execution_status": execution.status,
         }
     run_figures["total_seconds"] = round(time.monotonic() - started, 3)
-    (target / "run.json").write_text(json.dumps(run_figures, indent=2) + "\n")
+    _write_output(target / "run.json", json.dumps(run_figures, indent=2) + "\n")
     return LocalRun(result, run_figures, target)
 
 
@@ -490,8 +532,22 @@ def _copy_outputs(s3: Any, bucket: str, job_id: str, target: Path) -> bool:
         return False
     target.mkdir(parents=True, exist_ok=True)
     for name, body in bodies.items():
-        (target / name).write_bytes(body)
+        _write_output(target / name, body)
     return True
+
+
+def _write_output(path: Path, body: bytes | str) -> None:
+    """A result file written whole or not at all: a full disk leaves the previous one, never a cut one."""
+    from fanout.local_records import write_whole
+
+    try:
+        write_whole(path, body)
+    except OSError as exc:
+        raise FanoutError(
+            f"--out: cannot write {path} ({exc.strerror or exc}); every task record is saved in {path.parent / 'records'}. "
+            "Free space and run the same command again: it calls no model for them and writes the results",
+            "--out",
+        ) from None
 
 
 def _servers_reachable(models: list[str]) -> bool:

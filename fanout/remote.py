@@ -307,6 +307,8 @@ def download(remote: Remote, job_id: str, out: Path) -> Path | None:
     The job_id must be one Plan accepts (no ``/``, no ``..``), and every file written must resolve inside ``out``
     (a symlink there cannot send a download elsewhere).
     """
+    from fanout.local_records import write_whole
+
     if not isinstance(job_id, str) or not re.fullmatch(JOB_ID_PATTERN, job_id):
         raise FanoutError(
             f"job_id: {job_id!r} is not a job_id (letters, digits, '.', '_' and '-', at most 64, starting with a letter "
@@ -326,7 +328,7 @@ def download(remote: Remote, job_id: str, out: Path) -> Path | None:
     try:
         target.mkdir(parents=True, exist_ok=True)
         for name, body in bodies.items():
-            _inside(out, target / name).write_bytes(body)
+            write_whole(_inside(out, target / name), body)  # whole or not at all, as every file the CLI writes
     except OSError as exc:
         raise FanoutError(f"--out: cannot write {target} ({exc.strerror})", "--out") from None
     return target
