@@ -206,6 +206,9 @@ def job_models(job: Any, default_model: str) -> list[tuple[str, str, bool]]:
     judge = job.aggregate.judge
     if judge is not None and judge.model is not None:
         named.append(("aggregate.judge.model", judge.model, False))
+    escalate = job.aggregate.escalate
+    if escalate is not None and escalate.model is not None:
+        named.append(("aggregate.escalate.model", escalate.model, False))
     return named
 
 

@@ -120,7 +120,8 @@ def plan_costs(
 
 
 def _bound_extra_calls(job: Any, tasks: list[dict[str, Any]], overrides: dict[str, Any], out: PlanCosts) -> None:
-    """The judge's call per item and the synthesis call(s), at their full budgets, in the bound."""
+    """The judge's call per item, every item's escalated votes and the synthesis call(s), at their full budgets, in
+    the bound."""
     items = {t["item_id"] for t in tasks}
     calls: list[tuple[str, int, int]] = []  # (model, input tokens at most, output tokens at most)
     default = tasks[0]["model"] if tasks else ""
@@ -132,6 +133,15 @@ def _bound_extra_calls(job: Any, tasks: list[dict[str, Any]], overrides: dict[st
         for task in tasks:
             by_item[task["item_id"]] = by_item.get(task["item_id"], 0) + len(task["prompt"].encode()) + per_vote_out
         calls += [(spec, size + CALL_ALLOWANCE_TOKENS, max(256, budget)) for size in by_item.values()]
+    escalate = job.aggregate.escalate if job.pattern == "voting" else None
+    if escalate is not None:
+        # every item may turn out doubtful: its escalated votes, each bounded as a first vote is
+        prompts = {t["item_id"]: len(t["prompt"].encode()) for t in tasks}
+        reask = reask_budget(escalate.model or default, budget) or 0
+        for size in prompts.values():
+            for n in range(1, escalate.votes + 1):
+                spec = escalate.model or job.vote_model(job.vote_count + n - 1, default)
+                calls.append((spec, 3 * (size + CALL_ALLOWANCE_TOKENS) + REPAIR_EXTRA_BYTES, budget + reask + budget))
     if job.synthesis is not None:
         spec = job.model or default
         count = len(items) if job.synthesis.per_item else 1

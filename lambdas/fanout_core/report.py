@@ -46,9 +46,15 @@ class Report:
         self.failures: list[tuple[str, dict[str, Any]]] = []
         self.failure_count = 0
         self.sections: list[dict[str, Any]] = []
+        self.escalated: list[dict[str, Any]] = []  # the first escalated items (aggregate.escalate)
+        self.escalated_count = 0
 
     def add(self, item: dict[str, Any]) -> None:
         self.items += 1
+        if item.get("escalated"):
+            self.escalated_count += 1
+            if len(self.escalated) < _ITEM_ROWS:
+                self.escalated.append(item)
         errors = item.get("errors") or []
         self.failure_count += len(errors)
         for error in errors[: max(0, _FAILURE_ROWS - len(self.failures))]:
@@ -107,6 +113,8 @@ class Report:
             ]
             lines += _calibration(ev)
         lines += self._voting(result) if self.pattern == "voting" else self._sectioning()
+        if "escalation" in usage:
+            lines += self._escalation(usage["escalation"])
         if self.failures:
             lines += ["## Failures", "", "| item | task | status | reason |", "|---|---|---|---|"]
             for item_id, error in self.failures:
@@ -148,6 +156,40 @@ class Report:
             )
         if self.items > _ITEM_ROWS:
             lines.append(f"| ... {self.items - _ITEM_ROWS} more in results.jsonl | | | | | |")
+        lines.append("")
+        return lines
+
+    def _escalation(self, spent: dict[str, Any]) -> list[str]:
+        """The items that got more votes in the second pass, what they were before and after, and what that cost."""
+        cost = spent.get("estimated_cost_usd")
+        shown_cost = "unknown (no price for the model)" if cost is None else f"${cost:.4f}"
+        lines = [
+            "## Escalated items",
+            "",
+            f"{spent['items']} items were below the escalation threshold after the first votes and got "
+            f"{spent['model_calls']} more calls ({spent['input_tokens']} tokens in, {spent['output_tokens']} out, "
+            f"cost {shown_cost}).",
+            "",
+        ]
+        if not self.escalated:
+            return lines
+        lines += [
+            "| item | first pass | escalated votes | answer | confidence | calls | cost | expected |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for item in self.escalated:
+            detail = item.get("escalation") or {}
+            before = detail.get("first_pass") or {}
+            votes = ", ".join(f"{_cell(k)}: {n}" for k, n in (detail.get("votes") or {}).items()) or "none valid"
+            item_cost = detail.get("estimated_cost_usd")
+            mark = "" if "correct" not in item else (" ✓" if item["correct"] else " ✗")
+            lines.append(
+                f"| {_cell(item['id'])} | {_cell(before.get('answer'))} ({before.get('confidence', 0):.2f}) | {votes} "
+                f"| {_cell(item.get('answer'))} | {_signal(item)} | {detail.get('model_calls', 0)} "
+                f"| {'-' if item_cost is None else f'${item_cost:.4f}'} | {_cell(item.get('expected', ''))}{mark} |"
+            )
+        if self.escalated_count > len(self.escalated):
+            lines.append(f"| ... {self.escalated_count - len(self.escalated)} more in results.jsonl | | | | | | | |")
         lines.append("")
         return lines
 
