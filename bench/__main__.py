@@ -35,7 +35,8 @@ from fanout_core.providers.simulator import Simulator  # noqa: E402
 STANDARD_TRANSITION_USD = 0.000025
 LAMBDA_GB_SECOND_USD = 0.0000166667
 LAMBDA_REQUEST_USD = 0.20 / 1e6
-FUNCTION_MEMORY_GB = {"fanout-plan": 0.5, "fanout-subtask": 1.0, "fanout-aggregate": 2.0}
+# as infra/functions.py sets them (PLAN_MEMORY_MB, 1,024 MB for Subtask, AGGREGATE_MEMORY_MB)
+FUNCTION_MEMORY_GB = {"fanout-plan": 1.25, "fanout-subtask": 1.0, "fanout-aggregate": 1.0}
 SMALL_MODEL = ("amazon.nova-lite-v1:0", 0.06, 0.24)
 
 

@@ -1,4 +1,5 @@
-"""``make bench`` rows (i) and (j): how the local run grows with N, and how it compares with plain Python.
+"""``make bench`` rows (i), (j) and (k): how a local run grows with N, how it compares with plain Python, and
+what Plan and Aggregate need in memory at a million tasks.
 
 (i) the growth curve: the same voting job (5 votes per item, 0 ms simulated
     calls) at growing sizes, its items inline in the job file and as an
@@ -7,14 +8,21 @@
     exponent b of a least-squares fit wall = a * N^b over the sizes.
 (j) the same simulated calls through a plain ThreadPoolExecutor and an
     asyncio loop in the same run, and fanout's wall time as a ratio to each.
+(k) Plan and Aggregate of a 1,000,000-task job, each in a clean process of
+    its own as in Lambda, over a stand-in S3 that keeps objects in files (so
+    the figure is the function's, not the store's): the peak memory of the
+    process (``VmHWM``, imports included) next to the function's memory in
+    infra/functions.py, and the seconds it took.
 
-Every run is its own process, started clean: its peak memory is the
-``VmHWM`` of that process (the high-water mark of its own address space,
-which a fresh exec starts from zero; ``ru_maxrss`` can carry the parent's).
+Every figure is a median over ``--repeats`` runs, each its own process,
+started clean: its peak memory is the ``VmHWM`` of that process (the
+high-water mark of its own address space, which a fresh exec starts from
+zero; ``ru_maxrss`` can carry the parent's).
 
-Run: ``.venv/bin/python -m bench.scale`` (1k, 10k and 50k tasks; a few
-minutes) or ``--full`` (1k to 1M tasks, and (j) at 500k too: the better
-part of an hour on a shared 2-core machine; run it rarely).
+Run: ``.venv/bin/python -m bench.scale`` (1k, 10k and 50k tasks, and (k); a
+few minutes) or ``--full`` (1k to 1M tasks, and (j) at 500k too: the better
+part of an hour on a shared 2-core machine; run it rarely). ``--sizes`` and
+``--rows`` run a part, e.g. ``--sizes 100000 --rows i``.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,41 +148,176 @@ def exponent(points: list[tuple[int, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.scale")
-    parser.add_argument("--full", action="store_true", help="1k to 1M tasks, and (j) at 500k: long; run it rarely")
-    args = parser.parse_args()
-    sizes = FULL_SIZES if args.full else SHORT_SIZES
-    side_by_side = (10_000, 500_000) if args.full else (10_000,)
-    curve: dict[str, list[tuple[int, float]]] = {"inline": [], "items_uri": []}
-    walls: dict[int, float] = {}
-    print("(i) growth curve: voting, 5 votes, 0 ms simulated calls; each run its own process")
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def growth_row(sizes: tuple[int, ...], forms: tuple[str, ...], repeats: int, work: Path) -> dict[int, list[float]]:
+    """(i): each size and form run ``repeats`` times, interleaved; prints medians; returns the items_uri walls."""
+    curve: dict[str, list[tuple[int, float]]] = {form: [] for form in forms}
+    walls: dict[int, list[float]] = {}
+    print(f"(i) growth curve: voting, 5 votes, 0 ms simulated calls; each run its own process; medians of {repeats}")
     print(f"{'tasks':>9}  {'form':<9}  {'ms/task':>8}  {'wall s':>8}  {'peak MB':>8}  {'same result':>11}")
+    for tasks in sizes:
+        runs: dict[str, list[dict[str, Any]]] = {form: [] for form in forms}
+        for _ in range(repeats):
+            for form in forms:
+                runs[form].append(run_cli(tasks, form, work))
+        same = len({repr(r[0]["result_items"]) for r in runs.values()}) == 1
+        for form, done in runs.items():
+            wall = median([r["wall_seconds"] for r in done])
+            peak = median([r["peak_mb"] for r in done])
+            curve[form].append((tasks, wall))
+            print(
+                f"{tasks:>9,}  {form:<9}  {wall / tasks * 1000:>8.4f}  {wall:>8.2f}  {peak:>8.0f}  "
+                f"{('yes' if same else 'NO') if len(forms) > 1 else '-':>11}"
+            )
+        walls[tasks] = [r["wall_seconds"] for r in runs.get("items_uri", [])]
+    for form, points in curve.items():
+        if len(points) > 1:
+            print(f"(i) fitted exponent, {form}: {exponent(points):.3f}  (target <= 1.05; <= 0.1 ms per task)")
+    return walls
+
+
+def side_by_side_row(sizes: tuple[int, ...], repeats: int, work: Path, walls: dict[int, list[float]]) -> None:
+    """(j): fanout (items_uri) next to a thread pool and an asyncio loop making the same calls, in the same run."""
+    print(f"(j) the same calls side by side in this run: fanout (items_uri) / plain Python; medians of {repeats}")
+    for tasks in sizes:
+        fanout_walls = list(walls.get(tasks) or [])
+        pool, loop = [], []
+        for n in range(repeats):
+            if n >= len(fanout_walls):
+                fanout_walls.append(run_cli(tasks, "items_uri", work)["wall_seconds"])
+            base = baselines(tasks)
+            pool.append(base["thread_pool"])
+            loop.append(base["asyncio"])
+        wall, pool_s, loop_s = median(fanout_walls[:repeats]), median(pool), median(loop)
+        print(
+            f"    {tasks:>9,} tasks: fanout {wall:.2f} s, thread pool {pool_s:.2f} s (x{wall / pool_s:.2f}), "
+            f"asyncio {loop_s:.2f} s (x{wall / loop_s:.2f})  (target <= 2x the thread pool)"
+        )
+
+
+_STEP_CHILD = """
+import json, sys, time
+sys.path.insert(0, {root!r}); sys.path.insert(0, {lambdas!r})
+from bench.disk_s3 import DiskS3
+from fanout_core.handlers import {handler}  # noqa: F401 - the function's imports, as its process has them
+from fanout_core import steps
+from fanout_core.providers.registry import ProviderRegistry
+from fanout_core.settings import Settings
+
+s3 = DiskS3({store!r})
+job_id = {job_id!r}
+run = {{"run_uri": f"s3://results/runs/{{job_id}}/", "job_id": job_id}}
+started = time.perf_counter()
+if {step!r} == "plan":
+    out = steps.plan({job!r}, job_id, s3=s3, settings=Settings(results_bucket="results", max_concurrency_cap=1000))
+    summary = {{"batches": out["counts"]["batches"], "tasks": out["counts"]["tasks"]}}
+elif {step!r} == "batches":
+    registry = ProviderRegistry()
+    manifest = json.loads(s3.get_object(Bucket="results", Key=f"runs/{{job_id}}/batches.json")["Body"].read())
+    for batch in manifest:
+        steps.run_subtask({{**run, "batch": batch, "threads": 1}}, s3=s3, provider_for=registry.provider_for)
+    summary = {{"batches": len(manifest)}}
+else:
+    out = steps.run_aggregate(run, s3=s3, provider_for=ProviderRegistry().provider_for, scratch_dir={scratch!r})
+    summary = {{"status": out["status"], "tasks": out["counts"]["tasks"], "ok": out["counts"]["ok"]}}
+seconds = time.perf_counter() - started
+peak_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print("__step__", json.dumps({{**summary, "seconds": seconds, "peak_mb": peak_kb / 1024}}))
+"""
+
+
+def function_memory_mb() -> dict[str, int]:
+    """Each function's memory as infra/functions.py sets it (what the measured peak is compared with)."""
+    import re
+
+    text = (ROOT / "infra" / "functions.py").read_text()
+    found = re.findall(r'_build_function\(\s*"(\w+)",\s*"\w+",\s*memory_mb=(\w+)', text)
+    values = {name: int(value) if value.isdigit() else int(_infra_constant(text, value)) for name, value in found}
+    return values
+
+
+def _infra_constant(text: str, name: str) -> str:
+    import re
+
+    match = re.search(rf"^{name}\s*=\s*([\d_]+)", text, re.MULTILINE)
+    if match is None:
+        raise SystemExit(f"infra/functions.py: no value for {name}")
+    return match.group(1).replace("_", "")
+
+
+def run_step(step: str, handler: str, store: Path, job_id: str, job_input: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    code = _STEP_CHILD.format(
+        root=str(ROOT),
+        lambdas=str(ROOT / "lambdas"),
+        handler=handler,
+        store=str(store),
+        job_id=job_id,
+        step=step,
+        job=job_input,
+        scratch=str(scratch),
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    last = [line for line in done.stdout.splitlines() if line.startswith("__step__")]
+    if done.returncode != 0 or not last:
+        raise SystemExit(f"bench step {step} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    figures: dict[str, Any] = json.loads(last[0].split(" ", 1)[1])
+    return figures
+
+
+def functions_row(tasks: int, repeats: int, work: Path) -> None:
+    """(k): Plan and Aggregate of one job at ``tasks`` tasks, each in a clean process over the file-backed S3."""
+    spec, items = job(tasks)
+    store = work / f"k-store-{tasks}"
+    (store / "input").mkdir(parents=True, exist_ok=True)
+    (store / "input" / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    del items
+    job_id = f"functions-{tasks}"
+    job_input = {**spec, "job_id": job_id, "items_uri": "s3://input/items.jsonl", "model": MODEL}
+    memory = function_memory_mb()
+    print(f"(k) Plan and Aggregate at {tasks:,} tasks, each in a clean process over a file-backed S3; medians of {repeats}")
+    plans, aggregates = [], []
+    for _ in range(repeats):
+        shutil.rmtree(store / "results", ignore_errors=True)
+        plans.append(run_step("plan", "plan", store, job_id, job_input, work))
+    run_step("batches", "subtask", store, job_id, job_input, work)  # the records Aggregate reads (not measured)
+    for _ in range(repeats):
+        shutil.rmtree(store / "results" / "results", ignore_errors=True)
+        aggregates.append(run_step("aggregate", "aggregate", store, job_id, job_input, work))
+        assert aggregates[-1]["ok"] == tasks, aggregates[-1]
+    for name, runs in (("Plan", plans), ("Aggregate", aggregates)):
+        peak, seconds = median([r["peak_mb"] for r in runs]), median([r["seconds"] for r in runs])
+        limit = memory.get(name)
+        share = f" = {peak / limit:.0%} of its {limit:,} MB" if limit else ""
+        print(f"    {name:<9}  peak {peak:>6.0f} MB{share}, {seconds:.1f} s  (target: Aggregate <= 1,024 MB; Plan < 70%)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true", help="1k to 1M tasks, and (j) at 500k: long; run it rarely")
+    parser.add_argument(
+        "--sizes", type=lambda text: tuple(int(n) for n in text.split(",")), help="task counts for (i), e.g. 10000,100000"
+    )
+    parser.add_argument("--side-by-side", type=lambda text: tuple(int(n) for n in text.split(",")), help="task counts for (j)")
+    parser.add_argument("--forms", default="inline,items_uri", help="(i)'s job forms: inline, items_uri or both")
+    parser.add_argument("--rows", default="ijk", help="which rows to run, e.g. ij or k")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is printed (default 3)")
+    parser.add_argument("--functions-tasks", type=int, default=1_000_000, help="(k)'s job size (default 1,000,000)")
+    args = parser.parse_args()
+    sizes = args.sizes or (FULL_SIZES if args.full else SHORT_SIZES)
+    side_by_side = args.side_by_side or ((10_000, 500_000) if args.full else (10_000,))
+    forms = tuple(f for f in args.forms.split(",") if f in ("inline", "items_uri"))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for tasks in sizes:
-            runs = {form: run_cli(tasks, form, work) for form in ("inline", "items_uri")}
-            same = runs["inline"]["result_items"] == runs["items_uri"]["result_items"]
-            for form, run in runs.items():
-                curve[form].append((tasks, run["wall_seconds"]))
-                print(
-                    f"{tasks:>9,}  {form:<9}  {run['wall_seconds'] / tasks * 1000:>8.4f}  {run['wall_seconds']:>8.2f}  "
-                    f"{run['peak_mb']:>8.0f}  {'yes' if same else 'NO':>11}"
-                )
-            walls[tasks] = runs["items_uri"]["wall_seconds"]
-        for form, points in curve.items():
-            print(f"(i) fitted exponent, {form}: {exponent(points):.3f}  (target <= 1.05; <= 0.1 ms per task)")
-        print("(j) the same calls side by side in this run: fanout (items_uri) / plain Python")
-        for tasks in side_by_side:
-            wall = walls.get(tasks)
-            if wall is None:
-                wall = run_cli(tasks, "items_uri", work)["wall_seconds"]
-            base = baselines(tasks)
-            print(
-                f"    {tasks:>9,} tasks: fanout {wall:.2f} s, thread pool {base['thread_pool']:.2f} s "
-                f"(x{wall / base['thread_pool']:.2f}), asyncio {base['asyncio']:.2f} s (x{wall / base['asyncio']:.2f})"
-                "  (target <= 2x the thread pool)"
-            )
+        walls: dict[int, list[float]] = {}
+        if "i" in args.rows:
+            walls = growth_row(sizes, forms, args.repeats, work)
+        if "j" in args.rows:
+            side_by_side_row(side_by_side, args.repeats, work, walls)
+        if "k" in args.rows:
+            functions_row(args.functions_tasks, args.repeats, work)
     return 0
 
 

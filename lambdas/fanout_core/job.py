@@ -121,8 +121,9 @@ class Limits(_Strict):
     mode: Literal["auto", "inline", "distributed"] = "auto"
     # share of Distributed Map children that may fail before the Map gives up (the job still aggregates)
     tolerated_failure_percentage: float = Field(default=100.0, ge=0.0, le=100.0)
-    max_items: int = Field(default=100_000, ge=1)
-    max_tasks: int = Field(default=500_000, ge=1)
+    # what Plan and Aggregate were measured to hold in their functions' memory (README "Scale", bench.scale (k))
+    max_items: int = Field(default=200_000, ge=1)
+    max_tasks: int = Field(default=1_000_000, ge=1)
     max_votes: int = Field(default=25, ge=2)
     max_item_bytes: int = Field(default=200_000, ge=1)
     max_prompt_bytes: int = Field(default=400_000, ge=1)

@@ -325,16 +325,18 @@ def test_nested_fields_and_non_string_values_render_as_json() -> None:
 
 
 def test_max_tasks_is_checked_on_the_count_before_any_task_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given 30,000 items x 25 votes (750,000 tasks, over the default limits.max_tasks of 500,000)
+    # Given items x 25 votes just over the default limits.max_tasks
     from fanout import cli
     from fanout_core import planning
+    from fanout_core.job import Limits
 
     rendered: list[str] = []
     real_render = planning.render
     monkeypatch.setattr(planning, "render", lambda t, i: rendered.append(i["id"]) or real_render(t, i))
-    data = voting(votes=25, items=[{"id": f"i{n}", "text": "x"} for n in range(30_000)])
+    count = Limits().max_tasks // 25 + 1
+    data = voting(votes=25, items=[{"id": f"i{n}", "text": "x"} for n in range(count)])
 
     # When the CLI loads it, Then it is refused by the count, and no prompt was rendered
-    with pytest.raises(InvalidJob, match=r"^limits.max_tasks: the job expands to 750000 tasks"):
+    with pytest.raises(InvalidJob, match=rf"^limits.max_tasks: the job expands to {count * 25} tasks"):
         cli.load_job(data, Path("."), "job", None, None, "sim")
     assert rendered == []
