@@ -14,6 +14,8 @@ tests/unit/test_moto_patches.py has one test per entry here.
 - ``stopped_executions_stay_stopped``: an execution stopped while a Map runs ends ABORTED, as in Step Functions.
 - ``execution_status``: an execution's status without serialising its input (DescribeExecution does).
 - ``new_objects``: the bodies of new (or rewritten) objects under a prefix, read from moto's S3 backend.
+- ``aws_sdk_member_casing``: an aws-sdk task's PascalCase parameters reach the SDK by their member names, and
+  its response comes back PascalCase, as in Step Functions (for services whose members are camelCase: Bedrock).
 """
 
 from __future__ import annotations
@@ -215,3 +217,58 @@ def new_objects(account: str, bucket_name: str, prefix: str, seen: dict[str, Any
             continue
         seen[key] = version
         yield key, bytes(stored.value)
+
+
+# the aws-sdk integrations whose API members are camelCase: their parameters need the SDK's names
+CAMEL_CASE_SDK_SERVICES = ("bedrock",)
+
+
+def aws_sdk_member_casing(services: tuple[str, ...] = CAMEL_CASE_SDK_SERVICES) -> Undo:
+    """``aws-sdk:bedrock:createModelInvocationJob`` with ``JobName`` calls the SDK with ``jobName``, and its
+    ``jobArn`` comes back as ``JobArn``, as the Step Functions AWS SDK integrations do; moto's copy of the
+    interpreter leaves both hooks empty, so the SDK got no parameters. Other services (S3) are left as they are.
+    """
+    check_version()
+    import botocore.session
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_aws_sdk
+
+    cls = state_task_service_aws_sdk.StateTaskServiceAwsSdk
+    original_parameters, original_response = cls._normalise_parameters, cls._normalise_response
+    models = botocore.session.get_session()
+
+    def operation(task: Any) -> Any:
+        service = task._get_boto_service_name()
+        if service not in services:
+            return None
+        model = models.get_service_model(service)
+        wanted = task._get_boto_service_action()
+        return next((model.operation_model(n) for n in model.operation_names if _snake(n) == wanted), None)
+
+    def normalise_parameters(self: Any, parameters: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        found = operation(self)
+        if found is None or found.input_shape is None:
+            return original_parameters(self, parameters, *args, **kwargs)
+        self._to_boto_request(parameters, found.input_shape)
+        return None
+
+    def normalise_response(self: Any, response: Any, *args: Any, **kwargs: Any) -> None:
+        found = operation(self)
+        if found is None or found.output_shape is None:
+            return original_response(self, response, *args, **kwargs)
+        self._from_boto_response(response, found.output_shape)
+        return None
+
+    cls._normalise_parameters = normalise_parameters  # type: ignore[method-assign]
+    cls._normalise_response = normalise_response  # type: ignore[method-assign]
+
+    def undo() -> None:
+        cls._normalise_parameters = original_parameters  # type: ignore[method-assign]
+        cls._normalise_response = original_response  # type: ignore[method-assign]
+
+    return undo
+
+
+def _snake(name: str) -> str:
+    from moto.stepfunctions.parser.utils import camel_to_snake_case
+
+    return str(camel_to_snake_case(name))

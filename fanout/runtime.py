@@ -29,6 +29,7 @@ from urllib.parse import unquote
 import boto3
 from botocore.awsrequest import AWSResponse
 
+from fanout.local_batch_jobs import LocalBatchJobs
 from fanout.resources import project_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +49,11 @@ SUBSTITUTIONS = {
     "AggregateFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-aggregate",
     # moto's interpreter rejects EXPRESS children; the stack's default is STANDARD too (fanout:childExecutionType)
     "ChildExecutionType": "STANDARD",
+    # the role Bedrock's batch inference jobs run with (answered in-process: fanout.local_batch_jobs)
+    "BatchInferenceRoleArn": f"arn:aws:iam::{ACCOUNT}:role/fanout-batch-inference",
 }
+# the Bedrock control-plane requests of model invocation jobs: answered by fanout.local_batch_jobs, never sent
+BATCH_JOB_URLS = r"https://bedrock\.[a-z0-9-]+\.amazonaws\.com/model-invocation-job.*"
 # a local run takes a job's max_concurrency as it is, up to this
 LOCAL_CONCURRENCY_CAP = 1000
 # how long each local invocation may run, as a function's Timeout does in the cloud (the stack gives the subtask
@@ -63,6 +68,8 @@ _LOCAL_ENV = {
     "FANOUT_RESULTS_BUCKET": RESULTS_BUCKET,
     "FANOUT_DEFAULT_MODEL": "sim",
     "FANOUT_MAX_CONCURRENCY": str(LOCAL_CONCURRENCY_CAP),
+    # a local batch inference job ends at once: its poll loop does not wait
+    "FANOUT_BATCH_POLL_SECONDS": "0",
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_METRICS_DISABLED": "true",
     # the CLI reports what went wrong itself, in one line; handler logs would repeat it on stdout
@@ -125,12 +132,20 @@ class LocalRuntime:
         self._generation = 0
         self._lock = threading.Lock()
         self._session: Any = None
+        self.batch_jobs: LocalBatchJobs | None = None
 
     # -- set-up ---------------------------------------------------------------
     def install(self) -> None:
         """Create the resources; call inside an active moto mock (or against a moto server)."""
         self._session = boto3._get_default_session()
         self._session.events.register_first("before-send.lambda.Invoke", self._route)
+        from fanout_core.handlers import _clients as clients
+
+        # Bedrock's model invocation jobs (moto has none), run through the run's providers
+        self.batch_jobs = LocalBatchJobs(
+            lambda spec: clients.providers().provider_for(spec), lambda: boto3.client("s3", region_name=REGION), REGION, ACCOUNT
+        )
+        self.batch_jobs.install(self._session)
         for module in FUNCTIONS.values():
             _handler_module(module)  # a warm container: imports are not part of any invocation
         from fanout_core.handlers import _clients
@@ -154,6 +169,8 @@ class LocalRuntime:
         """Stop answering Lambda calls (the resources go with the moto mock or server they were made in)."""
         if self._session is not None:
             self._session.events.unregister("before-send.lambda.Invoke", self._route)
+            if self.batch_jobs is not None:
+                self.batch_jobs.uninstall(self._session)
             self._session = None
 
     # -- lambda:invoke answered in-process ------------------------------------
@@ -348,12 +365,14 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
     undo_jsonpath = moto_patches.cache_jsonpath_parsing()
     undo_conditional_writes = moto_patches.atomic_conditional_writes()
     undo_stops = moto_patches.stopped_executions_stay_stopped()
+    undo_casing = moto_patches.aws_sdk_member_casing()
     # the interpreter logs every caught task error at ERROR; the CLI reports failures itself
     moto_logger.setLevel(logging.CRITICAL)
     config: Any = {
         "core": {
             "mock_credentials": True,
-            "passthrough": {"urls": [], "services": ["bedrockruntime"]},
+            # model invocation jobs are answered in-process (fanout.local_batch_jobs): moto, which has none, lets them be
+            "passthrough": {"urls": [BATCH_JOB_URLS], "services": ["bedrockruntime"]},
             "reset_boto3_session": True,
             "service_whitelist": None,
         },
@@ -370,6 +389,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
                 finally:
                     runtime.uninstall()
     finally:
+        undo_casing()
         undo_stops()
         undo_conditional_writes()
         undo_jsonpath()

@@ -158,6 +158,7 @@ class LocalEndpoint:
         self._undo.callback(moto_patches.name_nameless_executions())
         self._undo.callback(moto_patches.atomic_conditional_writes())
         self._undo.callback(moto_patches.stopped_executions_stay_stopped())
+        self._undo.callback(moto_patches.aws_sdk_member_casing())
         self._server = ThreadedMotoServer(ip_address=HOST, port=self.port, verbose=False)
         self._server.start()
         self.port = self._server.get_host_and_port()[1]  # the port chosen, when asked for 0

@@ -17,7 +17,15 @@ from constructs import Construct
 
 from fanout_core import layout
 from infra.config import FanoutConfig
-from infra.functions import LEASES, RUN_DATA, RUN_LEASE, Functions, data_key_statement
+from infra.functions import (
+    LEASES,
+    MODEL_ANY_REGION,
+    RUN_DATA,
+    RUN_LEASE,
+    Functions,
+    bedrock_model_arns,
+    data_key_statement,
+)
 from infra.nag import nag_reads, suppress, suppress_wildcards, template_arn
 
 # the one definition, also run by the local runtime
@@ -33,6 +41,13 @@ CHILD_EXECUTIONS = (
     "the Distributed Map's child executions are named <state machine>/<map run label>:<generated id>; the "
     "grant names this state machine and the label of its Distributed Map, the id cannot be known"
 )
+# a job's batch inference files (fanout_core.batch_inference): runs/<job_id>/inference/<n>/
+INFERENCE_DATA = layout.INFERENCE_ANY
+BATCH_INFERENCE_DATA = (
+    "a batch inference job reads its input and writes its output under runs/<job_id>/inference/; the job id is "
+    "chosen per job at run time"
+)
+BATCH_JOBS = "a model invocation job's id is chosen by Bedrock when it is created; the grant names this account and region"
 LOGGING_WITHOUT_DATA = (
     "logs ERROR events without execution data by default (fanout:stateMachineLogLevel, fanout:logContent): state "
     "input and output carry job items, and ALL would log every transition of every batch; execution history "
@@ -69,11 +84,13 @@ class Workflow(Construct):
         self._functions = functions
         self._results_bucket = results_bucket
         self.log_group = self._build_log_group()
+        self.batch_inference_role = self._build_batch_inference_role(data_key)
         self.state_machine = self._build_state_machine()
         # a definition read from a file is opaque to the L2, so it grants nothing on its own
         self._grant_invoke()
         self._grant_run_data()
         self._grant_child_executions()
+        self._grant_batch_inference()
         if data_key is not None:
             self.state_machine.add_to_role_policy(data_key_statement(data_key))
         suppress_wildcards(self.state_machine.role, {"*": AWS_REQUIRES_ANY_RESOURCE})
@@ -87,6 +104,7 @@ class Workflow(Construct):
             "SubtaskFunctionArn": self._functions.subtask.function_arn,
             "AggregateFunctionArn": self._functions.aggregate.function_arn,
             "ChildExecutionType": self._config.child_execution_type,
+            "BatchInferenceRoleArn": self.batch_inference_role.role_arn,
         }
 
     def _build_log_group(self) -> logs.LogGroup:
@@ -145,6 +163,60 @@ class Workflow(Construct):
                 template_arn(self._results_bucket, f"/{LEASES}"): RUN_LEASE,
             },
         )
+
+    def _build_batch_inference_role(self, data_key: kms.IKey | None) -> iam.Role:
+        """The service role Bedrock's batch inference jobs run with ("Create a custom service role for batch
+        inference", batch-iam-sr.html): assumed by Bedrock for this account's model invocation jobs only; it reads
+        the jobs' input and writes their output under runs/<job_id>/inference/, and invokes the configured models."""
+        jobs = f"arn:{Aws.PARTITION}:bedrock:{Aws.REGION}:{Aws.ACCOUNT_ID}:model-invocation-job/*"
+        role = iam.Role(
+            self,
+            "BatchInferenceRole",
+            assumed_by=iam.ServicePrincipal(
+                "bedrock.amazonaws.com",
+                conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}, "ArnEquals": {"aws:SourceArn": jobs}},
+            ),
+            description="fanout: Bedrock batch inference jobs read their input and write their output in the run data",
+        )
+        inference = self._results_bucket.arn_for_objects(INFERENCE_DATA)
+        role.add_to_policy(iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"], resources=[inference]))
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:ListBucket"],
+                resources=[self._results_bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [INFERENCE_DATA]}},
+            )
+        )
+        arns = bedrock_model_arns(self._config.models)
+        role.add_to_policy(iam.PolicyStatement(actions=["bedrock:InvokeModel"], resources=arns))
+        if data_key is not None:
+            role.add_to_policy(data_key_statement(data_key))
+        reasons = {template_arn(self._results_bucket, f"/{INFERENCE_DATA}"): BATCH_INFERENCE_DATA}
+        reasons.update({nag_reads(arn): MODEL_ANY_REGION for arn in arns if ":bedrock:*:" in arn})
+        suppress_wildcards(role, reasons)
+        return role
+
+    def _grant_batch_inference(self) -> None:
+        # tier batch: the state machine creates, watches and stops this account's model invocation jobs, with the
+        # service role above passed to Bedrock and to nothing else
+        jobs = f"arn:{Aws.PARTITION}:bedrock:{Aws.REGION}:{Aws.ACCOUNT_ID}:model-invocation-job/*"
+        models = bedrock_model_arns(self._config.models)
+        self.state_machine.add_to_role_policy(
+            iam.PolicyStatement(actions=["bedrock:CreateModelInvocationJob"], resources=[jobs, *models])
+        )
+        self.state_machine.add_to_role_policy(
+            iam.PolicyStatement(actions=["bedrock:GetModelInvocationJob", "bedrock:StopModelInvocationJob"], resources=[jobs])
+        )
+        self.state_machine.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["iam:PassRole"],
+                resources=[self.batch_inference_role.role_arn],
+                conditions={"StringEquals": {"iam:PassedToService": "bedrock.amazonaws.com"}},
+            )
+        )
+        reasons = {nag_reads(jobs): BATCH_JOBS}
+        reasons.update({nag_reads(arn): MODEL_ANY_REGION for arn in models if ":bedrock:*:" in arn})
+        suppress_wildcards(self.state_machine.role, reasons)
 
     def _grant_child_executions(self) -> None:
         # the Distributed Map runs each batch as a child execution of this same state machine; its ARNs are built

@@ -12,6 +12,9 @@ Results bucket::
     runs/<job_id>/second-pass/<stage>.json          a second-pass stage's batch manifest (its batch files are
                                                     batches/<stage x 1,000,000 + n>, fanout_core.second_pass)
     runs/<job_id>/map-results-<stage>/              the second pass's Distributed Map's ResultWriter output
+    runs/<job_id>/inference/<nnn>/input.jsonl       tier batch: Bedrock batch inference job n's input
+    runs/<job_id>/inference/<nnn>/tasks.json        ... the task each recordId stands for, and its batch
+    runs/<job_id>/inference/<nnn>/output/           ... the job's output URI (Bedrock writes <job id>/ in it)
     runs/<job_id>/lease.json                        held by the one run of the job_id in progress
     results/<job_id>/result.json, results.jsonl, report.md, report.html
 
@@ -43,6 +46,9 @@ RECORDS_DIR = "records/"
 FAILURES_DIR = "failures/"
 MAP_RESULTS_DIR = "map-results"
 SECOND_PASS_DIR = "second-pass/"
+INFERENCE_DIR = "inference/"
+INFERENCE_INPUT = "input.jsonl"
+INFERENCE_TASKS = "tasks.json"
 
 RESULT_FILES = ("result.json", "results.jsonl", "report.md", "report.html")
 
@@ -55,6 +61,7 @@ RUNS_ANY = RUNS + "*"
 RESULTS_ANY = RESULTS + "*"
 FAILURES_ANY = RUNS + "*/" + FAILURES_DIR + "*"
 LEASES_ANY = RUNS + "*/" + LEASE_FILE
+INFERENCE_ANY = RUNS + "*/" + INFERENCE_DIR + "*"
 
 # -- input bucket ---------------------------------------------------------------------------------------------
 JOBS = "jobs/"
@@ -79,6 +86,11 @@ def batch_name(index: int) -> str:
 def batch_records_dir(index: int) -> str:
     """Where batch ``index`` writes its records, relative to the run prefix."""
     return f"{RECORDS_DIR}b{index:05d}/"
+
+
+def inference_dir(index: int) -> str:
+    """Bedrock batch inference job ``index``'s folder, relative to the run prefix."""
+    return f"{INFERENCE_DIR}{index:03d}/"
 
 
 def failure_key(job_id: str, index: int) -> str:

@@ -18,6 +18,8 @@ class Settings:
     log_content: bool = False
     # the deployment's ceilings for a job's limits (fanout:caps in cdk.json)
     caps: dict[str, int] = field(default_factory=dict)
+    # seconds between two looks at a batch inference job (FANOUT_BATCH_POLL_SECONDS, fanout:batchPollSeconds)
+    batch_poll_seconds: int = 1800
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -27,6 +29,7 @@ class Settings:
             max_concurrency_cap=int(os.environ.get("FANOUT_MAX_CONCURRENCY", "50")),
             model_timeout_seconds=float(os.environ.get("FANOUT_MODEL_TIMEOUT_SECONDS", "120")),
             log_content=os.environ.get("FANOUT_LOG_CONTENT", "false").strip().lower() in ("true", "1", "yes", "on"),
+            batch_poll_seconds=int(os.environ.get("FANOUT_BATCH_POLL_SECONDS", "1800")),
             caps={
                 name: int(os.environ[f"FANOUT_CAP_{name.upper()}"])
                 for name in CAPPED_LIMITS

@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 
 from fanout_core import layout
 from fanout_core.aggregation import ItemVotes, aggregate_stream
+from fanout_core.batch_inference import join_outputs, max_polls, write_inference_jobs
 from fanout_core.catalog import check_job_models
 from fanout_core.costs import plan_costs
 from fanout_core.documents import attach_documents
@@ -97,7 +98,7 @@ def plan(
     if holder is not None:
         raise InvalidJob(holder.refusal(job.job_id, now), "job_id")
     try:
-        summary = _plan_run(job, items, every_task, print_, store, settings)
+        summary = _plan_run(job, items, every_task, print_, store, settings, execution_arn or execution_name)
     except BaseException:
         _lease(store).release(execution_arn or execution_name)  # a plan that did not finish leaves the job_id free
         raise
@@ -114,6 +115,7 @@ def _plan_run(
     print_: str,
     store: RunStore,
     settings: Settings,
+    execution: str = "run",
 ) -> dict[str, Any]:
     assert job.job_id is not None
     rerun = _earlier_run(store, job.job_id, print_)
@@ -160,6 +162,9 @@ def _plan_run(
             )
         )
     store.put_json(layout.MANIFEST_FILE, ranges)
+    if rerun:
+        store.delete_prefix(layout.INFERENCE_DIR)  # an earlier run's batch jobs: their outputs are records already
+    inference = _inference_jobs(store, tier, tasks, ranges, shared, execution, settings)
     summary = {
         "job_id": job.job_id,
         "run_uri": store.uri,
@@ -176,6 +181,7 @@ def _plan_run(
         "max_concurrency": concurrency,
         # which tier the calls are bought at and why, with the estimate next to on-demand's
         "tier": tier.as_plan(),
+        **inference,
         "counts": {
             "items": len(items),
             "tasks": len(every_task),
@@ -186,6 +192,27 @@ def _plan_run(
     }
     store.put_json(layout.PLAN_FILE, summary)
     return summary
+
+
+def _inference_jobs(
+    store: RunStore,
+    tier: TierChoice,
+    tasks: list[dict[str, Any]],
+    ranges: list[dict[str, int]],
+    shared: dict[str, Any],
+    execution: str,
+    settings: Settings,
+) -> dict[str, Any]:
+    """At tier batch: the Bedrock batch inference jobs' input written, and what the state machine needs to run them."""
+    if tier.tier != "batch":
+        return {}
+    batch_of = [r["index"] for r in ranges for _ in range(r["start"], r["end"])]
+    jobs = write_inference_jobs(store, tasks, batch_of, shared, execution)
+    return {
+        "inference_jobs": [job.as_state() for job in jobs],
+        "inference_poll_seconds": settings.batch_poll_seconds,
+        "inference_max_polls": max_polls(settings.batch_poll_seconds),
+    }
 
 
 def _tier(job: Job, every_task: list[dict[str, Any]], pending: list[dict[str, Any]]) -> TierChoice:
@@ -368,6 +395,12 @@ def _second_pass_mode(job: Job, batching: Batching) -> str:
     return choose_mode(job.limits.mode, batching)
 
 
+def join_inference(event: dict[str, Any], *, s3: Any) -> dict[str, Any]:
+    """After the batch inference jobs: their outputs written as task records; the batches left for on-demand."""
+    store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
+    return join_outputs(store, event.get("statuses"))
+
+
 def run_aggregate(event: dict[str, Any], *, s3: Any, scratch_dir: str | None = None) -> dict[str, Any]:
     """Aggregate every record of the run into result.json, results.jsonl, report.md and report.html; return a summary.
 
@@ -423,7 +456,7 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, scratch_dir: str | None = N
 def _planned_tier(store: RunStore) -> dict[str, Any] | None:
     """The tier the run's calls were bought at and why (plan.json), for result.json."""
     try:
-        tier = store.get_json("plan.json").get("tier")
+        tier = store.get_json(layout.PLAN_FILE).get("tier")
     except (ClientError, AttributeError, ValueError):
         return None
     return tier if isinstance(tier, dict) else None

@@ -23,11 +23,13 @@ be rehearsed for free; other OpenAI-compatible servers are on-demand only.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fanout_core.batch_inference import MAX_JOBS, MAX_RECORDS_PER_JOB
 from fanout_core.catalog import info
 from fanout_core.errors import InvalidJob
 
@@ -146,6 +148,13 @@ def _check_batch(per_model: Counter[str], deadline: float | None) -> None:
             "use limits.tier 'auto' (on-demand for this deadline) or 'on_demand'",
             "limits.deadline_hours",
         )
+    jobs = sum(math.ceil(count / MAX_RECORDS_PER_JOB) for count in per_model.values())
+    if jobs > MAX_JOBS:
+        raise InvalidJob(
+            f"limits.tier: 'batch' would need {jobs} batch inference jobs of at most {MAX_RECORDS_PER_JOB} records, "
+            f"over the {MAX_JOBS} one run polls; split the job, or use 'on_demand'",
+            "limits.tier",
+        )
     for spec, count in sorted(per_model.items()):
         least = min_records(spec)
         if count < least:
@@ -166,6 +175,9 @@ def _auto(per_model: Counter[str], deadline: float | None) -> tuple[str, str]:
             return "on_demand", (
                 f"auto: on-demand, {spec} has {count} tasks, under the {least} records a batch inference job needs"
             )
+    jobs = sum(math.ceil(count / MAX_RECORDS_PER_JOB) for count in per_model.values())
+    if jobs > MAX_JOBS:
+        return "on_demand", f"auto: on-demand, the job would need {jobs} batch inference jobs, over the {MAX_JOBS} one run polls"
     if deadline is not None and deadline < BATCH_HOURS:
         return "on_demand", f"auto: on-demand, the deadline of {deadline:g} h is under the {BATCH_HOURS} h a batch job can take"
     counts = ", ".join(f"{spec}: {count}" for spec, count in sorted(per_model.items()))

@@ -24,6 +24,7 @@ PLAUSIBLE = {
     "SubtaskFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-subtask",
     "AggregateFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-aggregate",
     "ChildExecutionType": "EXPRESS",
+    "BatchInferenceRoleArn": f"arn:aws:iam::{ACCOUNT}:role/fanout-batch-inference",
 }
 # the Lambda service errors to retry, as the Step Functions Developer Guide lists them on "Handle Lambda service
 # exceptions" (bp-lambda-serviceexception); Lambda.Unknown (out of memory, timeouts) is a function error, not one of them
@@ -142,7 +143,9 @@ def test_the_second_pass_runs_its_batches_as_the_first_pass_does() -> None:
 
 def test_every_lambda_task_retries_every_lambda_service_error() -> None:
     tasks = [s for s in _all_states(json.loads(ASL_FILE.read_text())) if s.get("Resource") == "arn:aws:states:::lambda:invoke"]
-    assert len(tasks) == 7  # plan, a batch in each of the four Maps, the second pass's planning, aggregate
+    assert (
+        len(tasks) == 8
+    )  # plan, a batch in each of the four Maps, the batch inference join, the second pass's planning, aggregate
     for task in tasks:
         retried = {error for retrier in task.get("Retry", []) for error in retrier["ErrorEquals"]}
         assert retried >= LAMBDA_SERVICE_ERRORS, task["Comment"]

@@ -121,10 +121,11 @@ def test_buckets_use_the_configured_kms_key_and_every_reader_and_writer_may_use_
             "ServerSideEncryptionByDefault": {"KMSMasterKeyID": key, "SSEAlgorithm": "aws:kms"},
         }
 
-    # Then every role that touches S3 (the three functions and the state machine) may use the key through S3 only
+    # Then every role that touches S3 (the three functions, the state machine and the batch inference service role)
+    # may use the key through S3 only
     statements = everything_on_stack.role_statements()
     s3_roles = {role for role, found in statements.items() if any(a.startswith("s3:") for s in found for a in _actions(s))}
-    assert len(s3_roles) == 4
+    assert len(s3_roles) == 5
     via_s3 = {"StringEquals": {"kms:ViaService": {"Fn::Join": ["", ["s3.", {"Ref": "AWS::Region"}, ".amazonaws.com"]]}}}
     for role in s3_roles:
         kms = [s for s in statements[role] if any(a.startswith("kms:") for a in _actions(s))]

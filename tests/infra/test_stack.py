@@ -109,6 +109,7 @@ def test_each_task_state_invokes_its_function(state_machine: tuple[str, dict[str
         "PlanSecondPass": "aggregate",
         "RunPassBatch": "subtask",
         "RunPassBatchDistributed": "subtask",
+        "JoinInferenceOutputs": "subtask",
         "Aggregate": "aggregate",
     }
     assert {name for name, _ in invoked} == set(step_function)
@@ -264,6 +265,7 @@ def test_asl_task_timeouts_leave_room_for_the_function_timeouts(resources: dict[
         "PlanSecondPass": "aggregate",
         "RunPassBatch": "subtask",
         "RunPassBatchDistributed": "subtask",
+        "JoinInferenceOutputs": "subtask",
         "Aggregate": "aggregate",
     }
     for state, task in _task_states(json.loads(ASL_FILE.read_text())):
@@ -446,6 +448,8 @@ def test_every_wildcard_resource_is_a_known_scope(
         f"{results}/runs/*/failures/*",
         f"{results}/runs/*/lease.json",
         f"{results}/results/*",
+        f"{results}/runs/*/inference/*",
+        "arn:${AWS::Partition}:bedrock:${AWS::Region}:${AWS::AccountId}:model-invocation-job/*",
         f"{states}:execution:{name}/Batches:*",
         f"{states}:execution:{name}/PassBatches:*",
         f"{states}:execution:{name}:*",
@@ -493,10 +497,23 @@ def test_bedrock_is_invocable_only_on_the_configured_models(
             assert {a for s in bedrock for a in _actions(s)} == {"bedrock:InvokeModel"}
             assert granted == expected
 
-    # and no other role in the stack touches bedrock
-    others = [where for where, s in _all_allow_statements(resources) if any(a.startswith("bedrock:") for a in _actions(s))]
+    # and besides them only the batch inference service role invokes them (the same models), and the state machine
+    # only manages model invocation jobs
+    others = [(where, s) for where, s in _all_allow_statements(resources) if any(a.startswith("bedrock:") for a in _actions(s))]
     roles = {_role_of(resources, function_ids[name]) for name in ("subtask",)}
-    assert {where.split("/")[0] for where in others} <= roles
+    for where, statement in others:
+        role = where.split("/")[0]
+        if role in roles:
+            continue
+        if role.startswith("WorkflowBatchInferenceRole"):
+            assert set(_actions(statement)) == {"bedrock:InvokeModel"} and set(_resources(statement)) == expected
+        else:
+            assert role.startswith("WorkflowStateMachineRole"), role
+            assert set(_actions(statement)) <= {
+                "bedrock:CreateModelInvocationJob",
+                "bedrock:GetModelInvocationJob",
+                "bedrock:StopModelInvocationJob",
+            }
 
 
 def test_bedrock_arns_for_profiles_of_every_geography() -> None:
@@ -700,3 +717,30 @@ def _staged_file(synthesized: Synthesized, object_key: str) -> Path:
         if any(dest["objectKey"] == object_key for dest in asset["destinations"].values()):
             return synthesized.outdir / asset["source"]["path"]
     raise AssertionError(f"no asset is uploaded as {object_key}")
+
+
+def test_batch_inference_jobs_run_with_a_service_role_only_bedrock_may_assume_and_only_the_state_machine_passes(
+    resources: dict[str, Any], state_machine: tuple[str, dict[str, Any]]
+) -> None:
+    # Given the batch inference service role the definition names
+    roles = {k: v for k, v in _of_type(resources, "AWS::IAM::Role").items() if k.startswith("WorkflowBatchInferenceRole")}
+    ((role_id, role),) = roles.items()
+    substitutions = {k: _render(v) for k, v in state_machine[1]["Properties"]["DefinitionSubstitutions"].items()}
+    assert substitutions["BatchInferenceRoleArn"] == f"${{{role_id}.Arn}}"
+
+    # Then only Bedrock assumes it, for this account's model invocation jobs
+    (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "bedrock.amazonaws.com"}
+    assert set(trust["Condition"]) == {"StringEquals", "ArnEquals"}
+    assert _render(trust["Condition"]["ArnEquals"]["aws:SourceArn"]).endswith(":model-invocation-job/*")
+    # and its S3 access is the run's inference folders
+    s3_grants = {
+        r for s in _statements_of_role(resources, role_id) if any(a.startswith("s3:") for a in _actions(s)) for r in _resources(s)
+    }
+    assert {r for r in s3_grants if r.endswith("/*")} == {r for r in s3_grants if r.endswith("/runs/*/inference/*")}
+    # and the one iam:PassRole in the stack passes this role, to Bedrock only
+    passes = [(where, s) for where, s in _all_allow_statements(resources) if "iam:PassRole" in _actions(s)]
+    ((where, statement),) = passes
+    assert where.startswith("WorkflowStateMachineRole")
+    assert _resources(statement) == [f"${{{role_id}.Arn}}"]
+    assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "bedrock.amazonaws.com"}}

@@ -230,3 +230,74 @@ def test_an_execution_stopped_inside_a_map_ends_aborted_with_the_patch(aws: None
         assert status == ("ABORTED" if patched else "FAILED")
     finally:
         undo()
+
+
+GET_JOB_MACHINE = json.dumps(
+    {
+        "StartAt": "Get",
+        "States": {
+            "Get": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::aws-sdk:bedrock:getModelInvocationJob",
+                "Parameters": {"JobIdentifier": "job-1"},
+                "ResultSelector": {"status.$": "$.Status"},
+                "End": True,
+            }
+        },
+    }
+)
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_an_aws_sdk_bedrock_task_reaches_the_sdk_by_member_name_with_the_patch(patched: bool) -> None:
+    # Given a Bedrock endpoint answered in-process, and a state machine calling it with Step Functions' PascalCase
+    asked: list[str] = []
+
+    def answer(request: Any, **_: Any) -> Any:
+        from botocore.awsrequest import AWSResponse
+
+        asked.append(request.url)
+        body = json.dumps({"jobArn": "arn:aws:bedrock:us-east-1:1:model-invocation-job/job-1", "status": "Completed"})
+        return AWSResponse(request.url, 200, {"Content-Type": "application/json"}, _Body(body.encode()))
+
+    urls = [r"https://bedrock\..*"]
+    config: Any = {"stepfunctions": {"execute_state_machine": True}, "core": {"passthrough": {"urls": urls, "services": []}}}
+    with mock_aws(config=config):
+        session = boto3._get_default_session()
+        session.events.register_first("before-send.bedrock.GetModelInvocationJob", answer)
+        undo = moto_patches.aws_sdk_member_casing() if patched else (lambda: None)
+        try:
+            sfn = boto3.client("stepfunctions", region_name=REGION)
+            machine = sfn.create_state_machine(name="get", definition=GET_JOB_MACHINE, roleArn=f"arn:aws:iam::{ACCOUNT}:role/r")
+            arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name="x", input="{}")["executionArn"]
+            deadline = time.monotonic() + 10
+            while (status := moto_patches.execution_status(ACCOUNT, REGION, arn)) == "RUNNING" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            described = sfn.describe_execution(executionArn=arn)
+        finally:
+            undo()
+            session.events.unregister("before-send.bedrock.GetModelInvocationJob", answer)
+
+    if patched:
+        # Then the SDK got jobIdentifier (in the URL) and the state read the response's Status, as in Step Functions
+        assert status == "SUCCEEDED" and json.loads(described["output"]) == {"status": "Completed"}
+        assert asked and asked[0].endswith("/model-invocation-job/job-1")
+    else:
+        # moto alone passes JobIdentifier through unchanged: the SDK has no jobIdentifier and the task fails
+        assert status == "FAILED" and not asked
+
+
+class _Body:
+    def __init__(self, body: bytes) -> None:
+        self._body, self._read = body, False
+
+    def stream(self, **_: Any) -> Any:
+        if not self._read:
+            self._read = True
+            yield self._body
+
+    def read(self, *_: Any) -> bytes:
+        if self._read:
+            return b""
+        self._read = True
+        return self._body

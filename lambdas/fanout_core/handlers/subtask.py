@@ -26,6 +26,12 @@ from fanout_core.observability import (
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if event.get("step") == "join_inference":
+        # after a job's Bedrock batch inference jobs: their outputs become records, the rest falls back on-demand
+        correlate(event["job_id"], event.get("execution"))
+        joined = steps.join_inference(event, s3=s3())
+        logger.info("batch inference joined", extra={"pending": joined["pending"], "joined": joined["batch_inference"]})
+        return joined
     correlate(event["job_id"], event.get("execution"), batch=event["batch"]["index"])
     config = settings()
     registry = providers()

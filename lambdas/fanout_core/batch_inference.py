@@ -1,0 +1,388 @@
+"""Bedrock batch inference for a job at tier batch: the input JSONL, the job list, and the outputs joined back.
+
+What each part follows in the Bedrock User Guide:
+
+- "Format and upload your batch inference data" (batch-inference-data.html):
+  one JSON object a line, ``{"recordId": ..., "modelInput": {...}}``, in a
+  file ending ``.jsonl``; with ``modelInvocationType`` ``Converse`` the
+  model input is a Converse request body (without ``modelId``, which the job
+  names). The order of the output is not guaranteed to be the input's, so
+  outputs are joined to tasks by ``recordId``, never by position.
+- "View the results of a batch inference job" (batch-inference-results.html):
+  Bedrock writes, under the job's output S3 URI, a folder named by the job
+  id holding ``<input file>.jsonl.out`` (one line per record: ``recordId``,
+  ``modelInput``, and ``modelOutput`` or, for a record that failed,
+  ``error`` with ``errorCode`` and ``errorMessage``) and
+  ``manifest.json.out`` (``totalRecordCount``, ``processedRecordCount``,
+  ``successRecordCount``, ``errorRecordCount``, ``inputTokenCount``,
+  ``outputTokenCount``). With Converse jobs ``modelOutput`` is a Converse
+  response body.
+- "Amazon Bedrock endpoints and quotas" (general/latest/gr/bedrock.html):
+  minimum records per batch inference job (100), records per job and per
+  input file per job (50,000), input file size (1 GB), job size (5 GB).
+  Each job here has one input file, so a job holds at most 50,000 records
+  and 1 GB; a model's tasks are split into as many even jobs as that needs.
+- CreateModelInvocationJob (API reference): ``jobName`` and
+  ``clientRequestToken`` patterns; ``timeoutDurationInHours`` 24 to 168.
+
+A job's records are the tasks' requests exactly as RunBatch sends them
+(fanout_core.providers.bedrock.converse_request), with no ``cachePoint``:
+prompt caching is an on-demand saving. A task with a document attached
+(its file as a Converse document block) is not put in a batch job: it is
+called on-demand with the records that fail.
+
+Joining writes the same task records RunBatch writes, under the batch
+that holds the task (``records/b<n>/``), so a fallback RunBatch skips them
+and Aggregate, resume and reports read them as any other record. A record
+that failed, was cut off, or misses the schema is written as failed or
+invalid (its tokens were billed) and called again on-demand; so are the
+tasks of a job that failed, stopped or expired with no output for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fanout_core import layout
+from fanout_core.catalog import info
+from fanout_core.providers.base import ModelRequest
+from fanout_core.providers.bedrock import converse_request, output_of
+from fanout_core.store import RunStore, parse_s3_uri
+from fanout_core.validation import SchemaCheck, SchemaUnusable
+
+# "Amazon Bedrock endpoints and quotas": the defaults of the batch inference quotas
+MAX_RECORDS_PER_JOB = 50_000
+MAX_INPUT_FILE_BYTES = 1_000_000_000
+# an execution's history holds 25,000 events: each job's poll loop costs about 11 a round (see the ASL's
+# RunInferenceJobs), so at most this many jobs, each polled for at most INFERENCE_MAX_HOURS, fit with room
+MAX_JOBS = 20
+INFERENCE_MAX_HOURS = 30
+# one poll every half hour keeps a job's loop at 60 rounds over its 24 h (FANOUT_BATCH_POLL_SECONDS overrides)
+DEFAULT_POLL_SECONDS = 1800
+# the statuses after which a job writes nothing more (GetModelInvocationJob, ModelInvocationJobStatus)
+ENDED = ("Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired")
+INPUT_NAME = layout.INFERENCE_INPUT
+TASKS_NAME = layout.INFERENCE_TASKS
+
+
+def folder(index: int) -> str:
+    """The run's folder for inference job ``index``: its input, its tasks, and the output Bedrock writes."""
+    return layout.inference_dir(index)
+
+
+def record_id(position: int) -> str:
+    """An 11-character alphanumeric recordId (the form the data page shows), unique within the job."""
+    return f"R{position:010d}"
+
+
+@dataclass(frozen=True)
+class InferenceJob:
+    index: int
+    model: str  # the task's model spec
+    job_name: str
+    model_id: str
+    input_uri: str
+    output_uri: str
+    records: int
+
+    def as_state(self) -> dict[str, Any]:
+        """What the state machine's RunInferenceJobs Map reads of a job (small: no records)."""
+        return {
+            "index": self.index,
+            "job_name": self.job_name,
+            "model_id": self.model_id,
+            "input_uri": self.input_uri,
+            "output_uri": self.output_uri,
+            "records": self.records,
+        }
+
+
+def model_id_of(spec: str) -> str:
+    """The ``modelId`` a job names: the Bedrock model or inference profile id; the simulator's spec as it is."""
+    return spec.removeprefix("bedrock:")
+
+
+def job_name(job_id: str, execution: str, index: int) -> str:
+    """A name unique to this execution, also valid as ``clientRequestToken``: letters, digits and '-', at most 63."""
+    safe = re.sub(r"[^A-Za-z0-9]+", "-", job_id).strip("-")[:36] or "job"
+    digest = hashlib.sha256(execution.encode()).hexdigest()[:10]
+    return f"fanout-{safe}-{digest}-{index:03d}"
+
+
+def model_input(task: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+    """The Converse request body of one task (RunBatch's request without modelId, cachePoint or documents)."""
+    inference = batch.get("inference") or {}
+    request = ModelRequest(
+        task_id=task["task_id"],
+        prompt=task["prompt"],
+        system=batch.get("system"),
+        output_schema=batch.get("output_schema"),
+        max_tokens=inference.get("max_tokens", 512),
+        temperature=inference.get("temperature"),
+        top_p=inference.get("top_p"),
+    )
+    found = info(task["model"])
+    native = found is not None and found.structured_output == "json_schema"
+    body = converse_request(model_id_of(task["model"]), request, json_schema_output=native)
+    body.pop("modelId")
+    return _without_cache_points(body)
+
+
+def _without_cache_points(body: dict[str, Any]) -> dict[str, Any]:
+    for message in body.get("messages", []):
+        message["content"] = [block for block in message["content"] if "cachePoint" not in block]
+    if "system" in body:
+        body["system"] = [block for block in body["system"] if "cachePoint" not in block]
+    return body
+
+
+def batchable(task: dict[str, Any]) -> bool:
+    """Whether a task goes into a batch job: a task with a document block is called on-demand."""
+    return "document" not in task
+
+
+def write_inference_jobs(
+    store: RunStore,
+    tasks: list[dict[str, Any]],
+    batch_of: list[int],
+    shared: dict[str, Any],
+    execution: str,
+    *,
+    max_records: int = MAX_RECORDS_PER_JOB,
+    max_bytes: int = MAX_INPUT_FILE_BYTES,
+) -> list[InferenceJob]:
+    """Write each job's input JSONL and task list; return the jobs. ``batch_of[i]`` is task i's batch index.
+
+    A model's tasks are split into the fewest even jobs that keep every job within the record and size quotas.
+    """
+    assert store.job_id
+    by_model: dict[str, list[int]] = {}
+    for position, task in enumerate(tasks):
+        if batchable(task):
+            by_model.setdefault(task["model"], []).append(position)
+    jobs: list[InferenceJob] = []
+    for model in sorted(by_model):
+        positions = by_model[model]
+        lines = [json.dumps(model_input(tasks[p], shared), ensure_ascii=False, separators=(",", ":")) for p in positions]
+        for chunk in _split(lines, max_records, max_bytes):
+            index = len(jobs)
+            body, listed = [], []
+            for n, line_at in enumerate(chunk):
+                rid = record_id(n)
+                body.append(f'{{"recordId":"{rid}","modelInput":{lines[line_at]}}}\n')
+                position = positions[line_at]
+                listed.append({"record_id": rid, "batch": batch_of[position], "task": tasks[position]})
+            where = store.prefix + folder(index)
+            store.s3.put_object(
+                Bucket=store.bucket, Key=where + INPUT_NAME, Body="".join(body).encode("utf-8"), ContentType="application/jsonl"
+            )
+            store.put_json(folder(index) + TASKS_NAME, {"answer_field": shared.get("answer_field"), "records": listed})
+            jobs.append(
+                InferenceJob(
+                    index=index,
+                    model=model,
+                    job_name=job_name(store.job_id, execution, index),
+                    model_id=model_id_of(model),
+                    input_uri=f"s3://{store.bucket}/{where}{INPUT_NAME}",
+                    output_uri=f"s3://{store.bucket}/{where}output/",
+                    records=len(chunk),
+                )
+            )
+    return jobs
+
+
+def _split(lines: list[str], max_records: int, max_bytes: int) -> list[list[int]]:
+    """Indexes of ``lines`` in the fewest even chunks within ``max_records`` lines and ``max_bytes`` each."""
+    sizes = [len(line.encode("utf-8")) + 48 for line in lines]  # the recordId wrapper around each model input
+    count = max(1, math.ceil(len(lines) / max_records), math.ceil(sum(sizes) / max_bytes))
+    while True:
+        step = math.ceil(len(lines) / count)
+        chunks = [list(range(start, min(start + step, len(lines)))) for start in range(0, len(lines), step)]
+        if all(sum(sizes[i] for i in chunk) <= max_bytes for chunk in chunks) or step == 1:
+            return chunks
+        count += 1
+
+
+def max_polls(poll_seconds: int) -> int:
+    """Polls of a job before it is stopped and its tasks called on-demand: INFERENCE_MAX_HOURS of them."""
+    return max(1, math.ceil(INFERENCE_MAX_HOURS * 3600 / max(poll_seconds, 60)))
+
+
+# -- joining the outputs ------------------------------------------------------------------------------------
+
+
+@dataclass
+class JoinOutcome:
+    answered: int = 0  # ok records written from the jobs' outputs
+    fallback: int = 0  # tasks left for on-demand calls
+    failed_records: int = 0  # output lines with an error, a cut-off answer or an output that missed the schema
+    unknown_records: int = 0  # output lines whose recordId names no task of the job (ignored)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def join_outputs(store: RunStore, statuses: Any) -> dict[str, Any]:
+    """Write a record per output line of every job, joined to its task by recordId; return what falls back.
+
+    ``statuses`` is what the state machine learned of each job (a list of {index, status}, or an error object
+    when its Map failed); the outputs are read whatever it says, since a stopped or expired job may have
+    written some. Returns the batches that still have tasks without an ok record (the fallback Map runs only
+    those: batches.json is rewritten to them) and the counts.
+    """
+    plan = store.get_json(layout.PLAN_FILE)
+    jobs = plan.get("inference_jobs") or []
+    batch = store.get_json(store.batch_name(0)) if plan["counts"]["batches"] else {}
+    check = SchemaCheck(batch["output_schema"]) if batch.get("output_schema") else None
+    outcome = JoinOutcome()
+    writers: dict[int, Any] = {}
+    seen: set[str] = set()
+    try:
+        for job in jobs:
+            listed = store.get_json(folder(int(job["index"])) + TASKS_NAME)["records"]
+            by_record = {entry["record_id"]: entry for entry in listed}
+            for line in _output_lines(store, job["output_uri"]):
+                entry = by_record.get(str(line.get("recordId")))
+                if entry is None or entry["task"]["task_id"] in seen:
+                    outcome.unknown_records += 1
+                    continue
+                record = record_from_output(entry["task"], line, check)
+                writer = writers.get(entry["batch"])
+                if writer is None:
+                    writer = writers[entry["batch"]] = store.writer(entry["batch"])
+                writer.add(record)
+                seen.add(entry["task"]["task_id"])
+                if record["status"] == "ok":
+                    outcome.answered += 1
+                else:
+                    outcome.failed_records += 1
+    finally:
+        for writer in writers.values():
+            writer.close()
+    pending = _pending_batches(store, plan)
+    outcome.fallback = sum(count for _, count in pending)
+    ranges = [r for r in store.get_json(layout.MANIFEST_FILE) if r["index"] in {index for index, _ in pending}]
+    if plan["mode"] == "distributed":
+        store.put_json(layout.MANIFEST_FILE, ranges)  # the distributed Map reads its batch list from here
+    summary = {**outcome.as_dict(), "jobs": _job_statuses(statuses)}
+    plan["tier"] = {**plan.get("tier", {}), "batch_inference": summary}
+    store.put_json(layout.PLAN_FILE, plan)
+    return {
+        "batches": ranges if plan["mode"] == "inline" else [],
+        "pending": outcome.fallback,
+        "batch_inference": summary,
+    }
+
+
+def _job_statuses(statuses: Any) -> list[dict[str, Any]] | str:
+    if isinstance(statuses, list):
+        return [{k: s.get(k) for k in ("index", "status", "error") if k in s} for s in statuses if isinstance(s, dict)]
+    if isinstance(statuses, dict):
+        return f"the inference jobs' Map failed: {statuses.get('Error', 'error')}"
+    return "no job statuses"
+
+
+def _pending_batches(store: RunStore, plan: dict[str, Any]) -> list[tuple[int, int]]:
+    """(batch index, tasks without a finished record) of every batch with some."""
+    out = []
+    for index in range(int(plan["counts"]["batches"])):
+        tasks = store.get_json(store.batch_name(index))["tasks"]
+        done = store.completed(index)
+        left = sum(1 for t in tasks if t["task_id"] not in done)
+        if left:
+            out.append((index, left))
+    return out
+
+
+def _output_lines(store: RunStore, output_uri: str) -> Iterator[dict[str, Any]]:
+    """Every line of every ``*.jsonl.out`` under a job's output URI (Bedrock's <job id>/ folder within it)."""
+    bucket, prefix = parse_s3_uri(output_uri)
+    paginator = store.s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            if not obj["Key"].endswith(".jsonl.out"):
+                continue
+            body = store.s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"]
+            for raw in body.iter_lines():
+                if not raw.strip():
+                    continue
+                try:
+                    line = json.loads(raw)
+                except json.JSONDecodeError:
+                    continue  # a line that is not JSON answers no task: its task falls back
+                if isinstance(line, dict):
+                    yield line
+
+
+def record_from_output(task: dict[str, Any], line: dict[str, Any], check: SchemaCheck | None) -> dict[str, Any]:
+    """The task record of one output line: ok, or failed / invalid (called again on-demand)."""
+    output = line.get("modelOutput")
+    if not isinstance(output, dict):
+        given = line.get("error")
+        error: dict[str, Any] = given if isinstance(given, dict) else {}
+        code, message = error.get("errorCode", "error"), str(error.get("errorMessage", "no modelOutput"))[:500]
+        return _record(task, "failed", None, f"batch inference: {code}: {message}; called on-demand", {})
+    reported = output.get("usage")
+    usage: dict[str, Any] = reported if isinstance(reported, dict) else {}
+    spent = {"input_tokens": int(usage.get("inputTokens", 0) or 0), "output_tokens": int(usage.get("outputTokens", 0) or 0)}
+    synthetic = bool((output.get("additionalModelResponseFields") or {}).get("synthetic"))
+    if output.get("stopReason") == "max_tokens":
+        note = "truncated: the batch answer was cut off at max_tokens; called on-demand"
+        return _record(task, "invalid", None, note, spent, synthetic=synthetic, truncated=True)
+    answer = output_of(output, check is not None)
+    problem: str | None = None
+    if check is not None:
+        if check.unusable is not None:
+            return _record(task, "failed", None, check.unusable, spent, synthetic=synthetic)
+        try:
+            problem = check(answer)
+        except SchemaUnusable as exc:
+            return _record(task, "failed", None, str(exc), spent, synthetic=synthetic)
+    if problem is not None:
+        return _record(task, "invalid", answer, f"{problem}; called on-demand", spent, synthetic=synthetic)
+    record = _record(task, "ok", answer, None, spent, synthetic=synthetic)
+    if check is not None:
+        record["checked"] = check.digest
+    return record
+
+
+def _record(
+    task: dict[str, Any],
+    status: str,
+    output: Any,
+    error: str | None,
+    usage: dict[str, int],
+    *,
+    synthetic: bool = False,
+    truncated: bool = False,
+) -> dict[str, Any]:
+    """A record as RunBatch writes one (fanout_core.runner._record), bought at tier batch."""
+    record: dict[str, Any] = {
+        "task_id": task["task_id"],
+        "item_id": task["item_id"],
+        "slot": task["slot"],
+        "status": status,
+        "output": output,
+        "error": error,
+        "model": task["model"],
+        "usage": {"input_tokens": usage.get("input_tokens", 0), "output_tokens": usage.get("output_tokens", 0)},
+        "latency_ms": 0.0,
+        # a record that came back from the job was one billed call; an error line was not billed
+        "attempts": 1 if usage else 0,
+        "tier": "batch",
+    }
+    if task["kind"] == "vote":
+        record["vote"] = int(task["slot"][1:])
+    else:
+        record["section"] = task["slot"]
+    if synthetic:
+        record["synthetic"] = True
+    if truncated:
+        record["truncated"] = True
+    return record

@@ -1,0 +1,161 @@
+"""Tier batch end to end on the local runtime: Bedrock batch inference jobs answered in-process, joined by recordId,
+failed records and failed jobs called on-demand, every item accounted for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.session
+import pytest
+from botocore.stub import Stubber
+from botocore.validate import ParamValidator
+
+from fanout import local_batch_jobs
+from fanout.cli import main
+from fanout.runtime import REGION, local_aws
+from fanout_core.tiers import tier_factor
+
+SCHEMA = {"type": "object", "required": ["label"], "properties": {"label": {"enum": ["positive", "neutral", "negative"]}}}
+LABELS = ("positive", "neutral", "negative")
+# the simulator is free: a job price for it makes the costs comparable
+PRICES = {"sim": {"input_per_million": 1.0, "output_per_million": 4.0}}
+
+
+def job(job_id: str, tier: str, items: int = 40, votes: int = 3) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "pattern": "voting",
+        "votes": votes,
+        "prompt": "Classify the sentiment of this ticket: {text}",
+        "inference": {"temperature": 0.8, "max_tokens": 64},
+        "items": [{"id": f"t-{n}", "text": f"ticket number {n}", "expected": LABELS[n % 3]} for n in range(items)],
+        "output_schema": SCHEMA,
+        "aggregate": {"strategy": "majority", "field": "label"},
+        "prices": PRICES,
+        "limits": {"tier": tier},
+    }
+
+
+def run(tmp_path: Path, body: dict[str, Any]) -> dict[str, Any]:
+    path = tmp_path / f"{body['job_id']}.json"
+    path.write_text(json.dumps(body))
+    code = main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 0
+    result: dict[str, Any] = json.loads((tmp_path / "out" / body["job_id"] / "result.json").read_text())
+    return result
+
+
+def answers(result: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    return [(item["id"], item["answer"], item["votes"]) for item in result["items"]]
+
+
+@pytest.mark.slow
+def test_a_batch_job_gives_the_on_demand_answers_at_the_batch_price(tmp_path: Path) -> None:
+    # Given the same job (seeded simulator) on-demand and at tier batch
+    on_demand = run(tmp_path, job("tickets-od", "on_demand"))
+    batch = run(tmp_path, job("tickets-batch", "batch"))
+
+    # Then every item has the same answer and votes
+    assert answers(batch) == answers(on_demand)
+    assert batch["counts"] == on_demand["counts"] and batch["counts"]["ok"] == 120
+    # and the calls were bought in the batch job, at the batch share of the on-demand cost, for the same tokens
+    assert set(batch["usage"]["by_model"]) == {"sim@batch"}
+    assert batch["usage"]["input_tokens"] == on_demand["usage"]["input_tokens"]
+    factor = tier_factor("sim", "batch")
+    assert factor is not None and factor < 1
+    assert batch["usage"]["estimated_cost_usd"] == pytest.approx(on_demand["usage"]["estimated_cost_usd"] * factor, rel=1e-3)
+    # and result.json says which tier and why, with the plan's estimate next to on-demand's
+    tier = batch["tier"]
+    assert tier["tier"] == "batch" and tier["reason"] == "limits.tier is batch"
+    assert tier["estimated_cost_usd"] == pytest.approx(tier["on_demand_cost_usd"] * factor)
+    assert tier["batch_inference"]["answered"] == 120 and tier["batch_inference"]["fallback"] == 0
+    assert tier["batch_inference"]["jobs"] == [{"index": 0, "status": "Completed"}]
+
+
+@pytest.mark.slow
+def test_failed_records_are_called_on_demand_and_only_those(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    on_demand = run(tmp_path, job("faulty-od", "on_demand"))
+    # Given a batch job in which some records fail
+    monkeypatch.setenv(local_batch_jobs.RECORD_ERRORS_SETTING, "0.1")
+    result = run(tmp_path, job("faulty-batch", "batch"))
+
+    joined = result["tier"]["batch_inference"]
+    assert joined["failed_records"] > 0 and joined["jobs"][0]["status"] == "PartiallyCompleted"
+    # Then exactly the failed records were called on-demand, the others came from the batch job
+    by_model = result["usage"]["by_model"]
+    assert by_model["sim"]["model_calls"] == joined["failed_records"] == joined["fallback"]
+    assert by_model["sim@batch"]["model_calls"] == joined["answered"] == 120 - joined["failed_records"]
+    # and every item is accounted for with the on-demand answers
+    assert answers(result) == answers(on_demand)
+    assert result["counts"]["ok"] == 120 and result["status"] == "complete"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ending", ["Failed", "Expired"])
+def test_a_job_that_fails_or_expires_falls_back_to_on_demand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    on_demand = run(tmp_path, job("ended-od", "on_demand"))
+    # Given a batch job that fails (no output) or expires (half of its records answered)
+    monkeypatch.setenv(local_batch_jobs.STATUS_SETTING, ending)
+    result = run(tmp_path, job("ended-batch", "batch"))
+
+    joined = result["tier"]["batch_inference"]
+    assert joined["jobs"][0]["status"] == ending
+    answered = 0 if ending == "Failed" else 60
+    # Then what the job did not answer is called on-demand, and nothing twice
+    assert joined["answered"] == answered and joined["fallback"] == 120 - answered
+    assert result["usage"]["by_model"]["sim"]["model_calls"] == 120 - answered
+    assert result["usage"]["model_calls"] == 120
+    assert answers(result) == answers(on_demand) and result["counts"]["ok"] == 120
+
+
+@pytest.mark.slow
+def test_requests_and_records_match_botocores_models(tmp_path: Path) -> None:
+    # Given a batch job run on the local runtime, keeping what its state machine sent to Bedrock
+    body = job("shapes", "batch", items=34)
+    with local_aws() as runtime:
+        execution = runtime.wait(runtime.start(body, "shapes-1"))
+        assert execution.status == "SUCCEEDED"
+        assert runtime.batch_jobs is not None
+        (created,) = runtime.batch_jobs.created
+        s3 = boto3.client("s3", region_name=REGION)
+        bucket, key = created["inputDataConfig"]["s3InputDataConfig"]["s3Uri"][5:].split("/", 1)
+        lines = [json.loads(line) for line in s3.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()]
+        arn = next(iter(runtime.batch_jobs.jobs))
+
+    # Then CreateModelInvocationJob carried what botocore's bedrock model requires, at the types it takes
+    client = boto3.client("bedrock", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(client) as stub:
+        stub.add_response("create_model_invocation_job", {"jobArn": arn}, created)
+        stub.add_response("get_model_invocation_job", _job_status(arn), {"jobIdentifier": arn})
+        assert client.create_model_invocation_job(**created)["jobArn"] == arn
+        client.get_model_invocation_job(jobIdentifier=arn)
+    assert created["modelInvocationType"] == "Converse" and created["timeoutDurationInHours"] == 24
+    assert created["roleArn"].endswith(":role/fanout-batch-inference")
+    assert key.endswith(".jsonl") and created["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"].endswith("/output/")
+    # and every record is one recordId with a Converse request body (modelId is the job's)
+    converse = botocore.session.get_session().get_service_model("bedrock-runtime").operation_model("Converse").input_shape
+    assert len(lines) == 102 and len({line["recordId"] for line in lines}) == 102
+    for line in lines:
+        assert set(line) == {"recordId", "modelInput"} and line["recordId"].isalnum()
+        report = ParamValidator().validate({"modelId": created["modelId"], **line["modelInput"]}, converse)
+        assert not report.has_errors(), report.generate_report()
+
+
+def _job_status(arn: str) -> dict[str, Any]:
+    import datetime as dt
+
+    return {
+        "jobArn": arn,
+        "jobName": "j",
+        "modelId": "sim",
+        "roleArn": "arn:aws:iam::123456789012:role/fanout-batch-inference",
+        "status": "Completed",
+        "submitTime": dt.datetime(2026, 1, 1),
+        "inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://b/k.jsonl"}},
+        "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://b/o/"}},
+    }

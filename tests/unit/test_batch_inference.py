@@ -1,0 +1,147 @@
+"""Bedrock batch inference input and output: split by the per-job quotas, names Bedrock accepts, outputs joined by
+recordId (never by order) into the records RunBatch writes."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import botocore.session
+import pytest
+from moto import mock_aws
+
+from fanout_core import batch_inference as bi
+from fanout_core.store import RunStore
+
+SCHEMA = {"type": "object", "required": ["label"], "properties": {"label": {"enum": ["yes", "no"]}}}
+BUCKET = "results"
+MODEL = "bedrock:us.anthropic.claude-haiku-4-5-20251001-v1:0"
+
+
+def task(n: int, model: str = MODEL) -> dict[str, Any]:
+    return {"task_id": f"i{n}#v1", "item_id": f"i{n}", "slot": "v1", "kind": "vote", "model": model, "prompt": f"ticket {n}?"}
+
+
+@pytest.fixture
+def store() -> Iterator[RunStore]:
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        yield RunStore(s3, BUCKET, "job-1")
+
+
+def test_a_models_tasks_split_into_the_fewest_even_jobs_within_the_record_and_size_quotas() -> None:
+    lines = ["x" * 100] * 250
+    by_records = bi._split(lines, max_records=100, max_bytes=10**9)
+    assert [len(c) for c in by_records] == [84, 84, 82]
+    by_bytes = bi._split(lines, max_records=10_000, max_bytes=148 * 60)
+    assert all(sum(148 for _ in c) <= 148 * 60 for c in by_bytes) and len(by_bytes) == 5
+    assert sorted(i for c in by_bytes for i in c) == list(range(250))
+
+
+def test_record_ids_job_names_and_tokens_take_the_forms_bedrock_accepts() -> None:
+    model = botocore.session.get_session().get_service_model("bedrock")
+    shape = model.operation_model("CreateModelInvocationJob").input_shape.members
+    name = bi.job_name("weird job_id.with/every*thing" * 3, "arn:aws:states:...:execution:fanout:x", 7)
+    assert len(name) <= 63 and re.fullmatch(shape["jobName"].metadata["pattern"], name)
+    assert re.fullmatch(shape["clientRequestToken"].metadata["pattern"], name)
+    assert bi.job_name("a", "one", 0) != bi.job_name("a", "two", 0)
+    assert bi.record_id(12).isalnum() and len(bi.record_id(12)) == 11
+
+
+def test_each_task_is_one_record_with_a_converse_body_and_no_cache_point(store: RunStore) -> None:
+    # Given tasks of two models (one of them with a document: it stays on-demand)
+    tasks = [task(n) for n in range(3)] + [task(9, "sim")] + [{**task(5), "document": {"uri": "s3://x/y.pdf"}}]
+    shared = {"system": "Be brief.", "inference": {"max_tokens": 50}, "output_schema": SCHEMA, "answer_field": "label"}
+    # When the inputs are written
+    jobs = bi.write_inference_jobs(store, tasks, [0, 0, 1, 1, 1], shared, "exec-1")
+    # Then there is one job per model, each record a recordId and a Converse request body
+    assert [(j.model, j.records) for j in jobs] == [(MODEL, 3), ("sim", 1)]
+    body = store.s3.get_object(Bucket=BUCKET, Key=f"runs/job-1/{bi.folder(0)}input.jsonl")["Body"].read().decode()
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert [line["recordId"] for line in lines] == [bi.record_id(n) for n in range(3)]
+    first = lines[0]["modelInput"]
+    assert "modelId" not in first and first["inferenceConfig"] == {"maxTokens": 50}
+    assert first["system"] == [{"text": "Be brief."}]
+    assert "cachePoint" not in json.dumps(first)
+    # Claude Haiku 4.5 takes Converse's JSON-schema output format (models.json)
+    assert first["outputConfig"]["textFormat"]["type"] == "json_schema"
+    listed = store.get_json(bi.folder(0) + "tasks.json")["records"]
+    assert [(e["record_id"], e["batch"], e["task"]["task_id"]) for e in listed] == [
+        (bi.record_id(0), 0, "i0#v1"),
+        (bi.record_id(1), 0, "i1#v1"),
+        (bi.record_id(2), 1, "i2#v1"),
+    ]
+
+
+def converse_reply(text: str, stop: str = "end_turn", tokens: tuple[int, int] = (30, 4)) -> dict[str, Any]:
+    return {
+        "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+        "stopReason": stop,
+        "usage": {"inputTokens": tokens[0], "outputTokens": tokens[1], "totalTokens": sum(tokens)},
+    }
+
+
+def test_outputs_are_joined_by_record_id_and_whatever_is_not_ok_falls_back(store: RunStore) -> None:
+    # Given a planned run of 6 tasks in 2 batches, one inference job over all of them
+    tasks = [task(n) for n in range(6)]
+    shared = {"inference": {"max_tokens": 20}, "output_schema": SCHEMA, "answer_field": "label"}
+    ranges = [{"index": 0, "start": 0, "end": 3}, {"index": 1, "start": 3, "end": 6}]
+    for r in ranges:
+        store.put_json(store.batch_name(r["index"]), {**shared, "index": r["index"], "tasks": tasks[r["start"] : r["end"]]})
+    store.put_json("batches.json", ranges)
+    (job,) = bi.write_inference_jobs(store, tasks, [0, 0, 0, 1, 1, 1], shared, "exec")
+    store.put_json("plan.json", {"mode": "inline", "counts": {"batches": 2}, "tier": {"tier": "batch"},
+                                 "inference_jobs": [job.as_state()]})  # fmt: skip
+    # and Bedrock's output in its own order: an answer, an error, a cut-off answer, one missing the schema, an id
+    # no task has, two answers; task 5 has no line at all
+    out = [
+        {"recordId": bi.record_id(4), "modelOutput": converse_reply('{"label": "no"}')},
+        {"recordId": bi.record_id(1), "error": {"errorCode": 400, "errorMessage": "bad request"}},
+        {"recordId": bi.record_id(2), "modelOutput": converse_reply('{"label": "y', stop="max_tokens")},
+        {"recordId": bi.record_id(3), "modelOutput": converse_reply('{"label": "maybe"}')},
+        {"recordId": "R9999999999", "modelOutput": converse_reply('{"label": "yes"}')},
+        {"recordId": bi.record_id(0), "modelOutput": converse_reply('{"label": "yes"}')},
+    ]
+    key = f"runs/job-1/{bi.folder(0)}output/abc123/input.jsonl.out"
+    store.s3.put_object(Bucket=BUCKET, Key=key, Body="".join(json.dumps(line) + "\n" for line in out).encode())
+
+    # When the outputs are joined
+    joined = bi.join_outputs(store, [{"index": 0, "status": "PartiallyCompleted"}])
+
+    # Then each record belongs to the task its recordId names, written under that task's batch
+    records = {r["task_id"]: r for r in store.iter_records()}
+    assert records["i0#v1"]["output"] == {"label": "yes"} and records["i0#v1"]["status"] == "ok"
+    assert records["i4#v1"]["output"] == {"label": "no"} and records["i4#v1"]["tier"] == "batch"
+    assert records["i0#v1"]["usage"] == {"input_tokens": 30, "output_tokens": 4}
+    assert records["i1#v1"]["status"] == "failed" and "bad request" in records["i1#v1"]["error"]
+    assert records["i2#v1"]["status"] == "invalid" and records["i2#v1"]["truncated"] is True
+    assert records["i3#v1"]["status"] == "invalid" and "i5#v1" not in records
+    assert store.completed(0) == {"i0#v1"} and store.completed(1) == {"i4#v1"}
+    # and the batches with tasks left are what the on-demand Map runs
+    assert joined["pending"] == 4 and joined["batches"] == ranges
+    summary = joined["batch_inference"]
+    assert (summary["answered"], summary["failed_records"], summary["unknown_records"]) == (2, 3, 1)
+    assert store.get_json("plan.json")["tier"]["batch_inference"] == summary
+
+
+def test_a_distributed_run_rewrites_its_batch_list_to_the_batches_left(store: RunStore) -> None:
+    tasks = [task(n) for n in range(4)]
+    ranges = [{"index": 0, "start": 0, "end": 2}, {"index": 1, "start": 2, "end": 4}]
+    for r in ranges:
+        store.put_json(store.batch_name(r["index"]), {"index": r["index"], "tasks": tasks[r["start"] : r["end"]]})
+    store.put_json("batches.json", ranges)
+    (job,) = bi.write_inference_jobs(store, tasks, [0, 0, 1, 1], {}, "exec")
+    store.put_json("plan.json", {"mode": "distributed", "counts": {"batches": 2}, "inference_jobs": [job.as_state()]})
+    out = [{"recordId": bi.record_id(n), "modelOutput": converse_reply("fine")} for n in (0, 1)]
+    key = f"runs/job-1/{bi.folder(0)}output/j/input.jsonl.out"
+    store.s3.put_object(Bucket=BUCKET, Key=key, Body="".join(json.dumps(line) + "\n" for line in out).encode())
+
+    joined = bi.join_outputs(store, {"Error": "States.Runtime"})
+
+    assert joined["batches"] == [] and joined["pending"] == 2
+    assert store.get_json("batches.json") == [ranges[1]]
+    assert "Map failed" in joined["batch_inference"]["jobs"]
