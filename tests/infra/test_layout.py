@@ -93,7 +93,7 @@ def test_the_stacks_prefixes_and_iam_resources_are_the_layouts(default_stack: Sy
     }
 
     # Then each is one of the layout's patterns, and each pattern is used
-    assert granted == {layout.RUNS_ANY, layout.RESULTS_ANY, layout.FAILURES_ANY, layout.LEASES_ANY}
+    assert granted == {layout.RUNS_ANY, layout.RESULTS_ANY, layout.FAILURES_ANY, layout.LEASES_ANY, layout.INFERENCE_ANY}
 
     # and the upload rule starts executions for the layout's job files
     (rule,) = _of_type(resources, "AWS::Events::Rule").values()
@@ -125,5 +125,10 @@ def test_every_key_of_a_run_falls_under_the_grant_meant_for_it(job_id: str) -> N
     for name in layout.RESULT_FILES:
         assert fnmatchcase(layout.result_key(job_id, name), layout.RESULTS_ANY)
         assert not fnmatchcase(layout.result_key(job_id, name), layout.RUNS_ANY)
+    # the batch inference service role's grant covers a job's input, tasks and output, and no other run file
+    inference = layout.run_key(job_id, layout.inference_dir(2))
+    for key in (inference + layout.INFERENCE_INPUT, inference + layout.INFERENCE_TASKS, inference + "output/j/x.jsonl.out"):
+        assert fnmatchcase(key, layout.INFERENCE_ANY) and fnmatchcase(key, layout.RUNS_ANY), key
+    assert not any(fnmatchcase(key, layout.INFERENCE_ANY) for key in run_files)
     # an upload under items/ never starts an execution
     assert not fnmatchcase(layout.items_key("job.json"), f"{layout.JOBS}*{layout.JOB_SUFFIX}")
