@@ -16,8 +16,9 @@ Settings (environment), to rehearse what Bedrock can do to a job:
 
 - ``FANOUT_LOCAL_BATCH_JOB_STATUS``: ``Failed`` (no output at all),
   ``Expired`` or ``Stopped`` (the first half of the records answered, the
-  rest not); unset: ``Completed``, or ``PartiallyCompleted`` when some
-  records failed;
+  rest not), ``InProgress`` (the job never ends and writes nothing, until
+  StopModelInvocationJob stops it); unset: ``Completed``, or
+  ``PartiallyCompleted`` when some records failed;
 - ``FANOUT_LOCAL_BATCH_RECORD_ERROR_RATE``: the share of records (picked by
   recordId, the same in every run) answered with an error line.
 
@@ -74,6 +75,7 @@ class LocalBatchJobs:
         self.region, self.account = region, account
         self.jobs: dict[str, _Job] = {}
         self.created: list[dict[str, Any]] = []  # the CreateModelInvocationJob requests, as sent
+        self.stopped: list[str] = []  # the jobs StopModelInvocationJob named
         self._lock = threading.Lock()
 
     def install(self, session: Any) -> None:
@@ -135,6 +137,7 @@ class LocalBatchJobs:
         if job is None:
             raise _Refused("ResourceNotFoundException", f"no model invocation job {arn}", 404)
         job.status = "Stopped"
+        self.stopped.append(arn)
         return {}
 
     # -- running a job ------------------------------------------------------------------------------------------
@@ -146,8 +149,8 @@ class LocalBatchJobs:
         hints = _hints(s3, bucket, key)
         ending = os.environ.get(STATUS_SETTING) or ""
         job.records = len(lines)
-        if ending == "Failed":
-            job.status = "Failed"
+        if ending in ("Failed", "InProgress"):
+            job.status = ending
             return
         answered = lines if ending not in ("Expired", "Stopped") else lines[: len(lines) // 2]
         spec = job.model_id if job.model_id.startswith("sim") else f"bedrock:{job.model_id}"

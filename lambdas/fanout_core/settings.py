@@ -20,6 +20,8 @@ class Settings:
     caps: dict[str, int] = field(default_factory=dict)
     # seconds between two looks at a batch inference job (FANOUT_BATCH_POLL_SECONDS, fanout:batchPollSeconds)
     batch_poll_seconds: int = 1800
+    # looks at a batch inference job before it is stopped (FANOUT_BATCH_MAX_POLLS); unset: 30 h of them
+    batch_max_polls: int | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -30,6 +32,7 @@ class Settings:
             model_timeout_seconds=float(os.environ.get("FANOUT_MODEL_TIMEOUT_SECONDS", "120")),
             log_content=os.environ.get("FANOUT_LOG_CONTENT", "false").strip().lower() in ("true", "1", "yes", "on"),
             batch_poll_seconds=int(os.environ.get("FANOUT_BATCH_POLL_SECONDS", "1800")),
+            batch_max_polls=int(os.environ["FANOUT_BATCH_MAX_POLLS"]) if os.environ.get("FANOUT_BATCH_MAX_POLLS") else None,
             caps={
                 name: int(os.environ[f"FANOUT_CAP_{name.upper()}"])
                 for name in CAPPED_LIMITS

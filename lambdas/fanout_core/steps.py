@@ -211,7 +211,7 @@ def _inference_jobs(
     return {
         "inference_jobs": [job.as_state() for job in jobs],
         "inference_poll_seconds": settings.batch_poll_seconds,
-        "inference_max_polls": max_polls(settings.batch_poll_seconds),
+        "inference_max_polls": settings.batch_max_polls or max_polls(settings.batch_poll_seconds),
     }
 
 

@@ -159,3 +159,31 @@ def _job_status(arn: str) -> dict[str, Any]:
         "inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://b/k.jsonl"}},
         "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://b/o/"}},
     }
+
+
+@pytest.mark.slow
+def test_a_job_still_running_when_its_polls_run_out_is_stopped_and_its_tasks_called_on_demand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a batch job that never ends, and a run that looks at it 3 times
+    monkeypatch.setenv(local_batch_jobs.STATUS_SETTING, "InProgress")
+    monkeypatch.setenv("FANOUT_BATCH_MAX_POLLS", "3")
+    body = job("stuck", "batch", items=34)
+    with local_aws() as runtime:
+        execution = runtime.wait(runtime.start(body, "stuck-1"))
+        assert runtime.batch_jobs is not None
+        (arn,) = runtime.batch_jobs.jobs
+        stopped = list(runtime.batch_jobs.stopped)
+        s3 = boto3.client("s3", region_name=REGION)
+        plan = json.loads(s3.get_object(Bucket="fanout-local-results", Key="runs/stuck/plan.json")["Body"].read())
+
+    # Then it was stopped after its looks, with a request botocore's model takes, and every task was called on-demand
+    assert execution.status == "SUCCEEDED" and stopped == [arn]
+    client = boto3.client("bedrock", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(client) as stub:
+        stub.add_response("stop_model_invocation_job", {}, {"jobIdentifier": arn})
+        client.stop_model_invocation_job(jobIdentifier=arn)
+    joined = plan["tier"]["batch_inference"]
+    assert joined["jobs"] == [{"index": 0, "status": "Stopped"}]
+    assert joined["answered"] == 0 and joined["fallback"] == 102
+    assert execution.output is not None and execution.output["counts"]["ok"] == 102
