@@ -79,9 +79,6 @@ class RunStore:
     def record_keys(self) -> Iterator[str]:
         return self._keys(layout.RECORDS_DIR)
 
-    def release_lease(self) -> None:
-        self.s3.delete_object(Bucket=self.bucket, Key=self.prefix + LEASE)
-
     def failures(self) -> Iterator[dict[str, Any]]:
         """The errors of batches that failed for good, written by the state machine (layout.FAILURE_FORMAT)."""
         for key in self._keys(layout.FAILURES_DIR):
