@@ -221,7 +221,7 @@ elif {step!r} == "batches":
         steps.run_subtask({{**run, "batch": batch, "threads": 1}}, s3=s3, provider_for=registry.provider_for)
     summary = {{"batches": len(manifest)}}
 else:
-    out = steps.run_aggregate(run, s3=s3, provider_for=ProviderRegistry().provider_for, scratch_dir={scratch!r})
+    out = steps.run_aggregate(run, s3=s3, scratch_dir={scratch!r})
     summary = {{"status": out["status"], "tasks": out["counts"]["tasks"], "ok": out["counts"]["ok"]}}
 seconds = time.perf_counter() - started
 peak_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
@@ -267,7 +267,7 @@ def run_step(step: str, handler: str, store: Path, job_id: str, job_input: dict[
     return figures
 
 
-def functions_row(tasks: int, repeats: int, work: Path) -> None:
+def functions_row(tasks: int, repeats: int, work: Path) -> dict[str, dict[str, float]]:
     """(k): Plan and Aggregate of one job at ``tasks`` tasks, each in a clean process over the file-backed S3."""
     spec, items = job(tasks)
     store = work / f"k-store-{tasks}"
@@ -287,11 +287,16 @@ def functions_row(tasks: int, repeats: int, work: Path) -> None:
         shutil.rmtree(store / "results" / "results", ignore_errors=True)
         aggregates.append(run_step("aggregate", "aggregate", store, job_id, job_input, work))
         assert aggregates[-1]["ok"] == tasks, aggregates[-1]
+    figures: dict[str, dict[str, float]] = {}
     for name, runs in (("Plan", plans), ("Aggregate", aggregates)):
         peak, seconds = median([r["peak_mb"] for r in runs]), median([r["seconds"] for r in runs])
-        limit = memory.get(name)
-        share = f" = {peak / limit:.0%} of its {limit:,} MB" if limit else ""
-        print(f"    {name:<9}  peak {peak:>6.0f} MB{share}, {seconds:.1f} s  (target: Aggregate <= 1,024 MB; Plan < 70%)")
+        limit = memory[name]
+        figures[name] = {"peak_mb": peak, "seconds": seconds, "memory_mb": limit}
+        print(
+            f"    {name:<9}  peak {peak:>6.0f} MB = {peak / limit:.0%} of its {limit:,} MB, {seconds:.1f} s  "
+            "(target: Aggregate <= 1,024 MB; Plan < 70%)"
+        )
+    return figures
 
 
 def main() -> int:
