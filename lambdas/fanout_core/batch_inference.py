@@ -49,6 +49,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from fanout_core import layout
 from fanout_core.catalog import info
 from fanout_core.providers.base import ModelRequest
@@ -237,10 +239,28 @@ def join_outputs(store: RunStore, statuses: Any) -> dict[str, Any]:
     those: batches.json is rewritten to them) and the counts.
     """
     plan = store.get_json(layout.PLAN_FILE)
+    outcome = JoinOutcome()
+    _write_records(store, plan, outcome)
+    pending = _pending_batches(store, plan)
+    outcome.fallback = sum(count for _, count in pending)
+    ranges = [r for r in store.get_json(layout.MANIFEST_FILE) if r["index"] in {index for index, _ in pending}]
+    if plan["mode"] == "distributed":
+        store.put_json(layout.MANIFEST_FILE, ranges)  # the distributed Map reads its batch list from here
+    summary = {**outcome.as_dict(), "jobs": _job_statuses(statuses)}
+    plan["tier"] = {**plan.get("tier", {}), "batch_inference": summary}
+    store.put_json(layout.PLAN_FILE, plan)
+    return {
+        "batches": ranges if plan["mode"] == "inline" else [],
+        "pending": outcome.fallback,
+        "batch_inference": summary,
+    }
+
+
+def _write_records(store: RunStore, plan: dict[str, Any], outcome: JoinOutcome) -> None:
+    """A record per output line of the plan's jobs, joined to its task by recordId, under the task's batch."""
     jobs = plan.get("inference_jobs") or []
     batch = store.get_json(store.batch_name(0)) if plan["counts"]["batches"] else {}
     check = SchemaCheck(batch["output_schema"]) if batch.get("output_schema") else None
-    outcome = JoinOutcome()
     writers: dict[int, Any] = {}
     seen: set[str] = set()
     try:
@@ -265,19 +285,26 @@ def join_outputs(store: RunStore, statuses: Any) -> dict[str, Any]:
     finally:
         for writer in writers.values():
             writer.close()
-    pending = _pending_batches(store, plan)
-    outcome.fallback = sum(count for _, count in pending)
-    ranges = [r for r in store.get_json(layout.MANIFEST_FILE) if r["index"] in {index for index, _ in pending}]
-    if plan["mode"] == "distributed":
-        store.put_json(layout.MANIFEST_FILE, ranges)  # the distributed Map reads its batch list from here
-    summary = {**outcome.as_dict(), "jobs": _job_statuses(statuses)}
-    plan["tier"] = {**plan.get("tier", {}), "batch_inference": summary}
+
+
+def recover_outputs(store: RunStore) -> int:
+    """Before a re-run is planned: the outputs of an earlier run's batch jobs that were never joined (its execution
+    stopped while they ran, say), written as records so the re-run does not pay for them again; the ok count."""
+    try:
+        plan = store.get_json(layout.PLAN_FILE)
+    except (ClientError, ValueError):  # no earlier plan, or one that cannot be read: nothing to recover
+        return 0
+    tier = plan.get("tier") if isinstance(plan, dict) else None
+    if not isinstance(tier, dict) or not plan.get("inference_jobs") or "batch_inference" in tier:
+        return 0  # no batch jobs, or joined already (their records are there)
+    outcome = JoinOutcome()
+    try:
+        _write_records(store, plan, outcome)
+    except (ClientError, KeyError, TypeError, ValueError):
+        pass  # an earlier run's files half gone: what was written stays (once: marked below), the rest is asked again
+    plan["tier"] = {**tier, "batch_inference": {**outcome.as_dict(), "jobs": "recovered by the next run's Plan"}}
     store.put_json(layout.PLAN_FILE, plan)
-    return {
-        "batches": ranges if plan["mode"] == "inline" else [],
-        "pending": outcome.fallback,
-        "batch_inference": summary,
-    }
+    return outcome.answered
 
 
 def _job_statuses(statuses: Any) -> list[dict[str, Any]] | str:

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from fanout_core import layout
 from fanout_core.aggregation import ItemVotes, aggregate_stream
-from fanout_core.batch_inference import join_outputs, max_polls, write_inference_jobs
+from fanout_core.batch_inference import join_outputs, max_polls, recover_outputs, write_inference_jobs
 from fanout_core.catalog import check_job_models
 from fanout_core.costs import plan_costs
 from fanout_core.documents import attach_documents
@@ -120,6 +120,8 @@ def _plan_run(
     assert job.job_id is not None
     rerun = _earlier_run(store, job.job_id, print_)
     tasks = every_task
+    if rerun:
+        recover_outputs(store)  # an earlier run's batch jobs that finished but were never joined: records now
     if rerun and store.has_records():
         # a re-run (or a resumed one): tasks with an ok record are not called again
         # an early-stopped vote ("skipped") is as finished as an answered one

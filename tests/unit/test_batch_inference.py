@@ -145,3 +145,30 @@ def test_a_distributed_run_rewrites_its_batch_list_to_the_batches_left(store: Ru
     assert joined["batches"] == [] and joined["pending"] == 2
     assert store.get_json("batches.json") == [ranges[1]]
     assert "Map failed" in joined["batch_inference"]["jobs"]
+
+
+def test_outputs_an_earlier_run_never_joined_are_recovered_once(store: RunStore) -> None:
+    # Given an earlier run whose batch job wrote its output but whose execution stopped before the join
+    tasks = [task(n) for n in range(3)]
+    store.put_json(store.batch_name(0), {"index": 0, "tasks": tasks})
+    (job,) = bi.write_inference_jobs(store, tasks, [0, 0, 0], {}, "exec")
+    plan = {"mode": "inline", "counts": {"batches": 1}, "tier": {"tier": "batch"}, "inference_jobs": [job.as_state()]}
+    store.put_json("plan.json", plan)
+    out = [{"recordId": bi.record_id(n), "modelOutput": converse_reply("fine")} for n in (2, 0)]
+    key = f"runs/job-1/{bi.folder(0)}output/j/input.jsonl.out"
+    store.s3.put_object(Bucket=BUCKET, Key=key, Body="".join(json.dumps(line) + "\n" for line in out).encode())
+
+    # When the re-run's Plan looks for them, twice
+    first, second = bi.recover_outputs(store), bi.recover_outputs(store)
+
+    # Then the answered tasks have their records (the re-run does not pay for them again), written once
+    assert (first, second) == (2, 0)
+    assert sorted(r["task_id"] for r in store.iter_records()) == ["i0#v1", "i2#v1"]
+
+
+def test_nothing_is_recovered_after_a_join_or_without_batch_jobs(store: RunStore) -> None:
+    assert bi.recover_outputs(store) == 0  # no earlier plan
+    store.put_json("plan.json", {"tier": {"tier": "on_demand"}, "counts": {"batches": 0}})
+    assert bi.recover_outputs(store) == 0
+    store.put_json("plan.json", {"tier": {"tier": "batch", "batch_inference": {}}, "inference_jobs": [{"index": 0}]})
+    assert bi.recover_outputs(store) == 0
