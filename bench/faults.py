@@ -141,7 +141,7 @@ def _aggregate_again(job_id: str, target: Path, first: dict[str, Any]) -> dict[s
     with local_aws():
         import boto3
 
-        from fanout_core import steps
+        from fanout_core import layout, steps
 
         s3 = boto3.client("s3")
         for path in (target / "records").rglob("*"):
@@ -149,6 +149,9 @@ def _aggregate_again(job_id: str, target: Path, first: dict[str, Any]) -> dict[s
                 name = path.relative_to(target / "records").as_posix()
                 key = f"runs/{job_id}/{'job.json' if name == '_job.json' else 'records/' + name}"
                 s3.put_object(Bucket=RESULTS_BUCKET, Key=key, Body=path.read_bytes())
+        # Plan's plan.json stays in the run's store (the local --out folder keeps records only); it carries the tier
+        plan = {"tier": first["tier"]} if "tier" in first else {}
+        s3.put_object(Bucket=RESULTS_BUCKET, Key=layout.plan_key(job_id), Body=json.dumps(plan).encode())
         event = {"job_id": job_id, "run_uri": f"s3://{RESULTS_BUCKET}/runs/{job_id}/"}
         outputs = [steps.run_aggregate(event, s3=s3) for _ in range(2)]
         second = json.loads(s3.get_object(Bucket=RESULTS_BUCKET, Key=f"results/{job_id}/result.json")["Body"].read())
