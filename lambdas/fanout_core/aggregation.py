@@ -373,7 +373,8 @@ def _aggregate_part(
         for item, outcomes in zip(items, per_item, strict=True):
             first = valid_votes(job, outcomes)
             part.votes.append(first)
-            part.items.append(_voting_item(job, item, outcomes, first, second.get(item["id"], {}), check, part, on_votes))
+            mine = second.get(item["id"], {})
+            part.items.append(_voting_item(job, item, outcomes, first, mine, check, part, on_votes, batch_errors or {}))
     else:
         part.items = [section_item(job, i, o) for i, o in zip(items, per_item, strict=True)]
     if job.synthesis is not None and job.synthesis.per_item:
@@ -405,19 +406,20 @@ def _voting_item(
     check: SchemaCheck | None,
     part: _Part,
     on_votes: OnVotes | None,
+    batch_errors: dict[str, str],
 ) -> dict[str, Any]:
     """One voting item from its first votes and its second-pass records (escalated votes, the judge's verdict)."""
     escalated = needs_escalation(job, first)
     votes, weigh, extra = first, None, []
     if escalated:
-        extra = _escalated_outcomes(job, item["id"], second, check)
+        extra = _escalated_outcomes(job, item["id"], second, check, batch_errors)
         votes = valid_votes(job, outcomes + extra)
         if decisive(job):
             # a named (stronger) model's votes decide: each outweighs all the first votes together,
             # so the first votes only break a tie among them
             heavy = float(len(outcomes) + 1)
             weigh = lambda vote: heavy if vote.position >= len(outcomes) else 1.0  # noqa: E731
-    verdict = _verdict(job, item, votes, second) if job.strategy == "judge" else None
+    verdict = _verdict(job, item, votes, second, batch_errors) if job.strategy == "judge" else None
     out = vote_item(job, item, outcomes, verdict, votes, weigh)
     if escalated:
         out["escalated"] = True
@@ -429,16 +431,18 @@ def _voting_item(
 
 
 def _escalated_outcomes(
-    job: Job, item_id: str, second: dict[str, dict[str, Any]], check: SchemaCheck | None
+    job: Job, item_id: str, second: dict[str, dict[str, Any]], check: SchemaCheck | None, batch_errors: dict[str, str]
 ) -> list[dict[str, Any]]:
-    """The item's escalated votes as outcomes (checked against the schema as first votes are); a missing one failed."""
+    """The item's escalated votes as outcomes (checked against the schema as first votes are); a missing one failed,
+    with its batch's error when the batch failed for good."""
     assert job.aggregate.escalate is not None
     outcomes = []
     for n in range(1, job.aggregate.escalate.votes + 1):
         slot = escalation_slot(n)
         outcome = second.get(slot)
         if outcome is None:
-            outcome = {"item_id": item_id, "slot": slot, "status": "failed", "output": None, "error": "no result"}
+            reason = batch_errors.get(f"{item_id}#{slot}", "no result")
+            outcome = {"item_id": item_id, "slot": slot, "status": "failed", "output": None, "error": reason}
         elif check is not None and outcome["status"] == "ok" and outcome.get("checked") != check.digest:
             problem = check(outcome["output"])
             if problem is not None:
@@ -494,16 +498,20 @@ def _escalation_summary(
     return summary
 
 
-def _verdict(job: Job, item: dict[str, Any], votes: list[Vote], second: dict[str, dict[str, Any]]) -> JudgeVerdict | None:
+def _verdict(
+    job: Job, item: dict[str, Any], votes: list[Vote], second: dict[str, dict[str, Any]], batch_errors: dict[str, str]
+) -> JudgeVerdict | None:
     """The judge's verdict from its record: the one asked about exactly these candidates."""
     offered = candidates(votes)
     if not offered:
         return None
     if len(offered) == 1:
         return JudgeVerdict(choice=0, reason="every valid vote gave the same answer", model="")
-    record = second.get(judge_slot(judge_request(job, item, offered)))
+    slot = judge_slot(judge_request(job, item, offered))
+    record = second.get(slot)
     if record is None:
-        return JudgeVerdict(None, "", "", error="no result: the judge's call was not recorded")
+        reason = batch_errors.get(f"{item['id']}#{slot}", "no result: the judge's call was not recorded")
+        return JudgeVerdict(None, "", "", error=reason)
     spec = str(record.get("model") or "")
     if record.get("status") != "ok":
         return JudgeVerdict(None, "", spec, error=str(record.get("error") or record.get("status")))

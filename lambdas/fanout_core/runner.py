@@ -506,23 +506,6 @@ def _spent(record: dict[str, Any], calls: _Calls) -> None:
         record["throttled"] = calls.throttled
 
 
-def call_with_retries(
-    provider: Provider,
-    request: ModelRequest,
-    policy: RetryPolicy = RetryPolicy(),
-    sleep: Callable[[float], None] = time.sleep,
-    budget: Budget = Budget(),
-) -> tuple[ModelReply, int]:
-    """One call outside a batch with the same retry table and time budget; (reply, calls made)."""
-    calls = _Calls()
-    try:
-        return _invoke(provider, request, policy, sleep, calls, budget), calls.attempts
-    except _Unfinished:
-        raise ModelError("ThrottlingException", f"still throttled after {calls.attempts} attempts", "throttled") from None
-    except _OutOfTime:
-        raise ModelError("OutOfTime", f"no time left for another attempt after {calls.attempts}", "timeout") from None
-
-
 def _invoke(
     provider: Provider,
     request: ModelRequest,

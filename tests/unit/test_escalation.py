@@ -147,12 +147,17 @@ def test_escalation_cost_and_the_report_list_the_escalated_items() -> None:
 
 
 def test_a_missing_escalated_vote_is_reported_and_the_first_votes_still_decide() -> None:
+    # Given a doubtful item whose escalation batch failed for good for its first escalated vote (the state machine
+    # recorded the failure), and whose second escalated vote has no record at all
     job = parse_job(voting({"below": 0.7, "votes": 2, "model": STRONG}))
+    failed = {"doubtful#escalate:1": "batch 1000000 failed: ModelThrottled: still throttled"}
 
-    item = aggregate(job, job.items or [], first_votes())["items"][0]
+    # When it is aggregated
+    item = aggregate(job, job.items or [], first_votes(), batch_errors=failed)["items"][0]
 
-    assert item["answer"] == "a" and item["escalated"] is True
-    assert [e["error"] for e in item["escalation"]["errors"]] == ["no result", "no result"]
+    # Then the first votes decide, and the escalation says why each vote is missing
+    assert item["answer"] == "a" and item["escalated"] is True and item["status"] == "ok"
+    assert [e["error"] for e in item["escalation"]["errors"]] == [failed["doubtful#escalate:1"], "no result"]
 
 
 def test_the_second_pass_plans_escalated_votes_for_the_doubtful_items_only() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from fanout_core.errors import BatchIncomplete
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest
-from fanout_core.runner import Budget, RetryPolicy, call_with_retries, run_batch
+from fanout_core.runner import RetryPolicy, run_batch
 from tests.fakes import MemoryRunStore
 from tests.unit.test_runner import make_batch
 
@@ -107,15 +107,23 @@ def test_the_retry_of_an_incomplete_batch_calls_only_the_tasks_left() -> None:
 def test_a_timeout_is_not_retried_when_the_retry_would_start_past_the_deadline() -> None:
     # Given a call that times out after 6 s with the deadline at 6 s: its one timeout retry would start after it
     clock = FakeClock()
-    provider = SlowProvider(clock, 6.0, throttle={"x"}, kind="timeout")
+    provider = SlowProvider(clock, 6.0, throttle={"a#v1"}, kind="timeout")
+    store = MemoryRunStore()
 
-    # When the call is made with that budget
-    with pytest.raises(ModelError) as caught:
-        call_with_retries(
-            provider, ModelRequest(task_id="x", prompt="p"), RetryPolicy(base_seconds=2.0), clock.sleep, Budget(6.0, clock)
+    # When the batch runs with that deadline
+    with pytest.raises(BatchIncomplete):
+        run_batch(
+            make_batch(["a"], votes=2),
+            store=store,
+            provider_for=lambda _: provider,
+            threads=1,
+            policy=RetryPolicy(base_seconds=2.0),
+            sleep=clock.sleep,
+            deadline=6.0,
+            clock=clock,
         )
 
-    # Then it stops after one attempt, saying it ran out of time, rather than trying past the deadline
-    assert provider.calls["x"] == 1
-    assert caught.value.code == "OutOfTime"
-    assert clock.wakes == []
+    # Then the task stops after one attempt, without sleeping, and is left to the batch's retry (no record, no
+    # second call); the other task, started at the deadline itself, is answered and recorded
+    assert provider.calls == {"a#v1": 1, "a#v2": 1}
+    assert clock.wakes == [] and set(store.records) == {("a", "v2")}
