@@ -570,6 +570,12 @@ def _servers_reachable(models: list[str]) -> bool:
     return True
 
 
+def _batch_line(joined: Any) -> str:
+    if not isinstance(joined, dict):
+        return ""
+    return f"; {joined.get('answered', 0)} tasks answered by batch jobs, {joined.get('fallback', 0)} called on-demand"
+
+
 def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path) -> None:
     counts, usage = result["counts"], result["usage"]
     cost = usage.get("estimated_cost_usd")
@@ -585,6 +591,10 @@ def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path
     ]
     if figures["tasks_skipped"]:
         lines.append(f"  skipped {figures['tasks_skipped']} tasks that already had an ok record from an earlier run")
+    tier = result.get("tier")
+    # the tier a job asked for (or auto chose), and what its batch jobs answered; nothing for plain on-demand
+    if isinstance(tier, dict) and (tier.get("tier") != "on_demand" or tier.get("requested") == "auto"):
+        lines.append(f"  tier {tier['tier']}: {tier['reason']}{_batch_line(tier.get('batch_inference'))}")
     answered = any(i.get("answer") is not None for i in result["items"])
     if "evaluation" in result and not answered:
         first = next((e for i in result["items"] for e in i.get("errors", [])), None)

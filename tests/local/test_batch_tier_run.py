@@ -76,8 +76,11 @@ def test_a_batch_job_gives_the_on_demand_answers_at_the_batch_price(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_failed_records_are_called_on_demand_and_only_those(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_records_are_called_on_demand_and_only_those(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     on_demand = run(tmp_path, job("faulty-od", "on_demand"))
+    assert " tier " not in capsys.readouterr().out  # plain on-demand says nothing of tiers
     # Given a batch job in which some records fail
     monkeypatch.setenv(local_batch_jobs.RECORD_ERRORS_SETTING, "0.1")
     result = run(tmp_path, job("faulty-batch", "batch"))
@@ -88,6 +91,9 @@ def test_failed_records_are_called_on_demand_and_only_those(tmp_path: Path, monk
     by_model = result["usage"]["by_model"]
     assert by_model["sim"]["model_calls"] == joined["failed_records"] == joined["fallback"]
     assert by_model["sim@batch"]["model_calls"] == joined["answered"] == 120 - joined["failed_records"]
+    # and the CLI's summary says so
+    expected = f"answered by batch jobs, {joined['fallback']} called on-demand"
+    assert f"tier batch: limits.tier is batch; {joined['answered']} tasks {expected}" in capsys.readouterr().out
     # and every item is accounted for with the on-demand answers
     assert answers(result) == answers(on_demand)
     assert result["counts"]["ok"] == 120 and result["status"] == "complete"
