@@ -122,3 +122,24 @@ def test_a_sectioning_jobs_synthesis_runs_in_the_second_pass() -> None:
     assert result["synthesis"]["text"].startswith("[synthetic] ")
     sections = len(job["sections"]) * len(job["items"])
     assert result["usage"]["model_calls"] == sections + 1
+
+
+def test_a_rerun_asks_nothing_again_of_the_second_pass(tmp_path: Path) -> None:
+    # Given an escalating job run once through the CLI
+    from fanout.cli import main
+
+    job = triage("rerun-escalate", escalate={"below": 0.7, "votes": 2, "model": STRONG})
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    first = json.loads((out / job["job_id"] / "result.json").read_text())
+
+    # When it runs again under the same job_id
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+
+    # Then neither pass calls the model again, and the answers are the same, escalated items included
+    again = json.loads((out / job["job_id"] / "result.json").read_text())
+    assert json.loads((out / job["job_id"] / "run.json").read_text())["model_calls"] == 0
+    assert first["usage"]["escalation"]["model_calls"] > 0
+    assert again["items"] == first["items"]
