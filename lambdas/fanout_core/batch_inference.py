@@ -41,6 +41,7 @@ tasks of a job that failed, stopped or expired with no output for them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -298,10 +299,9 @@ def recover_outputs(store: RunStore) -> int:
     if not isinstance(tier, dict) or not plan.get("inference_jobs") or "batch_inference" in tier:
         return 0  # no batch jobs, or joined already (their records are there)
     outcome = JoinOutcome()
-    try:
+    # an earlier run's files half gone: what was written stays (once: marked below), the rest is asked again
+    with contextlib.suppress(ClientError, KeyError, TypeError, ValueError):
         _write_records(store, plan, outcome)
-    except (ClientError, KeyError, TypeError, ValueError):
-        pass  # an earlier run's files half gone: what was written stays (once: marked below), the rest is asked again
     plan["tier"] = {**tier, "batch_inference": {**outcome.as_dict(), "jobs": "recovered by the next run's Plan"}}
     store.put_json(layout.PLAN_FILE, plan)
     return outcome.answered

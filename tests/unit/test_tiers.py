@@ -160,3 +160,12 @@ def test_flex_calls_send_the_service_tier_and_their_records_say_it() -> None:
     (record,) = store.records.values()
     assert record["tier"] == "flex" and record["status"] == "ok"
     assert ModelRequest(task_id="x", prompt="p").service_tier is None
+
+
+def test_an_unknown_tier_or_a_bad_deadline_is_refused_with_the_field_named() -> None:
+    with pytest.raises(InvalidJob) as refused:
+        job_of(1, tier="cheap")
+    assert str(refused.value).startswith("limits.tier: must be one of") and "'batch'" in str(refused.value)
+    with pytest.raises(InvalidJob) as refused:
+        job_of(1, tier="auto", deadline_hours=0)
+    assert str(refused.value).startswith("limits.deadline_hours:")
