@@ -49,7 +49,7 @@ from fanout_core.second_pass import (
 )
 from fanout_core.tiers import usage_key
 from fanout_core.validation import SchemaCheck, canonical
-from fanout_core.voting import TIE_BREAK_RULE, JudgeVerdict, Vote, candidates, decide, valid_votes
+from fanout_core.voting import TIE_BREAK_RULE, JudgeVerdict, Vote, candidates, decide, plurality, valid_votes
 
 _STATUS_RANK = {"ok": 4, "skipped": 3, "invalid": 2, "failed": 1}
 _SEVERITY_RANK = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
@@ -456,7 +456,8 @@ def _escalation_summary(
 ) -> dict[str, Any]:
     """What result.json says of an escalated item: its first-pass answer, the escalated votes, what they cost."""
     assert job.aggregate.escalate is not None
-    before = decide(job, first) if job.strategy != "judge" else {"answer": None}
+    # the answer the first votes gave (under judge, their majority: the judge is asked after escalation)
+    before = decide(job, first) if job.strategy != "judge" else plurality(first)
     calls = sum(int(r.get("attempts") or 0) for r in extra)
     tokens_in = sum(int((r.get("usage") or {}).get("input_tokens") or 0) for r in extra)
     tokens_out = sum(int((r.get("usage") or {}).get("output_tokens") or 0) for r in extra)

@@ -215,3 +215,25 @@ def test_the_plans_cost_bound_counts_every_items_escalated_votes() -> None:
     assert bounds[0].bound_cost is not None and bounds[1].bound_cost is not None
     assert bounds[1].bound_cost > bounds[0].bound_cost
     assert bounds[1].bound_output_tokens == bounds[0].bound_output_tokens + 2 * 2 * (512 + 1024 + 512)
+
+
+def test_the_judge_is_asked_after_escalation_about_every_vote() -> None:
+    # Given a judged job with escalation: the doubtful item's escalated vote brings a third candidate
+    from fanout_core.second_pass import judge_task
+    from fanout_core.voting import valid_votes
+
+    data = voting({"below": 0.7, "votes": 1, "model": STRONG})
+    data["aggregate"]["strategy"] = "judge"
+    job = parse_job(data)
+    escalated = record("doubtful", "escalate:1", "c", model=STRONG)
+    votes = [r for r in first_votes() if r["item_id"] == "doubtful"] + [escalated]
+    task = judge_task(job, (job.items or [])[0], valid_votes(job, votes), "sim")
+    assert task is not None and "[3] c" in task["prompt"]
+    verdict = {**record("doubtful", task["slot"], "c"), "output": {"best": 3, "reason": "the strong model is right"}}
+
+    # When the item is aggregated with its escalated vote and the verdict asked about all three candidates
+    item = aggregate(job, job.items or [], [*first_votes(), escalated, verdict])["items"][0]
+
+    # Then the judge's pick among every vote is the answer, and the first votes' own answer is kept beside it
+    assert item["answer"] == "c" and item["judge"]["choice"] == 3
+    assert item["escalation"]["first_pass"]["answer"] == "a"
