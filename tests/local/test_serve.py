@@ -392,3 +392,21 @@ def test_ctrl_c_stops_cleanly(served: Served) -> None:
     assert time.monotonic() - started < 5
     assert served.line_where(event="stopped")
     assert "Traceback" not in served.stderr.read_text()
+
+
+def test_a_job_at_tier_batch_runs_its_batch_inference_jobs_on_the_endpoint(served: Served) -> None:
+    s3, sfn = served.client("s3"), served.client("stepfunctions")
+    # Given a job with enough tasks for a batch inference job
+    items = [{"id": f"t-{n}", "text": f"ticket {n}"} for n in range(34)]
+    job = voting_job(job_id="batched", items=items, limits={"tier": "batch"})
+
+    # When it is started on the local endpoint
+    arn = sfn.start_execution(stateMachineArn=served.info["state_machine_arn"], input=json.dumps(job))["executionArn"]
+
+    # Then its calls are answered by the in-process batch job, and every item is there
+    execution = wait_for(sfn, arn)
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    result = read_json(s3, f"s3://{served.info['results_bucket']}/results/batched/result.json")
+    assert result["counts"]["ok"] == 102 and len(result["items"]) == 34
+    assert result["tier"]["batch_inference"]["answered"] == 102
+    assert set(result["usage"]["by_model"]) == {f"{FAST_SIM}@batch"}
