@@ -193,3 +193,26 @@ def test_a_job_still_running_when_its_polls_run_out_is_stopped_and_its_tasks_cal
     assert joined["jobs"] == [{"index": 0, "status": "Stopped"}]
     assert joined["answered"] == 0 and joined["fallback"] == 102
     assert execution.output is not None and execution.output["counts"]["ok"] == 102
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["inline", "distributed"])
+def test_the_fallback_runs_only_the_batches_with_tasks_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    # Given a batch job of 12 on-demand batches in which some records fail
+    monkeypatch.setenv(local_batch_jobs.RECORD_ERRORS_SETTING, "0.03")
+    body = job(f"left-{mode}", "batch")
+    body["limits"] = {"tier": "batch", "mode": mode, "batch_size": 10}
+    result = run(tmp_path, body)
+
+    # Then the subtask function ran once to join the outputs and once per batch holding a failed record, no more
+    folder = tmp_path / "out" / body["job_id"]
+    with_fallback = {
+        path.parent.name
+        for path in (folder / "records").glob("b*/*.jsonl")
+        for line in path.read_text().splitlines()
+        if json.loads(line).get("tier") is None
+    }
+    assert 0 < len(with_fallback) < 12
+    figures = json.loads((folder / "run.json").read_text())
+    assert figures["lambda_invocations"]["fanout-subtask"] == 1 + len(with_fallback)
+    assert result["counts"]["ok"] == 120
