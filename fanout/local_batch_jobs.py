@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +52,8 @@ from fanout_core.providers.bedrock import TOOL_NAME
 STATUS_SETTING = "FANOUT_LOCAL_BATCH_JOB_STATUS"
 RECORD_ERRORS_SETTING = "FANOUT_LOCAL_BATCH_RECORD_ERROR_RATE"
 OPERATIONS = ("CreateModelInvocationJob", "GetModelInvocationJob", "StopModelInvocationJob")
-_THREADS = 32
+_THREADS = 16
+_ATTEMPTS = 6
 
 
 @dataclass
@@ -203,11 +205,24 @@ def _answer(provider: Provider, line: dict[str, Any], hints: dict[str, Any], err
     hint = hints.get(rid, {})
     request = _request(rid, body, hint)
     try:
-        reply = provider.invoke(request, 1)
+        reply = _invoke(provider, request)
     except ModelError as exc:
         code = 429 if exc.kind == "throttled" else 500 if exc.kind in ("transient", "timeout") else 400
         return {**line, "error": {"errorCode": code, "errorMessage": f"{exc.code}: {exc.message}"}}
     return {**line, "modelOutput": _converse_response(reply, body)}
+
+
+def _invoke(provider: Provider, request: ModelRequest) -> ModelReply:
+    """One record's call; a batch job retries what is throttled or transient itself, and so does this one."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return provider.invoke(request, attempt)
+        except ModelError as exc:
+            if exc.kind == "permanent" or attempt >= _ATTEMPTS:
+                raise
+            time.sleep(min(1.0, 0.05 * 2**attempt))
 
 
 def _request(rid: str, body: dict[str, Any], hint: dict[str, Any]) -> ModelRequest:

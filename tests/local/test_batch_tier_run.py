@@ -216,3 +216,36 @@ def test_the_fallback_runs_only_the_batches_with_tasks_left(tmp_path: Path, monk
     figures = json.loads((folder / "run.json").read_text())
     assert figures["lambda_invocations"]["fanout-subtask"] == 1 + len(with_fallback)
     assert result["counts"]["ok"] == 120
+
+
+@pytest.mark.slow
+def test_a_bedrock_model_at_tier_batch_answers_as_on_demand_at_half_the_list_price(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fanout_core.catalog import info
+    from tests.fakes import Script, fake_server, marker, prompt_of
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "dummy")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "dummy")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    model = "bedrock:us.anthropic.claude-haiku-4-5-20251001-v1:0"
+
+    def answer(body: dict[str, Any]) -> dict[str, str]:
+        return {"label": LABELS[marker(prompt_of(body), r"number (\d+)") % 3]}
+
+    # Given a Converse endpoint (the batch jobs, answered in-process, call it through the same provider)
+    with fake_server(Script(answer=answer), "bedrock") as (url, served):
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", url)
+        plain = {**job("claude-od", "on_demand"), "model": model}
+        plain.pop("prices")
+        on_demand = run(tmp_path, plain)
+        batch = run(tmp_path, {**plain, "job_id": "claude-batch", "limits": {"tier": "batch"}})
+
+    # Then the answers are the same, and the batch calls cost the model's batch share of its list price
+    assert answers(batch) == answers(on_demand) and batch["counts"]["ok"] == 120
+    assert set(batch["usage"]["by_model"]) == {f"{model}@batch"}
+    found = info(model)
+    assert found is not None and found.batch is not None
+    factor = found.batch.price_factor
+    assert batch["usage"]["estimated_cost_usd"] == pytest.approx(on_demand["usage"]["estimated_cost_usd"] * factor, rel=1e-3)
+    assert len(served.successes) == 240
