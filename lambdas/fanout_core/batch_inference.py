@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import re
@@ -172,19 +173,17 @@ def write_inference_jobs(
     jobs: list[InferenceJob] = []
     for model in sorted(by_model):
         positions = by_model[model]
-        lines = [json.dumps(model_input(tasks[p], shared), ensure_ascii=False, separators=(",", ":")) for p in positions]
-        for chunk in _split(lines, max_records, max_bytes):
+        # sizes first, the lines later as they are uploaded: a model input is never held for the whole job
+        sizes = [len(_line(tasks[p], shared, "R0000000000")) for p in positions]
+        for chunk in _split(sizes, max_records, max_bytes):
             index = len(jobs)
-            body, listed = [], []
-            for n, line_at in enumerate(chunk):
-                rid = record_id(n)
-                body.append(f'{{"recordId":"{rid}","modelInput":{lines[line_at]}}}\n')
-                position = positions[line_at]
-                listed.append({"record_id": rid, "batch": batch_of[position], "task": tasks[position]})
             where = store.prefix + folder(index)
-            store.s3.put_object(
-                Bucket=store.bucket, Key=where + INPUT_NAME, Body="".join(body).encode("utf-8"), ContentType="application/jsonl"
+            picked = [positions[at] for at in chunk]
+            lines = (_line(tasks[p], shared, record_id(n)) for n, p in enumerate(picked))
+            store.s3.upload_fileobj(
+                _Lines(lines), store.bucket, where + INPUT_NAME, ExtraArgs={"ContentType": "application/jsonl"}
             )
+            listed = [{"record_id": record_id(n), "batch": batch_of[p], "task": _stub(tasks[p])} for n, p in enumerate(picked)]
             store.put_json(folder(index) + TASKS_NAME, {"answer_field": shared.get("answer_field"), "records": listed})
             jobs.append(
                 InferenceJob(
@@ -200,13 +199,44 @@ def write_inference_jobs(
     return jobs
 
 
-def _split(lines: list[str], max_records: int, max_bytes: int) -> list[list[int]]:
-    """Indexes of ``lines`` in the fewest even chunks within ``max_records`` lines and ``max_bytes`` each."""
-    sizes = [len(line.encode("utf-8")) + 48 for line in lines]  # the recordId wrapper around each model input
-    count = max(1, math.ceil(len(lines) / max_records), math.ceil(sum(sizes) / max_bytes))
+def _line(task: dict[str, Any], shared: dict[str, Any], rid: str) -> bytes:
+    body = json.dumps(model_input(task, shared), ensure_ascii=False, separators=(",", ":"))
+    return f'{{"recordId":"{rid}","modelInput":{body}}}\n'.encode()
+
+
+def _stub(task: dict[str, Any]) -> dict[str, Any]:
+    """What the join needs of a task to write its record (and the simulator of its hints): not its prompt."""
+    return {k: task[k] for k in ("task_id", "item_id", "slot", "kind", "model", "expected") if k in task}
+
+
+class _Lines(io.RawIOBase):
+    """The lines of a job's input as a file S3's multipart upload reads part by part."""
+
+    def __init__(self, lines: Iterator[bytes]) -> None:
+        self._lines = lines
+        self._left = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            nxt = next(self._lines, None)
+            if nxt is None:
+                return 0
+            self._left = nxt
+        size = min(len(buffer), len(self._left))
+        buffer[:size] = self._left[:size]
+        self._left = self._left[size:]
+        return size
+
+
+def _split(sizes: list[int], max_records: int, max_bytes: int) -> list[list[int]]:
+    """Indexes of lines of these sizes in the fewest even chunks within ``max_records`` lines and ``max_bytes`` each."""
+    count = max(1, math.ceil(len(sizes) / max_records), math.ceil(sum(sizes) / max_bytes))
     while True:
-        step = math.ceil(len(lines) / count)
-        chunks = [list(range(start, min(start + step, len(lines)))) for start in range(0, len(lines), step)]
+        step = math.ceil(len(sizes) / count)
+        chunks = [list(range(start, min(start + step, len(sizes)))) for start in range(0, len(sizes), step)]
         if all(sum(sizes[i] for i in chunk) <= max_bytes for chunk in chunks) or step == 1:
             return chunks
         count += 1

@@ -34,12 +34,14 @@ def store() -> Iterator[RunStore]:
 
 
 def test_a_models_tasks_split_into_the_fewest_even_jobs_within_the_record_and_size_quotas() -> None:
-    lines = ["x" * 100] * 250
-    by_records = bi._split(lines, max_records=100, max_bytes=10**9)
+    sizes = [148] * 250
+    by_records = bi._split(sizes, max_records=100, max_bytes=10**9)
     assert [len(c) for c in by_records] == [84, 84, 82]
-    by_bytes = bi._split(lines, max_records=10_000, max_bytes=148 * 60)
+    by_bytes = bi._split(sizes, max_records=10_000, max_bytes=148 * 60)
     assert all(sum(148 for _ in c) <= 148 * 60 for c in by_bytes) and len(by_bytes) == 5
     assert sorted(i for c in by_bytes for i in c) == list(range(250))
+    uneven = bi._split([10] * 9 + [500], max_records=100, max_bytes=520)
+    assert all(sum(([10] * 9 + [500])[i] for i in c) <= 520 for c in uneven)
 
 
 def test_record_ids_job_names_and_tokens_take_the_forms_bedrock_accepts() -> None:
@@ -172,3 +174,17 @@ def test_nothing_is_recovered_after_a_join_or_without_batch_jobs(store: RunStore
     assert bi.recover_outputs(store) == 0
     store.put_json("plan.json", {"tier": {"tier": "batch", "batch_inference": {}}, "inference_jobs": [{"index": 0}]})
     assert bi.recover_outputs(store) == 0
+
+
+def test_an_input_larger_than_an_upload_part_is_streamed_whole(store: RunStore) -> None:
+    # Given tasks whose input file is over the 8 MB of one multipart upload part
+    tasks = [{**task(n), "prompt": f"ticket {n} " + "x" * 90_000} for n in range(100)]
+    (job,) = bi.write_inference_jobs(store, tasks, [0] * 100, {"inference": {"max_tokens": 20}}, "exec")
+    body = store.s3.get_object(Bucket=BUCKET, Key=f"runs/job-1/{bi.folder(0)}input.jsonl")["Body"].read()
+    # Then every record arrived, in order, each line whole
+    assert len(body) > 8 * 1024 * 1024 and job.records == 100
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert [line["recordId"] for line in lines] == [bi.record_id(n) for n in range(100)]
+    assert all(line["modelInput"]["messages"][0]["content"][0]["text"].startswith(f"ticket {n} ") for n, line in enumerate(lines))
+    # and the task list the join reads holds no prompt
+    assert all("prompt" not in e["task"] for e in store.get_json(bi.folder(0) + "tasks.json")["records"])
