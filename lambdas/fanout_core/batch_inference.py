@@ -48,6 +48,7 @@ import json
 import math
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -346,15 +347,15 @@ def _job_statuses(statuses: Any) -> list[dict[str, Any]] | str:
 
 
 def _pending_batches(store: RunStore, plan: dict[str, Any]) -> list[tuple[int, int]]:
-    """(batch index, tasks without a finished record) of every batch with some."""
-    out = []
-    for index in range(int(plan["counts"]["batches"])):
+    """(batch index, tasks without a finished record) of every batch with some; batches looked at concurrently."""
+
+    def left(index: int) -> tuple[int, int]:
         tasks = store.get_json(store.batch_name(index))["tasks"]
         done = store.completed(index)
-        left = sum(1 for t in tasks if t["task_id"] not in done)
-        if left:
-            out.append((index, left))
-    return out
+        return index, sum(1 for t in tasks if t["task_id"] not in done)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return [(index, count) for index, count in pool.map(left, range(int(plan["counts"]["batches"]))) if count]
 
 
 def _output_lines(store: RunStore, output_uri: str) -> Iterator[dict[str, Any]]:
