@@ -11,6 +11,7 @@ name, as Lambda reports it, so Retry and Catch behave as in the cloud.
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import json
 import logging
@@ -342,6 +343,20 @@ def raise_open_files_limit(wanted: int = OPEN_FILES_WANTED) -> int:
     return soft
 
 
+def freeze_startup_objects() -> bool:
+    """Move the objects alive once the runtime is set up (moto, botocore's models, the parsed ASL: ~300,000) out of
+    the cyclic collector's reach; True when this call froze them (the caller unfreezes them at the end).
+
+    They live as long as the runtime, yet every full collection during a run walked them all: 1.6 to 2.6 s of a
+    100,000-task run's ~20 s, against 0.3 to 0.4 s with them frozen (measured side by side on a 2-core machine).
+    """
+    if gc.get_freeze_count():
+        return False  # someone else froze objects: theirs to unfreeze
+    gc.collect()
+    gc.freeze()
+    return True
+
+
 @contextmanager
 def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) -> Iterator[LocalRuntime]:
     """An in-process AWS (moto) with fanout's resources created.
@@ -384,9 +399,12 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
             providers = ProviderRegistry(bedrock_session=bedrock_session, call_counter=runtime.model_calls)
             with _clients.using_providers(providers):
                 runtime.install()
+                frozen = freeze_startup_objects()
                 try:
                     yield runtime
                 finally:
+                    if frozen:
+                        gc.unfreeze()
                     runtime.uninstall()
     finally:
         undo_casing()

@@ -93,3 +93,14 @@ def test_a_run_does_not_hold_the_task_list_the_cli_checked(tmp_path: Path, monke
     # Then it completes, and no list of its 600 rendered tasks was alive while it ran
     assert code == 0
     assert task_lists == []
+
+
+def test_the_runtime_s_startup_objects_are_frozen_while_it_runs_and_unfrozen_after() -> None:
+    # Given no frozen objects; When the local runtime is set up
+    assert gc.get_freeze_count() == 0
+    with local_aws():
+        # Then what it set up (moto, botocore's models, the parsed state machine) is out of the collector's walks
+        assert gc.get_freeze_count() > 10_000
+
+    # And once it is gone, nothing stays frozen
+    assert gc.get_freeze_count() == 0
