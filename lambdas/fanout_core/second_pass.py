@@ -38,6 +38,19 @@ ESCALATE, JUDGE, SYNTHESIS = "escalate:", "judge:", "synthesis:"
 JOB_LEVEL = ""  # the item_id of the one synthesis over the whole job
 
 
+def has_stage(job: Job, stage: str) -> bool:
+    """Whether the job's second pass has ``stage`` at all (whether it has tasks depends on the first answers)."""
+    if stage == "escalate":
+        return job.pattern == "voting" and job.aggregate.escalate is not None
+    if stage == "judge":
+        return job.pattern == "voting" and job.strategy == "judge"
+    return job.synthesis is not None
+
+
+def has_second_pass(job: Job) -> bool:
+    return any(has_stage(job, stage) for stage in STAGES)
+
+
 def is_second_pass(slot: str) -> bool:
     return ":" in slot
 

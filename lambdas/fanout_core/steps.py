@@ -49,6 +49,8 @@ from fanout_core.second_pass import (
     STAGES,
     Material,
     escalation_tasks,
+    has_second_pass,
+    has_stage,
     is_second_pass,
     judge_task,
     needs_escalation,
@@ -184,6 +186,8 @@ def _plan_run(
         # which tier the calls are bought at and why, with the estimate next to on-demand's
         "tier": tier.as_plan(),
         **inference,
+        # escalation, a judge or a synthesis: the state machine plans a second pass after the first Map
+        "second_pass": has_second_pass(job),
         "counts": {
             "items": len(items),
             "tasks": len(every_task),
@@ -291,20 +295,12 @@ def plan_second_pass(event: dict[str, Any], *, s3: Any, settings: Settings) -> d
     items: list[dict[str, Any]] = saved["items"]
     after = int(event.get("stage") or 0)
     for number, stage in enumerate(STAGES, start=1):
-        if number <= after or not _has_stage(job, stage):
+        if number <= after or not has_stage(job, stage):
             continue
         tasks = _stage_tasks(job, items, store, stage, saved["default_model"])
         if tasks:
             return _write_stage(job, store, number, tasks, settings.max_concurrency_cap)
     return {"job_id": job.job_id, "stage": len(STAGES), "done": True, "counts": {"tasks": 0, "batches": 0}}
-
-
-def _has_stage(job: Job, stage: str) -> bool:
-    if stage == "escalate":
-        return job.pattern == "voting" and job.aggregate.escalate is not None
-    if stage == "judge":
-        return job.pattern == "voting" and job.strategy == "judge"
-    return job.synthesis is not None
 
 
 def _stage_tasks(job: Job, items: list[dict[str, Any]], store: RunStore, stage: str, default_model: str) -> list[dict[str, Any]]:

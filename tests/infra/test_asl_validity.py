@@ -135,8 +135,11 @@ def test_the_second_pass_runs_its_batches_as_the_first_pass_does() -> None:
 
         assert bare(renamed) == bare(states[first]["ItemProcessor"])
         assert set(states[second]["ItemSelector"]) == set(states[first]["ItemSelector"])
-        assert states[second]["Next"] == "PlanSecondPass" and states[first]["Next"] == "StartSecondPass"
-    # and the loop ends in Aggregate once every stage is done
+        assert states[second]["Next"] == "PlanSecondPass" and states[first]["Next"] == "NeedsSecondPass"
+    # and a job without one goes straight to Aggregate; the loop ends there once every stage is done
+    needs = states["NeedsSecondPass"]
+    assert needs["Choices"] == [{"Variable": "$.plan.second_pass", "BooleanEquals": True, "Next": "StartSecondPass"}]
+    assert needs["Default"] == "Aggregate"
     done = next(c for c in states["ChooseSecondPass"]["Choices"] if c.get("BooleanEquals") is True)
     assert done == {"Variable": "$.second.next.done", "BooleanEquals": True, "Next": "Aggregate"}
 
