@@ -595,6 +595,14 @@ def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path
     # the tier a job asked for (or auto chose), and what its batch jobs answered; nothing for plain on-demand
     if isinstance(tier, dict) and (tier.get("tier") != "on_demand" or tier.get("requested") == "auto"):
         lines.append(f"  tier {tier['tier']}: {tier['reason']}{_batch_line(tier.get('batch_inference'))}")
+    escalation = usage.get("escalation")
+    if escalation:
+        # the second pass's extra votes for the doubtful items (aggregate.escalate), as report.md lists them
+        spent = escalation.get("estimated_cost_usd")
+        lines.append(
+            f"  escalated {escalation['items']} items: {escalation['model_calls']} second-pass calls, "
+            f"cost {'unknown' if spent is None else f'${spent:.4f}'}"
+        )
     answered = any(i.get("answer") is not None for i in result["items"])
     if "evaluation" in result and not answered:
         first = next((e for i in result["items"] for e in i.get("errors", [])), None)

@@ -124,8 +124,8 @@ def test_a_sectioning_jobs_synthesis_runs_in_the_second_pass() -> None:
     assert result["usage"]["model_calls"] == sections + 1
 
 
-def test_a_rerun_asks_nothing_again_of_the_second_pass(tmp_path: Path) -> None:
-    # Given an escalating job run once through the CLI
+def test_a_rerun_asks_nothing_again_of_the_second_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given an escalating job run once through the CLI, whose summary says what escalation did
     from fanout.cli import main
 
     job = triage("rerun-escalate", escalate={"below": 0.7, "votes": 2, "model": STRONG})
@@ -134,6 +134,10 @@ def test_a_rerun_asks_nothing_again_of_the_second_pass(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
     first = json.loads((out / job["job_id"] / "result.json").read_text())
+    spent = first["usage"]["escalation"]
+    assert (
+        f"  escalated {spent['items']} items: {spent['model_calls']} second-pass calls, cost $0.0000" in capsys.readouterr().out
+    )
 
     # When it runs again under the same job_id
     assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
