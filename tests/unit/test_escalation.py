@@ -237,3 +237,30 @@ def test_the_judge_is_asked_after_escalation_about_every_vote() -> None:
     # Then the judge's pick among every vote is the answer, and the first votes' own answer is kept beside it
     assert item["answer"] == "c" and item["judge"]["choice"] == 3
     assert item["escalation"]["first_pass"]["answer"] == "a"
+
+
+@pytest.mark.parametrize(("batch_size", "mode"), [(100, "inline"), (5, "distributed")])
+def test_the_second_pass_state_stays_small_however_many_items_are_doubtful(batch_size: int, mode: str) -> None:
+    import json
+
+    with mock_aws():
+        # Given 1,000 items whose first votes all split 2:1, so every one is escalated
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="results")
+        settings = Settings(results_bucket="results", default_model="sim")
+        items = [{"id": f"item-{n}", "text": "t" * 200} for n in range(1000)]
+        data = {**voting({"below": 0.7, "votes": 1, "model": STRONG}), "items": items, "limits": {"batch_size": batch_size}}
+        planned = plan(data, "exec-1", s3=s3, settings=settings)
+        writer = RunStore(s3, "results", "esc").writer(0)
+        for item in items:
+            for n, label in enumerate("aab", start=1):
+                writer.add(record(item["id"], f"v{n}", label))
+        writer.close()
+
+        # When the second pass is planned
+        planned_second = plan_second_pass({"job_id": "esc", "run_uri": planned["run_uri"], "stage": 0}, s3=s3, settings=settings)
+
+        # Then the 1,000 escalated votes are in batch files and the state holds counts and at most 100 batch ranges
+        assert planned_second["counts"]["tasks"] == 1000 and planned_second["mode"] == mode
+        assert len(planned_second["batches"]) <= 100
+        assert len(json.dumps(planned_second)) < 16_000
