@@ -37,7 +37,8 @@ ESTIMATE_BASIS = (
 )
 BOUND_BASIS = (
     "every task's first call, a re-ask at twice max_tokens and a repair, each at its full max_tokens of output, "
-    "plus every judge and synthesis call at its max_tokens; input at one token per UTF-8 byte plus "
+    "plus every judge and synthesis call at its max_tokens and, with aggregate.escalate, every item's escalated votes "
+    "bounded as a first vote is; input at one token per UTF-8 byte plus "
     f"{CALL_ALLOWANCE_TOKENS} tokens a call, at the higher of the input and cache-write prices"
 )
 
