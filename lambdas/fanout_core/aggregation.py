@@ -673,6 +673,18 @@ def evaluate(
         "single_call_accuracy": round(single, 4),
         "uplift": round(accuracy - single, 4),
     }
+    if job.aggregate.escalate is not None:
+        # what escalation bought: the accuracy of the answers the first votes gave, next to the final one
+        before = 0
+        escalated = 0
+        for item, o, _ in scored:
+            if o.get("escalated"):
+                escalated += 1
+                before += _matches(o["escalation"]["first_pass"]["answer"], item["expected"])
+            else:
+                before += bool(o.get("correct"))
+        out["escalated_items"] = escalated
+        out["first_pass_accuracy"] = round(before / len(scored), 4)
     # mean, median and threshold have no confidence to calibrate
     if all(o.get("confidence") is not None for _, o, _ in scored):
         out.update(calibration([(float(o["confidence"]), bool(o.get("correct"))) for _, o, _ in scored]))

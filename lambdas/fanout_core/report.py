@@ -109,6 +109,11 @@ class Report:
                 f"- aggregated accuracy: {ev['accuracy']:.1%}",
                 f"- mean single-call accuracy: {ev['single_call_accuracy']:.1%}",
                 f"- uplift from aggregation: {ev['uplift']:+.1%}",
+                *(
+                    [f"- accuracy before escalation: {ev['first_pass_accuracy']:.1%} ({ev['escalated_items']} items escalated)"]
+                    if "first_pass_accuracy" in ev
+                    else []
+                ),
                 "",
             ]
             lines += _calibration(ev)

@@ -140,6 +140,10 @@ def test_escalation_cost_and_the_report_list_the_escalated_items() -> None:
     assert result["items"][0]["escalation"]["estimated_cost_usd"] == pytest.approx(expected_cost)
     assert result["usage"]["escalation"]["estimated_cost_usd"] == pytest.approx(expected_cost)
     assert result["items"][0]["answer"] == "b" and result["items"][0]["correct"] is True
+    # and the evaluation says what escalation bought: the doubtful item's first answer was wrong, its final one right
+    assert result["evaluation"]["accuracy"] == 1.0
+    assert result["evaluation"]["first_pass_accuracy"] == 0.5 and result["evaluation"]["escalated_items"] == 1
+    assert "- accuracy before escalation: 50.0% (1 items escalated)" in page
     assert "## Escalated items" in page
     assert "1 items were below the escalation threshold after the first votes and got 2 more calls" in page
     assert "| doubtful | a (0.67) | b: 2 | b |" in page
