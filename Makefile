@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL ?= sim
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint bench synth dist clean node-check eval-local chromium
+.PHONY: run test lint bench synth dist clean node-check eval-local chromium fuzz
 
 $(STAMP): requirements.txt requirements-dev.txt lambdas/requirements.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fanout needs Python 3.11 or newer"'
@@ -46,6 +46,14 @@ node-check:
 test: node-check chromium $(STAMP) $(MODELS_STAMP) node_modules/.installed
 	$(PY) -m pytest -q
 
+# the property-based hostile-input tests with fresh random examples, far longer than in make test (a few seconds
+# there); e.g. make fuzz FUZZ_EXAMPLES=100000 FUZZ_RUNS=500
+FUZZ_EXAMPLES ?= 5000
+FUZZ_RUNS ?= 60
+fuzz: $(STAMP)
+	FANOUT_FUZZ=1 FANOUT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FANOUT_FUZZ_RUNS=$(FUZZ_RUNS) \
+		$(PY) -m pytest -q -p no:cacheprovider tests/local/test_fuzz_jobs.py
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -76,4 +84,4 @@ dist: $(STAMP)
 	@ls dist/*.whl
 
 clean:
-	rm -rf $(VENV) node_modules cdk.out out dist build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules cdk.out out dist build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -224,3 +224,20 @@ def test_two_runs_of_one_job_into_one_out_at_once_make_one_record_per_task(tmp_p
     records = records_in(tmp_path / "out" / "outputs")
     assert len(records) == ITEMS * VOTES == len({r["task_id"] for r in records})
     assert time.monotonic() - started < 300
+
+
+def test_a_run_of_over_100_batches_prints_no_metrics_blob(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given 120 one-task batches (Powertools prints a metric set once it holds 100 values, were metrics on locally)
+    path = job_file(tmp_path, votes=2, items=[{"id": f"i{n}", "text": "x"} for n in range(60)])
+    document = json.loads(path.read_text())
+    document["limits"] = {"batch_size": 1, "mode": "distributed"}
+    path.write_text(json.dumps(document))
+
+    # When it runs
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+
+    # Then stdout holds the summary only: no EMF blob, no warning
+    out = capsys.readouterr().out
+    assert "_aws" not in out and "CloudWatchMetrics" not in out
+    assert json.loads((tmp_path / "out" / "outputs" / "run.json").read_text())["batches"] == 120
+    assert len(out) < 2000, out[:500]

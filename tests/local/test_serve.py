@@ -219,6 +219,59 @@ def test_an_invalid_upload_fails_with_invalid_job_naming_the_object_and_field(se
     assert (ended["status"], ended["error"]) == ("FAILED", "InvalidJob")
 
 
+HOSTILE_UPLOADS = {
+    # name: (the job file's text, the field its Cause names after the object)
+    "surrogate": (json.dumps(voting_job(items=[{"id": "a", "text": "\ud800"}])), "items[0].text: contains a lone surrogate"),
+    "long-int": (json.dumps(voting_job(votes=0)).replace('"votes": 0', '"votes": ' + "9" * 5000), "votes: an integer of 5000"),
+    "deep": (
+        json.dumps(voting_job(items=[{"id": "a", "text": 0}])).replace('"text": 0', '"text": ' + "[" * 5000 + "]" * 5000),
+        "items[0].text[0]",
+    ),
+    "nan": (
+        json.dumps(voting_job(inference={"temperature": 0})).replace('"temperature": 0', '"temperature": NaN'),
+        "inference.temperature: NaN",
+    ),
+    "list-items-schema": (
+        json.dumps(
+            voting_job(
+                output_schema={"type": "object", "properties": {"t": {"type": "array", "items": 5}}},
+                aggregate={"strategy": "threshold", "field": "t"},
+            )
+        ),
+        "output_schema.properties.t.items",
+    ),
+}
+
+
+def test_hostile_uploads_and_events_fail_with_invalid_job_naming_the_field(served: Served) -> None:
+    s3, sfn = served.client("s3"), served.client("stepfunctions")
+    bucket, machine = served.info["input_bucket"], served.info["state_machine_arn"]
+
+    # Given job files Python's json reads but no step can use, uploaded as a user would
+    for name, (text, _) in HOSTILE_UPLOADS.items():
+        s3.put_object(Bucket=bucket, Key=f"jobs/hostile-{name}.json", Body=text.encode("utf-8", "surrogatepass"))
+    # and S3 events of the wrong shape started by hand
+    events = {
+        "bad-detail": ({"detail": {"bucket": "b", "object": {"key": "jobs/x.json"}}}, "detail.bucket: must be an object"),
+        "bad-key": ({"detail": {"bucket": {"name": bucket}, "object": {"key": 5}}}, "detail.object.key: must be"),
+    }
+    started = {
+        name: sfn.start_execution(stateMachineArn=machine, input=json.dumps(event))["executionArn"]
+        for name, (event, _) in events.items()
+    }
+
+    # Then each ends in InvalidJob, the Cause naming the object and the field, never a stack trace
+    for name, (_, named) in HOSTILE_UPLOADS.items():
+        execution = wait_for(sfn, execution_named(sfn, machine, f"hostile-{name}-"))
+        assert (execution["status"], execution.get("error")) == ("FAILED", "InvalidJob"), (name, execution.get("cause"))
+        assert execution["cause"].startswith(f"s3://{bucket}/jobs/hostile-{name}.json: {named}"), execution["cause"]
+        assert "Traceback" not in execution["cause"] and "Error:" not in execution["cause"]
+    for name, (_, named) in events.items():
+        execution = wait_for(sfn, started[name])
+        assert (execution["status"], execution.get("error")) == ("FAILED", "InvalidJob"), (name, execution.get("cause"))
+        assert execution["cause"].startswith(named), execution["cause"]
+
+
 def test_objects_the_rule_does_not_match_start_nothing(served: Served) -> None:
     s3, sfn = served.client("s3"), served.client("stepfunctions")
     bucket = served.info["input_bucket"]
