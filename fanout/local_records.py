@@ -1,10 +1,12 @@
 """A local run's task records, kept in ``DIR/<job_id>/records/`` as they are written, not only when the run ends.
 
 The handlers write records to the local S3 (moto) in chunk files that never
-change once written. ``RecordMirror`` copies each new chunk out to the
-folder at least every second (and once more when the run ends or is
-interrupted), each file written whole or not at all, so Ctrl-C, SIGTERM or
-kill -9 loses at most the calls in flight; the next run of the job puts the
+change once written, a record at most 0.5 s after its task finished
+(``FANOUT_RECORD_FLUSH_SECONDS`` in fanout.runtime). ``RecordMirror`` copies
+each new chunk out to the folder every 0.25 s (and once more when the run
+ends or is interrupted), each file written whole or not at all, so a
+finished record is on disk within a second and Ctrl-C, SIGTERM or kill -9
+loses at most the calls in flight and that last second; the next run of the job puts the
 folder's records back into the local S3 and calls the model only for the
 tasks that lack one. A records line that is cut or not a record (a chunk
 damaged outside fanout, a disk that failed) is left out with a warning, so
@@ -127,7 +129,7 @@ class RecordMirror:
             self.error = failed
             return self.count
 
-    def start(self, every_seconds: float = 0.5) -> RecordMirror:
+    def start(self, every_seconds: float = 0.25) -> RecordMirror:
         """Sync in the background until ``stop``."""
 
         def loop() -> None:

@@ -22,6 +22,8 @@ class Settings:
     batch_poll_seconds: int = 1800
     # looks at a batch inference job before it is stopped (FANOUT_BATCH_MAX_POLLS); unset: 30 h of them
     batch_max_polls: int | None = None
+    # the longest a finished task's record waits before it is written to S3 (FANOUT_RECORD_FLUSH_SECONDS)
+    record_flush_seconds: float = 1.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -33,6 +35,7 @@ class Settings:
             log_content=os.environ.get("FANOUT_LOG_CONTENT", "false").strip().lower() in ("true", "1", "yes", "on"),
             batch_poll_seconds=int(os.environ.get("FANOUT_BATCH_POLL_SECONDS", "1800")),
             batch_max_polls=int(os.environ["FANOUT_BATCH_MAX_POLLS"]) if os.environ.get("FANOUT_BATCH_MAX_POLLS") else None,
+            record_flush_seconds=float(os.environ.get("FANOUT_RECORD_FLUSH_SECONDS", "1")),
             caps={
                 name: int(os.environ[f"FANOUT_CAP_{name.upper()}"])
                 for name in CAPPED_LIMITS

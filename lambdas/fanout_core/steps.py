@@ -268,10 +268,15 @@ def _earlier_run(store: RunStore, job_id: str, print_: str) -> bool:
 
 
 def run_subtask(
-    event: dict[str, Any], *, s3: Any, provider_for: ProviderFactory, deadline: float | None = None
+    event: dict[str, Any],
+    *,
+    s3: Any,
+    provider_for: ProviderFactory,
+    deadline: float | None = None,
+    flush_seconds: float = 1.0,
 ) -> dict[str, Any]:
     """Run one batch of the Map and return its counts (never model output)."""
-    store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
+    store = RunStore.from_uri(s3, event["run_uri"], event["job_id"], flush_seconds=flush_seconds)
     batch = store.get_json(store.batch_name(int(event["batch"]["index"])))
     if event.get("execution_arn"):
         _lease(store).refresh(event["execution_arn"], time.time())  # a long job keeps its lease fresh

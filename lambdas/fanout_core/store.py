@@ -35,16 +35,17 @@ FINISHED = ("ok", "skipped")
 class RunStore:
     """The run data of one job under ``runs/<job_id>/`` in the results bucket."""
 
-    def __init__(self, s3: Any, bucket: str, job_id: str) -> None:
+    def __init__(self, s3: Any, bucket: str, job_id: str, *, flush_seconds: float = 1.0) -> None:
         self.s3 = s3
         self.bucket = bucket
         self.job_id = job_id
         self.prefix = layout.run_prefix(job_id)
+        self.flush_seconds = flush_seconds  # the longest a finished record waits for its chunk
 
     @classmethod
-    def from_uri(cls, s3: Any, run_uri: str, job_id: str) -> RunStore:
+    def from_uri(cls, s3: Any, run_uri: str, job_id: str, *, flush_seconds: float = 1.0) -> RunStore:
         bucket, _ = parse_s3_uri(run_uri)
-        return cls(s3, bucket, job_id)
+        return cls(s3, bucket, job_id, flush_seconds=flush_seconds)
 
     @property
     def uri(self) -> str:
@@ -59,10 +60,12 @@ class RunStore:
     def batch_name(self, index: int) -> str:
         return layout.batch_name(index)
 
-    def writer(self, batch_index: int, flush_records: int = 500, flush_seconds: float = 1.0) -> RecordWriter:
+    def writer(self, batch_index: int, flush_records: int = 500, flush_seconds: float | None = None) -> RecordWriter:
         """Where one run of batch ``batch_index`` writes its records."""
         prefix = f"{self.prefix}{layout.batch_records_dir(batch_index)}{uuid.uuid4().hex[:12]}"
-        return RecordWriter(self.s3, self.bucket, prefix, flush_records, flush_seconds)
+        return RecordWriter(
+            self.s3, self.bucket, prefix, flush_records, self.flush_seconds if flush_seconds is None else flush_seconds
+        )
 
     def completed(self, batch_index: int) -> set[str]:
         """Task ids finished (ok, or skipped by early stopping) by an earlier run of this batch (a retry or a redrive)."""
@@ -129,6 +132,9 @@ class RecordWriter:
         self._lock = threading.Lock()
         self._sequence = 0
         self._last_flush = time.monotonic()
+        # writes what is pending once the oldest pending record is flush_seconds old, when no record comes after it
+        self._timer: threading.Timer | None = None
+        self._late = threading.Lock()  # held by the timer's write, so close waits for it
         self.written = 0
 
     def add(self, record: dict[str, Any]) -> None:
@@ -136,17 +142,40 @@ class RecordWriter:
             self._pending.append(record)
             due = len(self._pending) >= self.flush_records or time.monotonic() - self._last_flush >= self.flush_seconds
             chunk = self._take() if due else None
+            if chunk is None and self._timer is None:
+                self._timer = threading.Timer(self.flush_seconds, self._flush_late)
+                self._timer.daemon = True
+                self._timer.start()
         if chunk:
             self._put(*chunk)
 
     def close(self) -> None:
-        """Write whatever is pending (called when the batch ends, also when it fails)."""
-        with self._lock:
+        """Write whatever is pending (called when the batch ends, also when it fails), after a timer's write in flight."""
+        with self._late, self._lock:
             chunk = self._take()
         if chunk:
             self._put(*chunk)
 
+    def _flush_late(self) -> None:
+        """The timer's write: a record that finished just after a chunk waits no longer than ``flush_seconds``.
+
+        A write that fails leaves its records pending, for the next chunk or ``close`` (which raises if it fails too).
+        """
+        with self._late:
+            with self._lock:
+                chunk = self._take()
+            if not chunk:
+                return
+            try:
+                self._put(*chunk)
+            except Exception:
+                with self._lock:
+                    self._pending[:0] = chunk[1]
+
     def _take(self) -> tuple[int, list[dict[str, Any]]] | None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._pending:
             return None
         records, self._pending = self._pending, []

@@ -65,7 +65,7 @@ def kill_midway(process: subprocess.Popen[str], folder: Path, sig: int) -> tuple
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "sigterm", "kill-9"])
 def test_a_killed_run_loses_at_most_the_calls_in_flight(tmp_path: Path, sig: int) -> None:
     # Given a slow job running in its own process
     job_id = f"killed-{sig}"
@@ -81,8 +81,8 @@ def test_a_killed_run_loses_at_most_the_calls_in_flight(tmp_path: Path, sig: int
     finished = {r["task_id"] for r in first if r["status"] == "ok"}
     assert 0 < len(finished) < ITEMS * VOTES
     assert max(Counter(r["task_id"] for r in first).values()) == 1
-    if sig == signal.SIGINT:
-        assert code == 130
+    if sig in (signal.SIGINT, signal.SIGTERM):
+        assert code == (130 if sig == signal.SIGINT else 143)
         assert "resume" in err and f"{job.name} --out {out}" in err
     else:
         assert code == -signal.SIGKILL
@@ -100,15 +100,44 @@ def test_a_killed_run_loses_at_most_the_calls_in_flight(tmp_path: Path, sig: int
 
 
 @pytest.mark.slow
-def test_sigterm_keeps_the_records_and_exits_143(tmp_path: Path) -> None:
-    job, out = job_file(tmp_path, "terminated"), tmp_path / "out"
-    process = start_run(job, out)
+def test_a_finished_record_reaches_the_folder_within_a_second_while_other_calls_run(tmp_path: Path) -> None:
+    # Given a job whose calls take 3 s, two at a time: each wave's records finish together, then nothing for 3 s
+    job_id = "cadence"
+    job = {
+        "job_id": job_id,
+        "pattern": "voting",
+        "votes": 2,
+        "prompt": "Classify: {text}",
+        "items": [{"id": "a", "text": "one"}, {"id": "b", "text": "two"}],
+        "output_schema": {"type": "object", "required": ["label"], "properties": {"label": {"enum": ["x", "y"]}}},
+        "aggregate": {"strategy": "majority", "field": "label"},
+        "limits": {"max_concurrency": 2},
+    }
+    path, out = tmp_path / "cadence.json", tmp_path / "out"
+    path.write_text(json.dumps(job))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "fanout", "run", str(path), "--out", str(out), "--model",
+               "sim:latency_ms=3000,jitter_ms=0", "--quiet"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # When the first record of the first wave is in the folder
+        deadline = time.monotonic() + 60
+        while not records_in(out / job_id):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no record reached the folder"
+            time.sleep(0.05)
+        first_seen = time.monotonic()
 
-    code, err = kill_midway(process, out / "terminated", signal.SIGTERM)
-
-    assert code == 143
-    assert "resume" in err
-    assert records_in(out / "terminated")
+        # Then within a second both of that wave's records are there, while the second wave still runs
+        while len(records_in(out / job_id)) < 2 and time.monotonic() - first_seen < 2.5:
+            time.sleep(0.05)
+        waited = time.monotonic() - first_seen
+        assert len(records_in(out / job_id)) == 2
+        assert waited < 1.0, f"the wave's second record reached the folder {waited:.2f} s after the first"
+        assert process.poll() is None
+    finally:
+        process.kill()
+        process.communicate()
 
 
 def test_fresh_keeps_the_previous_results_until_the_new_run_has_records(tmp_path: Path) -> None:

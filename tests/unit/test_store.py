@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -115,6 +116,51 @@ def test_the_writer_flushes_by_age(s3: Any) -> None:
 
     writer.add(records_for(["a"])[0])
 
+    assert [r["item_id"] for r in store.iter_records()] == ["a"]
+
+
+def test_a_record_that_no_other_follows_is_written_within_flush_seconds(s3: Any) -> None:
+    # Given a writer that has just written a chunk, and one more record right after it (the last of a wave of calls)
+    store = RunStore(s3, BUCKET, "job-1", flush_seconds=0.3)
+    writer = store.writer(0)
+    writer.add(records_for(["a"])[0])
+    started = time.monotonic()
+
+    # When no other record comes (the next calls are still running)
+    while not list(store.record_keys()) and time.monotonic() - started < 5:
+        time.sleep(0.02)
+
+    # Then it is in S3 within the flush time, before the batch closes its writer
+    assert [r["item_id"] for r in store.iter_records()] == ["a"]
+    assert time.monotonic() - started < 0.3 + 1.0
+    writer.close()
+    assert writer.written == 1 and len(list(store.record_keys())) == 1
+
+
+def test_a_timed_write_that_fails_leaves_its_records_for_close(s3: Any) -> None:
+    # Given a store whose first write fails (S3 unavailable for a moment)
+    store = RunStore(s3, BUCKET, "job-1", flush_seconds=0.05)
+    puts: list[str] = []
+    real_put = s3.put_object
+
+    def flaky_put(**kwargs: Any) -> Any:
+        puts.append(kwargs["Key"])
+        if len(puts) == 1:
+            raise ConnectionError("S3 unavailable")
+        return real_put(**kwargs)
+
+    writer = store.writer(0)
+    writer.s3 = type("FlakyS3", (), {"put_object": staticmethod(flaky_put)})()
+
+    # When the timer's write fails and the batch then ends
+    writer.add(records_for(["a"])[0])
+    deadline = time.monotonic() + 5
+    while not puts and time.monotonic() < deadline:
+        time.sleep(0.02)
+    writer.close()
+
+    # Then close wrote the record the timer could not
+    assert len(puts) == 2
     assert [r["item_id"] for r in store.iter_records()] == ["a"]
 
 

@@ -43,7 +43,13 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000 - margin
     calls = ModelCalls(log_content=config.log_content)
     try:
-        result = steps.run_subtask(event, s3=s3(), provider_for=calls.observe(registry.provider_for), deadline=deadline)
+        result = steps.run_subtask(
+            event,
+            s3=s3(),
+            provider_for=calls.observe(registry.provider_for),
+            deadline=deadline,
+            flush_seconds=config.record_flush_seconds,
+        )
     except (ModelThrottled, BatchIncomplete) as exc:
         # handed back to the state machine, whose Retry continues the batch: an error by design
         count(BATCHES_THROTTLED if isinstance(exc, ModelThrottled) else BATCHES_INCOMPLETE)
