@@ -302,30 +302,60 @@ def plan_second_pass(event: dict[str, Any], *, s3: Any, settings: Settings) -> d
     for number, stage in enumerate(STAGES, start=1):
         if number <= after or not has_stage(job, stage):
             continue
-        tasks = _stage_tasks(job, items, store, stage, saved["default_model"])
-        if tasks:
-            return _write_stage(job, store, number, tasks, settings.max_concurrency_cap)
+        with tempfile.TemporaryDirectory(prefix="fanout-second-pass-") as folder:
+            tasks = _stage_tasks(job, items, store, stage, saved["default_model"], Path(folder))
+            if tasks.count:
+                return _write_stage(job, store, number, tasks, settings.max_concurrency_cap)
     return {"job_id": job.job_id, "stage": len(STAGES), "done": True, "counts": {"tasks": 0, "batches": 0}}
 
 
-def _stage_tasks(job: Job, items: list[dict[str, Any]], store: RunStore, stage: str, default_model: str) -> list[dict[str, Any]]:
+class _StageTasks:
+    """A stage's tasks, spilled to a JSON Lines file as they are found: memory stays bounded however many there are.
+
+    ``count`` and ``read`` leave out the tasks a finished record answers (``finished``, known once every record was read).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "tasks.jsonl"
+        self._file = self.path.open("w", encoding="utf-8")
+        self.finished: set[str] = set()
+        self.count = 0
+
+    def add(self, task: dict[str, Any]) -> None:
+        self._file.write(json.dumps(task, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+        self.count = sum(1 for _ in self.read())
+
+    def read(self) -> Iterator[dict[str, Any]]:
+        with self.path.open(encoding="utf-8") as lines:
+            for line in lines:
+                task = json.loads(line)
+                if task["task_id"] not in self.finished:
+                    yield task
+
+
+def _stage_tasks(
+    job: Job, items: list[dict[str, Any]], store: RunStore, stage: str, default_model: str, folder: Path
+) -> _StageTasks:
     """The stage's tasks, from the items as aggregated so far, less those a finished record answers already."""
-    tasks: list[dict[str, Any]] = []
-    finished: set[str] = set()
+    tasks = _StageTasks(folder)
 
     def noting(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for record in records:
             if is_second_pass(str(record.get("slot", ""))) and record.get("status") in FINISHED:
-                finished.add(record["task_id"])
+                tasks.finished.add(record["task_id"])
             yield record
 
     def on_votes(seen: ItemVotes) -> None:
         if stage == "escalate" and needs_escalation(job, seen.first):
-            tasks.extend(escalation_tasks(job, seen.item, default_model, set()))
+            for task in escalation_tasks(job, seen.item, default_model, set()):
+                tasks.add(task)
         elif stage == "judge":
-            task = judge_task(job, seen.item, seen.votes, default_model)
-            if task is not None:
-                tasks.append(task)
+            judged = judge_task(job, seen.item, seen.votes, default_model)
+            if judged is not None:
+                tasks.add(judged)
 
     material = Material(job.synthesis.max_input_chars) if job.synthesis is not None else None
 
@@ -335,24 +365,24 @@ def _stage_tasks(job: Job, items: list[dict[str, Any]], store: RunStore, stage: 
         if job.synthesis.per_item:
             own = Material(job.synthesis.max_input_chars)
             own.add(out)
-            tasks.append(synthesis_task(job, out["id"], own, default_model))
+            tasks.add(synthesis_task(job, out["id"], own, default_model))
         else:
             material.add(out)
 
-    with tempfile.TemporaryDirectory(prefix="fanout-second-pass-") as folder:
-        aggregate_stream(job, items, noting(store.iter_records()), on_item, on_votes=on_votes, spill_dir=folder)
+    aggregate_stream(job, items, noting(store.iter_records()), on_item, on_votes=on_votes, spill_dir=str(folder))
     if stage == "synthesis" and job.synthesis is not None and not job.synthesis.per_item and material is not None:
-        tasks.append(synthesis_task(job, JOB_LEVEL, material, default_model))
-    return [t for t in tasks if t["task_id"] not in finished]
+        tasks.add(synthesis_task(job, JOB_LEVEL, material, default_model))
+    tasks.close()
+    return tasks
 
 
-def _write_stage(job: Job, store: RunStore, number: int, tasks: list[dict[str, Any]], cap: int) -> dict[str, Any]:
+def _write_stage(job: Job, store: RunStore, number: int, tasks: _StageTasks, cap: int) -> dict[str, Any]:
     """A stage's batch files and batch list (numbered apart from the first pass's), and what its Map needs."""
     assert job.job_id is not None
     stage = STAGES[number - 1]
-    batching = choose_batching(len(tasks), min(job.limits.max_concurrency, cap), job.limits.batch_size)
+    batching = choose_batching(tasks.count, min(job.limits.max_concurrency, cap), job.limits.batch_size)
     base = number * STAGE_BATCH_BASE
-    ranges = [{**r, "index": base + r["index"]} for r in batch_ranges(len(tasks), batching.batch_size)]
+    ranges = [{**r, "index": base + r["index"]} for r in batch_ranges(tasks.count, batching.batch_size)]
     shared = {
         "job_id": job.job_id,
         "system": job.system,
@@ -361,15 +391,18 @@ def _write_stage(job: Job, store: RunStore, number: int, tasks: list[dict[str, A
         "answer_field": job.aggregate.field,
         "stage": stage,
     }
+    reading = tasks.read()
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(
-            pool.map(
-                lambda r: store.put_json(
-                    store.batch_name(r["index"]), {**shared, "index": r["index"], "tasks": tasks[r["start"] : r["end"]]}
-                ),
-                ranges,
+        pending: list[Any] = []
+        for r in ranges:
+            chunk = [task for _, task in zip(range(r["end"] - r["start"]), reading, strict=False)]
+            pending.append(
+                pool.submit(store.put_json, store.batch_name(r["index"]), {**shared, "index": r["index"], "tasks": chunk})
             )
-        )
+            if len(pending) >= 32:  # a bounded number of batch files in memory at once
+                pending.pop(0).result()
+        for future in pending:
+            future.result()
     manifest = layout.second_pass_manifest(stage)
     store.put_json(manifest, ranges)
     mode = _second_pass_mode(job, batching)
@@ -387,7 +420,7 @@ def _write_stage(job: Job, store: RunStore, number: int, tasks: list[dict[str, A
         "tolerated_failure_percentage": job.limits.tolerated_failure_percentage,
         "threads": batching.threads,
         "map_concurrency": batching.map_concurrency,
-        "counts": {"tasks": len(tasks), "batches": len(ranges)},
+        "counts": {"tasks": tasks.count, "batches": len(ranges)},
     }
 
 

@@ -268,3 +268,11 @@ def test_the_second_pass_state_stays_small_however_many_items_are_doubtful(batch
         assert planned_second["counts"]["tasks"] == 1000 and planned_second["mode"] == mode
         assert len(planned_second["batches"]) <= 100
         assert len(json.dumps(planned_second)) < 16_000
+        # and the batch files, written from the stage's spill file, hold every task once, in item order
+        store = RunStore(s3, "results", "esc")
+        written = [
+            t["task_id"]
+            for r in store.get_json(layout.second_pass_manifest("escalate"))
+            for t in store.get_json(layout.batch_name(r["index"]))["tasks"]
+        ]
+        assert written == [f"item-{n}#escalate:1" for n in range(1000)]
