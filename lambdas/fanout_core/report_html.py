@@ -148,12 +148,26 @@ def _row(index: int, item: dict[str, Any]) -> dict[str, Any]:
         "id": _short(str(item.get("id", ""))),
         "answer": _short(answer),
         "confidence": float(confidence) if isinstance(confidence, int | float) else None,
-        "votes": ", ".join(f"{k}: {v}" for k, v in (item.get("votes") or {}).items()),
+        "votes": ", ".join(f"{k}: {v}" for k, v in (item.get("votes") or {}).items()) + _escalated(item),
         "tie": bool(item.get("tie")),
         "status": item.get("status", ""),
         "expected": _short(item.get("expected")) if "expected" in item else "",
         "correct": item.get("correct") if isinstance(item.get("correct"), bool) else None,
     }
+
+
+def _escalated(item: dict[str, Any]) -> str:
+    """An escalated item's votes cell says so: its first-pass answer, and the second pass's calls and cost."""
+    detail = item.get("escalation") if item.get("escalated") else None
+    if not isinstance(detail, dict):
+        return ""
+    before = detail.get("first_pass") or {}
+    cost = detail.get("estimated_cost_usd")
+    shown = "cost unknown" if cost is None else f"${cost:.4f}"
+    return (
+        f" (escalated from {_short(before.get('answer'), 60)} at {before.get('confidence', 0):.2f}: "
+        f"{detail.get('model_calls', 0)} calls, {shown})"
+    )
 
 
 def _short(value: Any, limit: int = CELL_CHARS) -> str:

@@ -148,6 +148,11 @@ def test_escalation_cost_and_the_report_list_the_escalated_items() -> None:
     assert "1 items were below the escalation threshold after the first votes and got 2 more calls" in page
     assert "| doubtful | a (0.67) | b: 2 | b |" in page
     assert f"${expected_cost:.4f}" in page
+    # and report.html's table says the same in the item's row
+    from fanout_core.report_html import page_data
+
+    row = page_data(result, result["items"])["rows"][0]
+    assert row["votes"].endswith(f"(escalated from a at 0.67: 2 calls, ${expected_cost:.4f})")
 
 
 def test_a_missing_escalated_vote_is_reported_and_the_first_votes_still_decide() -> None:
