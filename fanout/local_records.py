@@ -39,15 +39,14 @@ from fanout.errors import FanoutError
 from fanout_core import layout
 
 JOB_FILE = "_job.json"  # the run's job.json, next to the records it describes
-RESULT_FILES = ("result.json", "results.jsonl", "report.md", "run.json")
 
 
 class RecordMirror:
     """Copies ``runs/<job_id>/records/`` and ``job.json`` from the local S3 to ``target/records/``.
 
-    ``replace_previous`` (``--fresh``): the folder's earlier records and
-    results are neither put back nor removed until this run has records of
-    its own; then they are replaced.
+    ``replace_previous`` (``--fresh``): the folder's earlier records are
+    neither put back nor removed until this run has records of its own; then
+    they are replaced. Its result files are replaced only by this run's.
     """
 
     def __init__(self, account: str, bucket: str, job_id: str, target: Path, *, replace_previous: bool = False) -> None:
@@ -161,14 +160,16 @@ class RecordMirror:
         return count
 
     def _replace_previous(self) -> None:
-        """The first record of a fresh run: the folder's earlier records and results go."""
+        """The first record of a fresh run: the folder's earlier records go (a re-run must not count them too).
+
+        The earlier result files stay until this run writes its own over them, each whole: a fresh run that is
+        stopped halfway leaves the last finished run's results readable, and the same command resumes it.
+        """
         self.replace_previous = False
         previous = self.target / ".previous-records"
         if self.records.exists():
             shutil.rmtree(previous, ignore_errors=True)
             self.records.rename(previous)
-        for name in RESULT_FILES:
-            (self.target / name).unlink(missing_ok=True)
         shutil.rmtree(previous, ignore_errors=True)
 
 

@@ -38,12 +38,17 @@ def job_file(tmp_path: Path, job_id: str) -> Path:
 
 
 def records_in(folder: Path) -> list[dict[str, Any]]:
-    return [
-        json.loads(line)
-        for path in sorted((folder / "records").rglob("*.jsonl"))
-        for line in path.read_text().splitlines()
-        if line.strip()
-    ]
+    for _ in range(20):
+        try:
+            return [
+                json.loads(line)
+                for path in sorted((folder / "records").rglob("*.jsonl"))
+                for line in path.read_text().splitlines()
+                if line.strip()
+            ]
+        except FileNotFoundError:  # read while a --fresh run moved the earlier records away: look again
+            time.sleep(0.05)
+    raise AssertionError(f"the records in {folder} kept moving")
 
 
 def start_run(job: Path, out: Path) -> subprocess.Popen[str]:
@@ -171,7 +176,41 @@ def test_fresh_keeps_the_previous_results_until_the_new_run_has_records(tmp_path
         s3.put_object(Bucket="results", Key="runs/j/records/b00000/new-00001.jsonl", Body=b'{"task_id": "new"}\n')
         mirror.sync()
 
-    # Then they replace the earlier ones
+    # Then they replace the earlier records; the earlier result stays until the run writes its own
     assert [r["task_id"] for r in records_in(folder)] == ["new"]
-    assert not (folder / "result.json").exists()
+    assert (folder / "result.json").read_text() == "{}"
     assert (folder / "records" / "_job.json").read_text() == "{}"
+
+
+@pytest.mark.slow
+def test_a_fresh_run_killed_halfway_leaves_the_last_results_and_resumes(tmp_path: Path) -> None:
+    # Given a job that finished, its results in the folder
+    job, out = job_file(tmp_path, "refreshed"), tmp_path / "out"
+    folder = out / "refreshed"
+    assert main(["run", str(job), "--out", str(out), "--model", "sim:latency_ms=0,jitter_ms=0,seed=1", "--quiet"]) == 0
+    before = {name: (folder / name).read_bytes() for name in ("result.json", "results.jsonl", "report.md", "report.html")}
+
+    # When a --fresh run of it is killed halfway
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "fanout", "run", str(job), "--out", str(out), "--model", SLOW_SIM, "--fresh", "--quiet"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not 40 <= sum(r.get("latency_ms", 0) >= 50 for r in records_in(folder)) < ITEMS * VOTES:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the fresh run wrote no records"
+        time.sleep(0.05)
+    process.kill()
+    process.communicate()
+
+    # Then the last finished run's result files are there unchanged, and the records are the fresh run's only
+    assert {name: (folder / name).read_bytes() for name in before} == before
+    fresh = records_in(folder)
+    assert 0 < len(fresh) < ITEMS * VOTES
+    assert all(r["latency_ms"] >= 50 for r in fresh)  # every record is a slow call of the fresh run
+    assert max(Counter(r["task_id"] for r in fresh).values()) == 1
+
+    # When the same job runs again without --fresh, it finishes the fresh run and its results replace the old
+    assert main(["run", str(job), "--out", str(out), "--model", SLOW_SIM, "--quiet"]) == 0
+    run = json.loads((folder / "run.json").read_text())
+    assert run["model_calls"] + len(fresh) == ITEMS * VOTES
+    assert (folder / "result.json").read_bytes() != before["result.json"]
