@@ -72,8 +72,7 @@ def entry_point() -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         # the reader went away: nothing more can be shown, and the interpreter must not complain at exit either
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _drop_stdout()
         code = 128 + signal.SIGPIPE
     if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
         # the interrupted run's batches are still running in threads; its records are saved: end now, without joining them
@@ -82,6 +81,22 @@ def entry_point() -> None:
                 stream.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: its reader has gone, and what is still buffered must not fail again at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _echo(line: str) -> None:
+    """A line for the reader of stdout, shown at once; a reader gone already (``| head -n 0``) does not stop the run,
+    whose results go to --out whoever reads its output."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        _drop_stdout()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; nothing was run. To run the job: {resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise  # the reader of stdout went away: not a failure of the run (entry_point ends quietly)
     except OSError as exc:
         print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return EXIT_FAILED
@@ -388,7 +405,7 @@ def _run(
     default_model: str,
     session: Any,
     resume: str = "",
-    echo: Any = print,
+    echo: Any = _echo,
 ) -> LocalRun | int:
     """Run a loaded job on the local state machine into ``out/<job_id>/``.
 

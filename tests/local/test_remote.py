@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shlex
 import socket
 import subprocess
 import sys
@@ -194,6 +195,39 @@ def test_an_invalid_job_is_refused_before_anything_starts(
     assert main(["submit", str(path), "--endpoint-url", served["endpoint"]]) == 2
     assert capsys.readouterr().err.startswith("error: invalid job: votes:")
     assert len(executions(served)) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "reader"),
+    # head -n 0 is gone before the first write: the closed pipe is met every time, not only when head is quick
+    [([], "head -1"), (["--json"], "head -1"), ([], "head -n 0")],
+    ids=["lines", "json", "reader-gone"],
+)
+def test_status_piped_into_head_ends_quietly(served: dict[str, Any], tmp_path: Path, args: list[str], reader: str) -> None:
+    # Given a finished run on the stack
+    job_id = f"remote-piped-{len(args)}-{reader[-1]}"
+    path = write(tmp_path, voting_job(job_id))
+    assert main(["submit", str(path), "--serve", served["serve_file"], "--wait", "--quiet", "--out", str(tmp_path / "a")]) == 0
+
+    # When its status is piped into a reader that takes one line
+    status = shlex.join([sys.executable, "-m", "fanout", "status", job_id, "--serve", served["serve_file"], *args])
+    piped = subprocess.run(
+        ["bash", "-c", f'{status} | {reader}; echo "exit ${{PIPESTATUS[0]}}" >&2'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    # Then there is that line, and no complaint about the closed pipe: the command ends quietly (0, or 141 as
+    # a shell reports a writer ended by SIGPIPE)
+    if reader == "head -1":
+        first = "{" if args else "execution "
+        assert piped.stdout.startswith(first) and piped.stdout.count("\n") == 1, piped.stdout
+    else:
+        assert piped.stdout == ""
+    assert "Broken pipe" not in piped.stderr and "Traceback" not in piped.stderr, piped.stderr
+    assert piped.stderr.strip().splitlines()[-1] in ("exit 0", "exit 141"), piped.stderr
 
 
 def test_cancel_stops_the_execution_and_frees_the_job_id(
