@@ -184,8 +184,8 @@ def _hints(s3: Any, bucket: str, key: str) -> dict[str, Any]:
         listed = json.loads(s3.get_object(Bucket=bucket, Key=key.rsplit("/", 1)[0] + "/tasks.json")["Body"].read())
     except Exception:
         return {}
-    field_name = listed.get("answer_field")
-    return {e["record_id"]: {**e["task"], "answer_field": field_name} for e in listed.get("records", [])}
+    field_name, schema = listed.get("answer_field"), listed.get("output_schema")
+    return {e["record_id"]: {**e["task"], "answer_field": field_name, "output_schema": schema} for e in listed.get("records", [])}
 
 
 def _picked(record_id: str, rate: float) -> bool:
@@ -202,6 +202,9 @@ def _answer(provider: Provider, line: dict[str, Any], hints: dict[str, Any], err
             **line,
             "error": {"errorCode": 400, "errorMessage": "simulated record error (FANOUT_LOCAL_BATCH_RECORD_ERROR_RATE)"},
         }
+    if body.get("toolConfig"):
+        # as Bedrock answers such a record ("Process multiple prompts with batch inference", batch-inference.html)
+        return {**line, "error": {"errorCode": 400, "errorMessage": "tool calling is not supported for Converse batch jobs"}}
     hint = hints.get(rid, {})
     request = _request(rid, body, hint)
     try:
@@ -228,10 +231,9 @@ def _invoke(provider: Provider, request: ModelRequest) -> ModelReply:
 def _request(rid: str, body: dict[str, Any], hint: dict[str, Any]) -> ModelRequest:
     content = body.get("messages", [{}])[0].get("content", [])
     inference = body.get("inferenceConfig") or {}
-    schema = None
-    tools = (body.get("toolConfig") or {}).get("tools") or []
-    if tools:
-        schema = tools[0]["toolSpec"]["inputSchema"]["json"]
+    # the schema a real model reads in the system prompt (a model without the JSON-schema output format): the
+    # simulator takes it from the tasks file instead
+    schema = hint.get("output_schema")
     text_format = (body.get("outputConfig") or {}).get("textFormat")
     if text_format:
         schema = json.loads(text_format["structure"]["jsonSchema"]["schema"])

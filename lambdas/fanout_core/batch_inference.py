@@ -56,7 +56,7 @@ from botocore.exceptions import ClientError
 
 from fanout_core import layout
 from fanout_core.catalog import info
-from fanout_core.providers.base import ModelRequest
+from fanout_core.providers.base import ModelRequest, schema_in_system
 from fanout_core.providers.bedrock import converse_request, output_of
 from fanout_core.store import RunStore, parse_s3_uri
 from fanout_core.validation import SchemaCheck, SchemaUnusable
@@ -123,17 +123,25 @@ def job_name(job_id: str, execution: str, index: int) -> str:
 def model_input(task: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
     """The Converse request body of one task (RunBatch's request without modelId, cachePoint or documents)."""
     inference = batch.get("inference") or {}
+    schema = batch.get("output_schema")
+    found = info(task["model"])
+    # the simulator (answered by the local runtime's batch jobs) reads Converse's JSON-schema output format
+    native = (found is not None and found.structured_output == "json_schema") or not task["model"].startswith("bedrock:")
+    system = batch.get("system")
+    if schema is not None and not native:
+        # a batch job of the Converse invocation type refuses a record with toolConfig (400), while structured output
+        # is supported ("Process multiple prompts with batch inference", batch-inference.html): a model without
+        # Converse's JSON-schema output format is asked for the schema in its system prompt, its answer read as JSON
+        system, schema = schema_in_system(system, schema), None
     request = ModelRequest(
         task_id=task["task_id"],
         prompt=task["prompt"],
-        system=batch.get("system"),
-        output_schema=batch.get("output_schema"),
+        system=system,
+        output_schema=schema,
         max_tokens=inference.get("max_tokens", 512),
         temperature=inference.get("temperature"),
         top_p=inference.get("top_p"),
     )
-    found = info(task["model"])
-    native = found is not None and found.structured_output == "json_schema"
     body = converse_request(model_id_of(task["model"]), request, json_schema_output=native)
     body.pop("modelId")
     return _without_cache_points(body)
@@ -185,7 +193,9 @@ def write_inference_jobs(
                 _Lines(lines), store.bucket, where + INPUT_NAME, ExtraArgs={"ContentType": "application/jsonl"}
             )
             listed = [{"record_id": record_id(n), "batch": batch_of[p], "task": _stub(tasks[p])} for n, p in enumerate(picked)]
-            store.put_json(folder(index) + TASKS_NAME, {"answer_field": shared.get("answer_field"), "records": listed})
+            # the answer field and schema go with the records, for the local runtime's simulated batch jobs
+            hints = {"answer_field": shared.get("answer_field"), "output_schema": shared.get("output_schema")}
+            store.put_json(folder(index) + TASKS_NAME, {**hints, "records": listed})
             jobs.append(
                 InferenceJob(
                     index=index,

@@ -79,6 +79,20 @@ def test_each_task_is_one_record_with_a_converse_body_and_no_cache_point(store: 
     ]
 
 
+def test_a_model_without_json_schema_output_gets_the_schema_in_its_system_prompt_never_a_tool(store: RunStore) -> None:
+    # Given a task of a model whose structured output is a forced tool on-demand (models.json: "tool")
+    tool_model = "bedrock:us.anthropic.claude-haiku-5-5"
+    shared = {"system": "Be brief.", "inference": {"max_tokens": 50}, "output_schema": SCHEMA, "answer_field": "label"}
+    # When its batch record is written
+    body = bi.model_input(task(0, tool_model), shared)
+    # Then it carries no toolConfig (a Converse batch job fails such a record with a 400) and no output format,
+    # and its system prompt names the schema, so the JSON answer it returns is read and checked as on-demand
+    assert "toolConfig" not in body and "outputConfig" not in body
+    assert body["system"][0]["text"].startswith("Be brief.\n\n")
+    assert json.dumps(SCHEMA) in body["system"][0]["text"]
+    assert bi.record_from_output(task(0, tool_model), {"modelOutput": converse_reply('{"label": "yes"}')}, None)["status"] == "ok"
+
+
 def converse_reply(text: str, stop: str = "end_turn", tokens: tuple[int, int] = (30, 4)) -> dict[str, Any]:
     return {
         "output": {"message": {"role": "assistant", "content": [{"text": text}]}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -63,3 +64,9 @@ class Provider(Protocol):
     def invoke(self, request: ModelRequest, attempt: int) -> ModelReply:
         """One model call; raise ModelError for anything the service refused."""
         ...
+
+
+def schema_in_system(system: str | None, schema: dict[str, Any]) -> str:
+    """The system prompt with the output schema spelled out, for a call that cannot bind the schema itself."""
+    ask = "Answer with one JSON object only, no prose, matching this JSON Schema:\n" + json.dumps(schema)
+    return f"{system}\n\n{ask}" if system else ask
