@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from fractions import Fraction
 from typing import Any
 
 from fanout_core.validation import strict_json
@@ -134,22 +135,26 @@ class Report:
     def _voting(self, result: dict[str, Any]) -> list[str]:
         strategy = self.strategy
         lines = []
-        if strategy in ("mean", "median", "threshold"):
-            signal = (
-                "the spread of the votes (stdev for mean, IQR for median)"
-                if strategy != "threshold"
-                else ("each element's support (how many votes reported it)")
-            )
+        if strategy in ("mean", "median"):
+            spread = "stdev" if strategy == "mean" else "IQR"
+            lines += [
+                f"Strategy `{strategy}`: an answer is a number, with no confidence; each item shows n (its numeric "
+                f"votes), their spread ({spread}) and their range.",
+                "",
+            ]
+        elif strategy == "threshold":
+            signal = "each element's support (how many votes reported it)"
             lines += [f"Strategy `{strategy}`: the confidence signal is {signal}.", ""]
         else:
             lines += ["## Confidence", "", "| confidence | items |", "|---|---|"]
             lines += [f"| {k} | {self.bands[k]} |" for k in ("1.0", "0.8-0.99", "0.6-0.79", "< 0.6")]
             lines += ["", f"Ties are broken by: {result.get('tie_break', '')}.", ""]
         ordered = (self.doubtful + self.others)[:_ITEM_ROWS]
+        signal_column = "n, spread, range" if strategy in ("mean", "median") else "confidence"
         lines += [
-            "## Items (tied and low-confidence first)",
+            "## Items" if strategy in ("mean", "median") else "## Items (tied and low-confidence first)",
             "",
-            "| item | answer | confidence | votes | tie | expected |",
+            f"| item | answer | {signal_column} | votes | tie | expected |",
             "|---|---|---|---|---|---|",
         ]
         for item in ordered:
@@ -257,13 +262,36 @@ def _calibration(ev: dict[str, Any]) -> list[str]:
 def _signal(item: dict[str, Any]) -> str:
     if item.get("confidence") is not None:
         return f"{item['confidence']:.2f}"
-    spread = item.get("spread")
-    if spread:
-        name, value = next(iter(spread.items()))
-        from fanout_core.voting import short_number
+    return number_signal(item) or "-"
 
-        return f"n={item.get('n', 0)}, {name} {short_number(value)}"
-    return "-"
+
+def number_signal(item: dict[str, Any]) -> str | None:
+    """A mean or median item's signal, which is not a confidence: how many numeric votes (n), their spread (stdev
+    for mean, IQR for median) and their range, e.g. ``n=5, iqr 1, range 2–4``; None for other items."""
+    spread = item.get("spread")
+    if not spread:
+        return None
+    from fanout_core.voting import short_number
+
+    name, value = next(iter(spread.items()))
+    shown = f"n={item.get('n', 0)}, {name} {short_number(value)}"
+    numbers = [_as_number(v) for v in item.get("values") or []]
+    if numbers and None not in numbers:
+        low, high = min(numbers), max(numbers)  # type: ignore[type-var]
+        shown += f", range {short_number(low)}–{short_number(high)}"
+    return shown
+
+
+def _as_number(value: Any) -> int | float | Fraction | None:
+    """A vote value as voting.numeric keeps it: a float, or an exact figure (an int, or a decimal string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    try:
+        return Fraction(str(value))
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 def _votes(item: dict[str, Any]) -> str:

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fanout_core.report import number_signal
+
 LOW_CONFIDENCE = 0.6
 BINS = 10
 CELL_CHARS = 400  # what one table cell shows of a long answer or section output
@@ -148,6 +150,8 @@ def _row(index: int, item: dict[str, Any]) -> dict[str, Any]:
         "id": _short(str(item.get("id", ""))),
         "answer": _short(answer),
         "confidence": float(confidence) if isinstance(confidence, int | float) else None,
+        # a mean or median has no confidence: n, spread and range instead (report.md shows the same)
+        "signal": number_signal(item) or "",
         "votes": ", ".join(f"{k}: {v}" for k, v in (item.get("votes") or {}).items()) + _escalated(item),
         "tie": bool(item.get("tie")),
         "status": item.get("status", ""),

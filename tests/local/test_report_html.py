@@ -245,3 +245,23 @@ def test_chromium_says_when_the_table_lists_only_the_most_doubtful_items(tmp_pat
     assert "The table lists the 2 most doubtful of 5 items" in text and "results.jsonl holds every item" in text
     # the figures still count every item
     assert sum(dom.bars) == 5
+
+
+@needs_chromium
+def test_chromium_shows_a_mean_items_n_spread_and_range_not_a_confidence(tmp_path: Path) -> None:
+    # Given a mean job's result: numbers, no confidence
+    from tests.unit.test_report_numbers import numeric_result
+
+    path = tmp_path / "report.html"
+    path.write_text(report_html(numeric_result("mean")), encoding="utf-8")
+
+    # When Chromium renders it
+    dom, text = render(path)
+
+    # Then the column is n, spread and range, each row shows its own, and no confidence histogram is drawn
+    assert 'data-rendered="yes"' in text
+    assert "n, spread, range" in text
+    cells = {row[1]: row[3] for row in dom.rows}
+    assert cells["a"].startswith("n=5, stdev ") and cells["a"].endswith("range 2–8")
+    assert cells["b"] == "n=5, stdev 0, range 5–5"
+    assert "histogram-section" in dom.hidden
