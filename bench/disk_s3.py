@@ -20,11 +20,18 @@ def _refused(code: str, operation: str) -> ClientError:
 
 
 class _Body:
+    """A streaming body as botocore's: ``read(n)`` gives the next n bytes, then b"" at the end."""
+
     def __init__(self, path: Path) -> None:
         self._path = path
+        self._at = 0
 
-    def read(self, *_: Any) -> bytes:
-        return self._path.read_bytes()
+    def read(self, amount: int | None = None) -> bytes:
+        with self._path.open("rb") as file:
+            file.seek(self._at)
+            data = file.read() if amount is None else file.read(amount)
+        self._at += len(data)
+        return data
 
 
 class _Pages:
@@ -82,6 +89,13 @@ class DiskS3:
         path = self._path(Bucket, Key)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(Path(Filename).read_bytes())
+
+    def upload_fileobj(self, Fileobj: Any, Bucket: str, Key: str, ExtraArgs: Any = None) -> None:
+        path = self._path(Bucket, Key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as out:
+            while chunk := Fileobj.read(1 << 20):
+                out.write(chunk)
 
     def delete_object(self, Bucket: str, Key: str, IfMatch: str | None = None, **_: Any) -> None:
         path = self._path(Bucket, Key)

@@ -113,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="call the model for every task again; earlier records and results of this job_id stay until the run has its own",
     )
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="ask again the requests whose earlier record is failed or invalid (they are kept otherwise)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     validate = commands.add_parser("validate", help="check a job and print its plan; calls no model")
     validate.add_argument("job", help="the job file (JSON)")
@@ -139,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if getattr(args, "retry_failed", False):
+        loaded = replace(loaded, data={**loaded.data, "retry_failed": True})
     if args.command == "validate":
         return _validate(loaded)
     resume = _resume_command(args)
@@ -259,7 +266,7 @@ def load_job(data: Any, base: Path, stem: str, model: str | None, concurrency: i
     # an end-of-life model is refused here, before anything is written or called, as Plan refuses it
     warnings = tuple(check_job_models(job, default_model))
     tasks = expand_tasks(job, items, default_model)
-    _check_mode(job, len(tasks))
+    _check_mode(job, tasks)
     from fanout_core.tiers import choose_tier
 
     choose_tier(job, tasks)  # a tier the job's models do not offer is refused here, as Plan refuses it
@@ -267,12 +274,12 @@ def load_job(data: Any, base: Path, stem: str, model: str | None, concurrency: i
     return LoadedJob(data, job, tasks, items, items_body, warnings, files, len(tasks), models)
 
 
-def _check_mode(job: Job, task_count: int) -> None:
+def _check_mode(job: Job, tasks: list[dict[str, Any]]) -> None:
     """The mode the job asks for must fit its batches (Plan checks the same), refused here before anything runs."""
     from fanout.runtime import LOCAL_CONCURRENCY_CAP
-    from fanout_core.planning import batching_for, choose_mode
+    from fanout_core.planning import choose_mode, item_counts, packed_batching
 
-    choose_mode(job.limits.mode, batching_for(job, task_count, LOCAL_CONCURRENCY_CAP))
+    choose_mode(job.limits.mode, packed_batching(job, item_counts(tasks), LOCAL_CONCURRENCY_CAP)[0])
 
 
 def read_local_items(local: Path, data: dict[str, Any], files_uri: str) -> tuple[bytes, str, dict[str, bytes]]:
@@ -339,11 +346,12 @@ def plan_summary(loaded: LoadedJob) -> dict[str, Any]:
     """The plan validate shows: tasks, batches, estimated tokens and cost; calls no model."""
     from fanout.runtime import LOCAL_CONCURRENCY_CAP
     from fanout_core.costs import plan_costs
-    from fanout_core.planning import batching_for, choose_mode
+    from fanout_core.planning import choose_mode, item_counts, packed_batching
     from fanout_core.tiers import choose_tier
 
     job, tasks = loaded.job, loaded.tasks
-    batching = batching_for(job, len(tasks), LOCAL_CONCURRENCY_CAP)
+    # batches of whole items, as Plan packs them
+    batching = packed_batching(job, item_counts(tasks), LOCAL_CONCURRENCY_CAP)[0]
     choice = choose_tier(job, tasks, lambda tier: plan_costs(job, tasks, tier=tier).estimated_cost)
     costs = plan_costs(job, tasks, tier=choice.tier)
     plan = {
@@ -371,6 +379,8 @@ def _resume_command(args: argparse.Namespace) -> str:
         words += ["--model", args.model]
     if args.concurrency is not None:
         words += ["--concurrency", str(args.concurrency)]
+    if getattr(args, "retry_failed", False):
+        words.append("--retry-failed")
     if args.quiet:
         words.append("--quiet")
     return shlex.join(words)
@@ -531,6 +541,8 @@ def _run_locked(
             # calls made by this run (result.json's usage also counts records kept from earlier runs)
             "model_calls": sum(runtime.model_calls.values()),
             "tasks_skipped": plan_doc["counts"]["skipped"],
+            # requests answered by records of earlier runs of the job_id, not asked again (the same as tasks_skipped)
+            "requests_reused": plan_doc["counts"].get("reused", plan_doc["counts"]["skipped"]),
             "lambda_invocations": dict(runtime.invocations),
             # what each function would be billed for: its handler's run time, summed over invocations
             "lambda_seconds": {k: round(v, 3) for k, v in runtime.busy_seconds.items()},
@@ -601,13 +613,17 @@ def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path
         + (" (synthetic outputs from the simulator)" if result.get("synthetic") else ""),
         f"  items {counts['items']}  tasks {counts['tasks']}  ok {counts['ok']}  invalid {counts['invalid']}  "
         f"failed {counts['failed']}  skipped {counts.get('skipped', 0)}",
-        # this run's calls; result.json's usage also counts the records kept from earlier runs of the job_id
-        f"  model calls {figures['model_calls']} (this run)  tokens {usage['input_tokens']} in / {usage['output_tokens']} out  "
-        f"cost {'unknown' if cost is None else f'${cost:.4f}'} (all records of the job)",
+        # this run's calls, tokens and cost, as result.json's usage counts them; reused requests cost nothing again
+        f"  model calls {figures['model_calls']} made, {figures.get('requests_reused', 0)} requests reused  "
+        f"tokens {usage['input_tokens']} in / {usage['output_tokens']} out  "
+        f"cost {'unknown' if cost is None else f'${cost:.4f}'} (this run)",
         f"  {figures['batches']} batches, {figures['state_transitions']} state transitions, {figures['wall_seconds']:.2f} s",
     ]
     if figures["tasks_skipped"]:
-        lines.append(f"  skipped {figures['tasks_skipped']} tasks that already had an ok record from an earlier run")
+        lines.append(
+            f"  reused {figures['tasks_skipped']} requests an earlier run of this job_id answered (an unchanged request is "
+            "not asked again; --retry-failed asks failed and invalid ones again, --fresh asks every one)"
+        )
     tier = result.get("tier")
     # the tier a job asked for (or auto chose), and what its batch jobs answered; nothing for plain on-demand
     if isinstance(tier, dict) and (tier.get("tier") != "on_demand" or tier.get("requested") == "auto"):

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from fanout_core.contracts import FINAL_STATUSES
+
 
 @dataclass
 class Served:
@@ -196,7 +198,7 @@ class MemoryRunStore:
         return {r["task_id"] for r in self.finished_records(batch_index)}
 
     def finished_records(self, batch_index: int) -> list[dict[str, Any]]:
-        return [r for r in self.records.values() if r["status"] in ("ok", "skipped")]
+        return [r for r in self.records.values() if r["status"] in FINAL_STATUSES]
 
     def writer(self, batch_index: int) -> MemoryRunStore:
         return self

@@ -48,7 +48,6 @@ import json
 import math
 import re
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +55,7 @@ from botocore.exceptions import ClientError
 
 from fanout_core import layout
 from fanout_core.catalog import info
+from fanout_core.contracts import pending_tasks
 from fanout_core.providers.base import ModelRequest, schema_in_system
 from fanout_core.providers.bedrock import converse_request, output_of
 from fanout_core.store import RunStore, parse_s3_uri
@@ -169,8 +169,10 @@ def write_inference_jobs(
     *,
     max_records: int = MAX_RECORDS_PER_JOB,
     max_bytes: int = MAX_INPUT_FILE_BYTES,
+    run: str | None = None,
 ) -> list[InferenceJob]:
     """Write each job's input JSONL and task list; return the jobs. ``batch_of[i]`` is task i's batch index.
+    ``run`` (the execution's name) is what the joined records say made their calls.
 
     A model's tasks are split into the fewest even jobs that keep every job within the record and size quotas.
     """
@@ -193,9 +195,10 @@ def write_inference_jobs(
                 _Lines(lines), store.bucket, where + INPUT_NAME, ExtraArgs={"ContentType": "application/jsonl"}
             )
             listed = [{"record_id": record_id(n), "batch": batch_of[p], "task": _stub(tasks[p])} for n, p in enumerate(picked)]
-            # the answer field and schema go with the records, for the local runtime's simulated batch jobs
+            # the answer field and schema go with the records, for the local runtime's simulated batch jobs; the run
+            # that made the calls goes with the records joined from the outputs
             hints = {"answer_field": shared.get("answer_field"), "output_schema": shared.get("output_schema")}
-            store.put_json(folder(index) + TASKS_NAME, {**hints, "records": listed})
+            store.put_json(folder(index) + TASKS_NAME, {**hints, "run": run or execution, "records": listed})
             jobs.append(
                 InferenceJob(
                     index=index,
@@ -217,7 +220,7 @@ def _line(task: dict[str, Any], shared: dict[str, Any], rid: str) -> bytes:
 
 def _stub(task: dict[str, Any]) -> dict[str, Any]:
     """What the join needs of a task to write its record (and the simulator of its hints): not its prompt."""
-    return {k: task[k] for k in ("task_id", "item_id", "slot", "kind", "model", "expected") if k in task}
+    return {k: task[k] for k in ("task_id", "item_id", "slot", "kind", "model", "expected", "key") if k in task}
 
 
 class _Lines(io.RawIOBase):
@@ -307,14 +310,15 @@ def _write_records(store: RunStore, plan: dict[str, Any], outcome: JoinOutcome) 
     seen: set[str] = set()
     try:
         for job in jobs:
-            listed = store.get_json(folder(int(job["index"])) + TASKS_NAME)["records"]
+            tasks_file = store.get_json(folder(int(job["index"])) + TASKS_NAME)
+            listed = tasks_file["records"]
             by_record = {entry["record_id"]: entry for entry in listed}
             for line in _output_lines(store, job["output_uri"]):
                 entry = by_record.get(str(line.get("recordId")))
                 if entry is None or entry["task"]["task_id"] in seen:
                     outcome.unknown_records += 1
                     continue
-                record = record_from_output(entry["task"], line, check)
+                record = _stamped(record_from_output(entry["task"], line, check), entry["task"], tasks_file.get("run"))
                 writer = writers.get(entry["batch"])
                 if writer is None:
                     writer = writers[entry["batch"]] = store.writer(entry["batch"])
@@ -357,15 +361,19 @@ def _job_statuses(statuses: Any) -> list[dict[str, Any]] | str:
 
 
 def _pending_batches(store: RunStore, plan: dict[str, Any]) -> list[tuple[int, int]]:
-    """(batch index, tasks without a finished record) of every batch with some; batches looked at concurrently."""
+    """(batch index, tasks without a final record) of every batch with some."""
+    out = []
+    for index in range(int(plan["counts"]["batches"])):
+        batch = store.get_json(store.batch_name(index))
+        done = {_ident(r) for r in store.finished_records(index) if not r.get("fallback")}
+        left = sum(1 for task in pending_tasks(batch) if _ident(task) not in done)
+        if left:
+            out.append((index, left))
+    return out
 
-    def left(index: int) -> tuple[int, int]:
-        tasks = store.get_json(store.batch_name(index))["tasks"]
-        done = store.completed(index)
-        return index, sum(1 for t in tasks if t["task_id"] not in done)
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return [(index, count) for index, count in pool.map(left, range(int(plan["counts"]["batches"]))) if count]
+def _ident(task_or_record: dict[str, Any]) -> str:
+    return str(task_or_record.get("key") or task_or_record["task_id"])
 
 
 def _output_lines(store: RunStore, output_uri: str) -> Iterator[dict[str, Any]]:
@@ -386,6 +394,18 @@ def _output_lines(store: RunStore, output_uri: str) -> Iterator[dict[str, Any]]:
                     continue  # a line that is not JSON answers no task: its task falls back
                 if isinstance(line, dict):
                     yield line
+
+
+def _stamped(record: dict[str, Any], task: dict[str, Any], run: Any) -> dict[str, Any]:
+    """A joined record as RunBatch writes one: its request key and run; one the on-demand fallback asks again (an
+    error, a cut-off or out-of-schema answer) marked ``fallback``, so it is not taken for a final record."""
+    if task.get("key"):
+        record["key"] = task["key"]
+    if run:
+        record["run"] = str(run)
+    if record["status"] != "ok":
+        record["fallback"] = True
+    return record
 
 
 def record_from_output(task: dict[str, Any], line: dict[str, Any], check: SchemaCheck | None) -> dict[str, Any]:

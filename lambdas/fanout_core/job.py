@@ -152,6 +152,9 @@ class Job(_Strict):
     synthesis: Synthesis | None = None
     limits: Limits = Limits()
     prices: dict[str, Price] | None = None
+    # a re-run asks again the requests whose final record is invalid or failed (CLI: --retry-failed); without it
+    # only requests with no final record are asked (ok, skipped, invalid and failed records are all kept)
+    retry_failed: bool = False
 
     @property
     def strategy(self) -> str:
@@ -175,7 +178,7 @@ class Job(_Strict):
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What decides a task's answer: a change here must not reuse stale records."""
-        return self.model_dump(exclude={"job_id", "description", "limits", "items_uri", "items", "prices"})
+        return self.model_dump(exclude={"job_id", "description", "limits", "items_uri", "items", "prices", "retry_failed"})
 
 
 CAPPED_LIMITS = ("max_items", "max_tasks", "max_votes", "max_item_bytes", "max_prompt_bytes")

@@ -7,6 +7,8 @@ Results bucket::
     runs/<job_id>/batches.json                      the batch manifest (the Distributed Map's ItemReader)
     runs/<job_id>/batches/<nnnnn>.json              batch n: its items' inputs and its tasks
     runs/<job_id>/records/b<nnnnn>/<writer>-<k>.jsonl   task records, one JSON line each
+    runs/<job_id>/spent/b<nnnnn>/<writer>.json      calls a batch invocation made that left no record (throttled
+                                                    past their budget, out of time): counted in usage.model_calls
     runs/<job_id>/failures/<n>.json                 the error of a batch that failed for good (written by the ASL)
     runs/<job_id>/map-results/                      the Distributed Map's ResultWriter output
     runs/<job_id>/second-pass/<stage>.json          a second-pass stage's batch manifest (its batch files are
@@ -44,6 +46,7 @@ LEASE_FILE = "lease.json"
 BATCHES_DIR = "batches/"
 RECORDS_DIR = "records/"
 FAILURES_DIR = "failures/"
+SPENT_DIR = "spent/"
 MAP_RESULTS_DIR = "map-results"
 SECOND_PASS_DIR = "second-pass/"
 INFERENCE_DIR = "inference/"
@@ -91,6 +94,11 @@ def batch_records_dir(index: int) -> str:
 def inference_dir(index: int) -> str:
     """Bedrock batch inference job ``index``'s folder, relative to the run prefix."""
     return f"{INFERENCE_DIR}{index:03d}/"
+
+
+def batch_spent_dir(index: int) -> str:
+    """Where batch ``index`` notes the calls that left no record, relative to the run prefix."""
+    return f"{SPENT_DIR}b{index:05d}/"
 
 
 def failure_key(job_id: str, index: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -105,13 +106,57 @@ def load_items(s3: Any, job: Job) -> list[dict[str, Any]]:
         items: list[Any] = s3_document_items(s3, bucket, key, max_items=limits.max_items, max_item_bytes=limits.max_item_bytes)
     else:
         try:
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            stream = s3.get_object(Bucket=bucket, Key=key)["Body"]
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             raise InvalidJob(f"items_uri: cannot read {job.items_uri} ({code}); check the bucket and key", "items_uri") from None
-        items = parse_item_file(body, key, "items_uri", max_items=job.limits.max_items)
+        head = stream.read(STREAM_CHUNK)
+        if is_csv(key) or head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+            items = parse_item_file(head + stream.read(), key, "items_uri", max_items=job.limits.max_items)
+        else:
+            # JSON Lines are read a chunk at a time: the whole body, its text and its lines are never held at once
+            items = parse_item_lines(_chunks(head, stream), "items_uri", max_items=job.limits.max_items)
     check_items(job, items, where="items_uri")
     return items
+
+
+# JSON Lines items_uri objects are read in chunks of this size
+STREAM_CHUNK = 1 << 20
+
+
+def _chunks(head: bytes, stream: Any) -> Iterator[bytes]:
+    yield head
+    while chunk := stream.read(STREAM_CHUNK):
+        yield chunk
+
+
+def parse_item_lines(chunks: Iterable[bytes], where: str, *, max_items: int | None = None) -> list[Any]:
+    """JSON Lines items from a body given in chunks, split on ``\\n`` only (as ``parse_items``), one line decoded at a time."""
+    items: list[Any] = []
+    rest = b""
+    number = 0
+    first = True
+    for chunk in chunks:
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        for raw in lines:
+            number += 1
+            if first:
+                raw, first = raw.removeprefix(b"\xef\xbb\xbf"), False
+            _add_line(items, raw, number, where, max_items)
+    if rest:
+        number += 1
+        _add_line(items, rest.removeprefix(b"\xef\xbb\xbf") if first else rest, number, where, max_items)
+    return items
+
+
+def _add_line(items: list[Any], raw: bytes, number: int, where: str, max_items: int | None) -> None:
+    try:
+        line = raw.decode("utf-8").removesuffix("\r")
+    except UnicodeDecodeError as exc:
+        raise InvalidJob(f"{where}: not UTF-8 text (line {number}, byte {exc.start})", where) from None
+    if line.strip():
+        _append_item(items, line, number, where, max_items)
 
 
 def parse_item_file(body: bytes, name: str, where: str, *, max_items: int | None = None) -> list[Any]:
@@ -144,17 +189,21 @@ def parse_items(body: bytes, where: str, *, max_items: int | None = None) -> lis
     items = []
     for number, line in enumerate(text.split("\n"), start=1):
         line = line.removesuffix("\r")
-        if not line.strip():
-            continue
-        if max_items is not None and len(items) >= max_items:
-            raise InvalidJob(f"{where}: more than limits.max_items ({max_items}) items", where)
-        try:
-            items.append(strictjson.loads(line))
-        except json.JSONDecodeError as exc:
-            raise InvalidJob(f"{where}: line {number} is not valid JSON: {exc.msg}", where) from None
-        except strictjson.TooDeep:
-            raise InvalidJob(
-                f"{where}[{len(items)}]: nested deeper than {strictjson.MAX_DEPTH} levels (line {number}); flatten it",
-                f"{where}[{len(items)}]",
-            ) from None
+        if line.strip():
+            _append_item(items, line, number, where, max_items)
     return items
+
+
+def _append_item(items: list[Any], line: str, number: int, where: str, max_items: int | None) -> None:
+    """One JSON Lines item, parsed strictly; reading stops at the first line past ``max_items``."""
+    if max_items is not None and len(items) >= max_items:
+        raise InvalidJob(f"{where}: more than limits.max_items ({max_items}) items", where)
+    try:
+        items.append(strictjson.loads(line))
+    except json.JSONDecodeError as exc:
+        raise InvalidJob(f"{where}: line {number} is not valid JSON: {exc.msg}", where) from None
+    except strictjson.TooDeep:
+        raise InvalidJob(
+            f"{where}[{len(items)}]: nested deeper than {strictjson.MAX_DEPTH} levels (line {number}); flatten it",
+            f"{where}[{len(items)}]",
+        ) from None

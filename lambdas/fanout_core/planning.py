@@ -2,7 +2,12 @@
 
 A task is one model call: item x section (sectioning) or item x vote
 (voting). Its id is ``<item_id>#<section>`` or ``<item_id>#v<n>``; section
-names cannot contain '#', so the id splits back unambiguously.
+names cannot contain '#', so the id splits back unambiguously. Its request
+key (``request_key``) is the fingerprint of what it asks: records are
+reused by that key, never by the id alone.
+
+Batches hold whole items (``pack_items``): an item's tasks are run, retried
+and early-stopped together, on a first run and on a re-run alike.
 
 Batching keeps Map iterations few while using all allowed concurrency:
 ``map_concurrency`` batches run at once with ``threads`` calls each, and
@@ -14,9 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, cast
 
+from fanout_core.contracts import Kind, Task, vote_slot
 from fanout_core.errors import InvalidJob
 from fanout_core.job import Job
 from fanout_core.templating import render
@@ -45,43 +52,132 @@ def slots(job: Job) -> list[str]:
     return [f"v{n + 1}" for n in range(job.vote_count)]
 
 
+def request_key(
+    item_id: str,
+    slot: str,
+    model: str,
+    system: str | None,
+    prompt: str,
+    inference: Mapping[str, Any],
+    output_schema: Mapping[str, Any] | None,
+) -> str:
+    """The fingerprint of one request: what was asked (model spec, system, rendered prompt, inference settings,
+    schema, the vote or section), of which item. A record made for the same key answers the same request, so a
+    re-run, or a changed job under the same job_id, reuses it; any change to one of these asks again."""
+    body = json.dumps(
+        [item_id, slot, model, system, prompt, dict(inference), output_schema],
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def rule_digest(stop: Mapping[str, Any] | None) -> str | None:
+    """A stopping rule's identity: a vote skipped under one rule is not reused under another."""
+    if not stop:
+        return None
+    return hashlib.sha256(json.dumps(dict(stop), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def templates_of(job: Job) -> dict[str, str]:
+    """The prompt template of each slot kind: a section's own by name, the one voting prompt as 'vote'."""
+    if job.pattern == "sectioning":
+        return {s.name: s.prompt for s in job.sections or []}
+    return {"vote": job.prompt or ""}
+
+
 def expand_tasks(job: Job, items: list[dict[str, Any]], default_model: str) -> list[dict[str, Any]]:
-    """Every task of the job, in item order then slot order, with its rendered prompt."""
-    tasks: list[dict[str, Any]] = []
-    limit = job.limits.max_prompt_bytes
-    sections = {s.name: s.prompt for s in job.sections or []}
+    """Every task of the job (``contracts.Task``), in item order then slot order, with its rendered prompt and
+    request key.
+
+    An item's votes share one rendered prompt (one string, not one copy per vote).
+    """
+    tasks: list[Task] = []
     for index, item in enumerate(items):
-        for n, slot in enumerate(slots(job)):
-            template = sections[slot] if job.pattern == "sectioning" else job.prompt or ""
-            prompt = render(template, item)
-            size = len(prompt.encode("utf-8"))
+        tasks.extend(item_tasks(job, index, item, default_model))
+        if len(tasks) > job.limits.max_tasks:
+            break
+    if len(tasks) > job.limits.max_tasks:
+        total = len(items) * len(slots(job))
+        raise InvalidJob(
+            f"limits.max_tasks: the job expands to {total} tasks, over limits.max_tasks ({job.limits.max_tasks})",
+            "limits.max_tasks",
+        )
+    return cast(list[dict[str, Any]], tasks)
+
+
+def task_keys(job: Job, items: list[dict[str, Any]], default_model: str) -> set[str]:
+    """The request key of every task of the job (their prompts rendered one item at a time, none kept)."""
+    return {task["key"] for index, item in enumerate(items) for task in item_tasks(job, index, item, default_model)}
+
+
+def item_tasks(job: Job, index: int, item: dict[str, Any], default_model: str) -> list[Task]:
+    """The tasks of one item, in slot order."""
+    limit = job.limits.max_prompt_bytes
+    templates = templates_of(job)
+    kind: Kind = "section" if job.pattern == "sectioning" else "vote"
+    inference = job.inference.model_dump()
+    rendered: dict[str, str] = {}
+    tasks: list[Task] = []
+    for n, slot in enumerate(slots(job)):
+        which = vote_slot(kind, slot)
+        prompt = rendered.get(which)
+        if prompt is None:
+            prompt = rendered[which] = render(templates[which], item)
+            size = len(prompt.encode("utf-8", "surrogatepass"))
             if size > limit:
                 raise InvalidJob(
                     f"items[{index}]: the prompt for item '{item['id']}' ({slot}) is {size} bytes, "
                     f"over limits.max_prompt_bytes ({limit}); shorten the item or raise the limit",
                     f"items[{index}]",
                 )
-            model = job.vote_model(n, default_model) if job.pattern == "voting" else job.model or default_model
-            tasks.append(
-                {
-                    "task_id": f"{item['id']}#{slot}",
-                    "item_id": item["id"],
-                    "item_index": index,
-                    "slot": slot,
-                    "kind": "section" if job.pattern == "sectioning" else "vote",
-                    "model": model,
-                    "prompt": prompt,
-                    "expected": item.get("expected"),
-                    # a PDF or office item (fanout_core.documents): Bedrock is sent the file itself as well
-                    **({"document": item["document"]} if isinstance(item.get("document"), dict) else {}),
-                }
-            )
-    if len(tasks) > job.limits.max_tasks:
-        raise InvalidJob(
-            f"limits.max_tasks: the job expands to {len(tasks)} tasks, over limits.max_tasks ({job.limits.max_tasks})",
-            "limits.max_tasks",
-        )
+        model = job.vote_model(n, default_model) if job.pattern == "voting" else job.model or default_model
+        task: Task = {
+            "task_id": f"{item['id']}#{slot}",
+            "item_id": item["id"],
+            "item_index": index,
+            "slot": slot,
+            "kind": kind,
+            "model": model,
+            "prompt": prompt,
+            "key": request_key(item["id"], slot, model, job.system, prompt, inference, job.output_schema),
+            "expected": item.get("expected"),
+        }
+        # a PDF or office item (fanout_core.documents): Bedrock is sent the file itself as well
+        if isinstance(item.get("document"), dict):
+            task["document"] = item["document"]
+        tasks.append(task)
     return tasks
+
+
+def pack_items(pending_per_item: Iterable[tuple[int, int]], batch_size: int) -> list[list[tuple[int, int, int]]]:
+    """Whole items into batches of at most ``batch_size`` pending tasks.
+
+    ``pending_per_item`` is (item position, pending tasks) in item order; an
+    item with nothing pending is left out. Each batch is a list of (item
+    position, first task, end task) over that item's pending tasks: an item
+    stays in one batch unless it alone has more than ``batch_size`` pending
+    tasks, when it is cut into batches of its own.
+    """
+    batches: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    filled = 0
+    for position, pending in pending_per_item:
+        if pending <= 0:
+            continue
+        if current and filled + pending > batch_size:
+            batches.append(current)
+            current, filled = [], 0
+        if pending > batch_size:
+            batches.extend([(position, start, min(start + batch_size, pending))] for start in range(0, pending, batch_size))
+            continue
+        current.append((position, 0, pending))
+        filled += pending
+    if current:
+        batches.append(current)
+    return batches
 
 
 def choose_batching(task_count: int, max_concurrency: int, batch_size: int | None = None, align: int = 1) -> Batching:
@@ -111,16 +207,29 @@ def choose_batching(task_count: int, max_concurrency: int, batch_size: int | Non
 
 
 def batching_for(job: Job, task_count: int, concurrency_cap: int) -> Batching:
-    """The batching Plan uses for a job: its concurrency under the deployment's cap, an item's votes kept
-    together when early stopping decides within a batch."""
-    align = job.vote_count if job.aggregate.stop_when_agree or job.aggregate.stop else 1
+    """The batching Plan uses for a job: its concurrency under the deployment's cap, batches a whole number of
+    items (an item's tasks are run, retried and early-stopped together)."""
+    # a size of the job's own too is rounded up to whole items
+    align = max(1, len(slots(job)))
     return choose_batching(task_count, min(job.limits.max_concurrency, concurrency_cap), job.limits.batch_size, align)
 
 
-def fingerprint(job: Job, items: list[dict[str, Any]], default_model: str) -> str:
-    """What decides the tasks' answers: records made under another fingerprint must not be reused."""
-    body = {"job": job.fingerprint_fields(), "items": items, "default_model": default_model}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+def packed_batching(
+    job: Job, pending_per_item: list[tuple[int, int]], concurrency_cap: int
+) -> tuple[Batching, list[list[tuple[int, int, int]]]]:
+    """The batching of a run (its batch count as packed) and its batches of whole items (``pack_items``)."""
+    sized = batching_for(job, sum(count for _, count in pending_per_item), concurrency_cap)
+    packed = pack_items(pending_per_item, sized.batch_size)
+    count = max(1, len(packed))
+    return replace(sized, batch_count=len(packed), map_concurrency=max(1, min(sized.map_concurrency, count))), packed
+
+
+def item_counts(tasks: Iterable[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """(item position, tasks) of a task list, in item order: what a first run packs."""
+    counts: dict[int, int] = {}
+    for task in tasks:
+        counts[task["item_index"]] = counts.get(task["item_index"], 0) + 1
+    return sorted(counts.items())
 
 
 def batch_ranges(task_count: int, batch_size: int) -> list[dict[str, int]]:

@@ -15,13 +15,15 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from fanout_core.catalog import cache_plan, info
+from fanout_core.contracts import ANSWERED, done_stubs, expand
 from fanout_core.documents import converse_documents
 from fanout_core.errors import BatchIncomplete, ModelThrottled
+from fanout_core.planning import rule_digest
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest, Provider
 from fanout_core.sharing import first_of_each_item, spans_by_task
 from fanout_core.stopping import StopRule, next_step, record_answer, vote_position
@@ -109,8 +111,19 @@ def run_batch(
     sleep: Callable[[float], None] = time.sleep,
     deadline: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    tasks: list[dict[str, Any]] | None = None,
+    run: str | None = None,
 ) -> BatchOutcome:
-    """Run every task of a batch file.
+    """Run every task of a batch file (``tasks``: its tasks already expanded, ``contracts.expand``).
+
+    A task is asked only when its request has no final record: neither one
+    an earlier run left (the batch file marks it ``done``) nor one an earlier
+    invocation of this batch wrote (a retry, whatever its cause): ``ok`` and
+    a skipped vote, ``invalid`` after its repair and ``failed`` after its own
+    retries are all final. Records are matched by request key, so records of
+    another job under this batch's index are never taken for this one's.
+    Each record carries its request key and ``run``, the execution that
+    made its calls.
 
     Raises ModelThrottled if some tasks were throttled past their budget,
     and BatchIncomplete if ``deadline`` (a ``clock()`` value, by default
@@ -119,7 +132,8 @@ def run_batch(
     Either way the finished records are kept.
     """
     budget = Budget(deadline, clock)
-    tasks: list[dict[str, Any]] = batch["tasks"]
+    if tasks is None:
+        tasks = list(batch["tasks"]) if "tasks" in batch else list(expand(batch))  # type: ignore[arg-type]
     schema = batch.get("output_schema")
     validator = SchemaCheck(schema) if schema else None
     # a second-pass task (a judge's) may carry a schema of its own: checked by its own validator, built once
@@ -133,17 +147,37 @@ def run_batch(
         return own_checks[json.dumps(own, sort_keys=True)] if own else None
 
     rule = StopRule.from_batch(batch)
-    # a stopping rule decides from the answers of earlier attempts' records, not only which tasks they finished
-    earlier = store.finished_records(batch["index"]) if rule is not None else []
-    done = {r["task_id"] for r in earlier} if rule is not None else store.completed(batch["index"])
-    writer = store.writer(batch["index"])
+    mine = {_ident(t) for t in tasks}
+    # another run's invalid or failed record is the plan's to reuse or not (a re-run with retry_failed asks again)
+    earlier = [
+        r
+        for r in store.finished_records(batch["index"])
+        if _ident(r) in mine
+        and not r.get("fallback")  # a batch inference answer the on-demand calls replace
+        and (run is None or r.get("run") in (None, run) or r["status"] in ANSWERED)
+    ]
+    reused = done_stubs(batch) if "items" in batch else {}
+    done = {_ident(r) for r in earlier} | set(reused)
+    stop_digest = rule_digest(batch.get("stop"))
+
+    def stamp(record: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+        if task.get("key"):
+            record["key"] = task["key"]
+        if run:
+            record["run"] = run
+        if record["status"] == "skipped" and stop_digest:
+            record["stop"] = stop_digest
+        return record
+
+    writer = _StampingSink(store.writer(batch["index"]), stamp)
+    unrecorded: dict[str, int] = {}  # calls of tasks that end here without a record, by model
     providers = {model: provider_for(model) for model in {t["model"] for t in tasks}}
     sharing = _cached_spans(tasks, batch.get("system"))
     tier = _service_tier(batch)
 
     def run_one(task: dict[str, Any]) -> tuple[str, int, int, int, dict[str, Any] | None]:
         """(outcome, model calls, input tokens, output tokens, record) of one task."""
-        if task["task_id"] in done:
+        if _ident(task) in done:
             return ("skipped", 0, 0, 0, None)
         if not budget.can_start():
             return ("deferred", 0, 0, 0, None)
@@ -152,12 +186,14 @@ def run_batch(
                 task, batch, providers[task["model"]], check_of(task), policy, sleep, sharing.get(task["task_id"]), budget
             )
         except _Unfinished as exc:
+            _note(unrecorded, task["model"], exc.args[0])
             return ("unfinished", exc.args[0], 0, 0, None)
         except _OutOfTime as exc:
+            _note(unrecorded, task["model"], exc.args[0])
             return ("deferred", exc.args[0], 0, 0, None)
         if tier is not None:
             record["tier"] = tier  # priced at the tier's rates (fanout_core.tiers)
-        writer.add(record)
+        writer.add(record, task)
         return (record["status"], calls, record["usage"]["input_tokens"], record["usage"]["output_tokens"], record)
 
     counts: Counter[str] = Counter()
@@ -182,9 +218,13 @@ def run_batch(
                 tally(pool.map(run_one, first))
                 tally(pool.map(run_one, rest))
             else:
-                _run_stopping(rule, batch, tasks, earlier, done, lambda wave: pool.map(run_one, wave), tally, writer, counts)
+                known = _known_votes(batch, tasks, earlier, reused)
+                _run_stopping(rule, batch, tasks, known, done, lambda wave: pool.map(run_one, wave), tally, writer, counts)
     finally:
         writer.close()  # what finished is kept, even when the batch fails
+        note_spent = getattr(store, "note_spent", None)
+        if note_spent is not None:
+            note_spent(batch["index"], run, unrecorded)  # every call is counted, with a record or not
 
     result = {
         key: counts.get(key, 0)
@@ -252,34 +292,73 @@ class _Workers:
 _Result = tuple[str, int, int, int, "dict[str, Any] | None"]
 
 
-def _run_stopping(
-    rule: StopRule,
-    batch: dict[str, Any],
-    tasks: list[dict[str, Any]],
-    earlier: Iterable[dict[str, Any]],
-    done: set[str],
-    run: Callable[[list[dict[str, Any]]], list[_Result]],
-    tally: Callable[[Iterable[_Result]], list[dict[str, Any]]],
-    writer: RecordSink,
-    counts: Counter[str],
-) -> None:
-    """Votes in waves: each item asks what its stopping rule needs next, decided from every vote it has.
+_NOTE_LOCK = threading.Lock()
 
-    What an item has counts whichever invocation recorded it: the batch's
-    earlier records (a retried or re-run batch holds the same items), then
-    each wave's; the votes an item no longer needs are recorded as skipped. An item with a vote left unfinished (throttled past
-    its budget, out of time) asks nothing more here: the batch's retry
-    continues it.
-    """
+
+def _note(spent: dict[str, int], model: str, calls: int) -> None:
+    with _NOTE_LOCK:
+        spent[model] = spent.get(model, 0) + calls
+
+
+def _ident(task_or_record: Mapping[str, Any]) -> str:
+    """What matches a record to its task: the request key; the task id for tasks built without one."""
+    return str(task_or_record.get("key") or task_or_record["task_id"])
+
+
+class _StampingSink:
+    """The batch's writer, each record stamped with its request key and run first."""
+
+    def __init__(self, sink: RecordSink, stamp: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]) -> None:
+        self.sink, self.stamp = sink, stamp
+
+    def add(self, record: dict[str, Any], task: dict[str, Any]) -> None:
+        self.sink.add(self.stamp(record, task))
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def _known_votes(
+    batch: Mapping[str, Any], tasks: list[dict[str, Any]], earlier: Iterable[dict[str, Any]], reused: Mapping[str, Any]
+) -> dict[str, dict[int, str | None]]:
+    """Each item's answered votes, whichever invocation answered them: this batch's earlier invocations (a retry)
+    and earlier runs of the job (the batch file's done stubs)."""
     field = batch.get("answer_field")
-    weights = batch.get("vote_weights")
     known: dict[str, dict[int, str | None]] = {}
     for record in earlier:
         if record["status"] == "ok":
             known.setdefault(record["item_id"], {})[vote_position(record)] = record_answer(record, field)
+    for task in tasks:
+        stub = reused.get(task.get("key") or "")
+        if stub is not None and stub.get("done") == "ok":
+            known.setdefault(task["item_id"], {})[vote_position(task)] = stub.get("answer")
+    return known
+
+
+def _run_stopping(
+    rule: StopRule,
+    batch: dict[str, Any],
+    tasks: list[dict[str, Any]],
+    known: dict[str, dict[int, str | None]],
+    done: set[str],
+    run: Callable[[list[dict[str, Any]]], list[_Result]],
+    tally: Callable[[Iterable[_Result]], list[dict[str, Any]]],
+    writer: _StampingSink,
+    counts: Counter[str],
+) -> None:
+    """Votes in waves: each item asks what its stopping rule needs next, decided from every vote it has.
+
+    What an item has counts whichever invocation recorded it (``known``:
+    earlier runs' and this batch's earlier invocations'), then each wave's;
+    the votes an item no longer needs are recorded as skipped. An item with
+    a vote left unfinished (throttled past its budget, out of time) asks nothing more here: the batch's retry
+    continues it.
+    """
+    field = batch.get("answer_field")
+    weights = batch.get("vote_weights")
     waiting: dict[str, list[dict[str, Any]]] = {}
     for task in sorted(tasks, key=vote_position):
-        if task["task_id"] not in done:
+        if _ident(task) not in done:
             waiting.setdefault(task["item_id"], []).append(task)
     while waiting:
         wave: list[dict[str, Any]] = []
@@ -289,7 +368,7 @@ def _run_stopping(
             if step.stop:
                 for task in left:
                     note = f"not asked: the votes already given settle the answer ({rule.method} stopping)"
-                    writer.add(_record(task, "skipped", None, note, 0, time.monotonic(), model=task["model"]))
+                    writer.add(_record(task, "skipped", None, note, 0, time.monotonic(), model=task["model"]), task)
                     counts["stopped_early"] += 1
                 del waiting[item_id]
                 continue

@@ -10,11 +10,11 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from botocore.exceptions import ClientError
 
@@ -22,6 +22,19 @@ from fanout_core import layout
 from fanout_core.aggregation import ItemVotes, aggregate_stream
 from fanout_core.batch_inference import join_outputs, max_polls, recover_outputs, write_inference_jobs
 from fanout_core.catalog import check_job_models
+from fanout_core.contracts import (
+    ANSWERED,
+    FINAL_STATUSES,
+    BatchFile,
+    BatchItem,
+    Kind,
+    PlanSummary,
+    TaskStub,
+    batch_file,
+    batch_item,
+    expand,
+    pending_task_ids,
+)
 from fanout_core.costs import plan_costs
 from fanout_core.documents import attach_documents
 from fanout_core.errors import InvalidJob
@@ -32,11 +45,14 @@ from fanout_core.planning import (
     INLINE_MAX_BATCHES,
     Batching,
     batch_ranges,
-    batching_for,
     choose_batching,
     choose_mode,
     expand_tasks,
-    fingerprint,
+    item_counts,
+    packed_batching,
+    rule_digest,
+    task_keys,
+    templates_of,
 )
 from fanout_core.pricing import price_usage
 from fanout_core.providers.base import Provider
@@ -57,9 +73,9 @@ from fanout_core.second_pass import (
     synthesis_task,
 )
 from fanout_core.settings import Settings
-from fanout_core.stopping import rule_for, vote_weights
+from fanout_core.stopping import record_answer, rule_for, vote_weights
 from fanout_core.store import FINISHED, RunStore, put_text
-from fanout_core.tiers import TierChoice, choose_tier, for_this_run
+from fanout_core.tiers import TierChoice, choose_tier, for_this_run, usage_key
 from fanout_core.validation import strict_json
 
 ProviderFactory = Callable[[str], Provider]
@@ -73,7 +89,7 @@ def plan(
     settings: Settings,
     execution_arn: str | None = None,
     sfn: Any = None,
-) -> dict[str, Any]:
+) -> PlanSummary:
     """Check the job, expand and batch its tasks, write the run files; return the small plan the Map reads.
 
     The run's lease on its job_id names ``execution_arn``; with ``sfn`` (a Step Functions client) a lease whose
@@ -94,13 +110,12 @@ def plan(
     # an end-of-life model is refused before any call (InvalidJob names the field); a Legacy one is in the plan
     model_warnings = check_job_models(job, settings.default_model)
     store = RunStore(s3, settings.results_bucket, job.job_id)
-    print_ = fingerprint(job, items, settings.default_model)
     now = time.time()
     holder = _lease(store).take(execution_arn or execution_name, now, describe=execution_status(sfn) if sfn else None)
     if holder is not None:
         raise InvalidJob(holder.refusal(job.job_id, now), "job_id")
     try:
-        summary = _plan_run(job, items, every_task, print_, store, settings, execution_arn or execution_name)
+        summary = _plan_run(job, items, every_task, store, settings, execution_arn or execution_name, execution_name)
     except BaseException:
         _lease(store).release(execution_arn or execution_name)  # a plan that did not finish leaves the job_id free
         raise
@@ -114,61 +129,45 @@ def _plan_run(
     job: Job,
     items: list[dict[str, Any]],
     every_task: list[dict[str, Any]],
-    print_: str,
     store: RunStore,
     settings: Settings,
     execution: str = "run",
-) -> dict[str, Any]:
+    run: str | None = None,
+) -> PlanSummary:
+    """Reuse what earlier runs of the job_id answered (by request key), batch the rest by item, write the run files."""
     assert job.job_id is not None
-    rerun = _earlier_run(store, job.job_id, print_)
-    tasks = every_task
+    stopping = _stopping(job, settings.default_model)
+    rerun = _earlier_run(store)
     if rerun:
         recover_outputs(store)  # an earlier run's batch jobs that finished but were never joined: records now
-    if rerun and store.has_records():
-        # a re-run (or a resumed one): tasks with an ok record are not called again
-        # an early-stopped vote ("skipped") is as finished as an answered one
-        finished = {r["task_id"] for r in store.iter_records() if r.get("status") in FINISHED}
-        tasks = [t for t in every_task if t["task_id"] not in finished]
+    reusable = _reusable(store, job, stopping.get("stop")) if rerun else {}
+    tasks = [t for t in every_task if t["key"] not in reusable]
     concurrency = min(job.limits.max_concurrency, settings.max_concurrency_cap)
-    batching = batching_for(job, len(tasks), settings.max_concurrency_cap)
+    batching, packed = packed_batching(job, _pending_per_item(every_task, reusable), settings.max_concurrency_cap)
     tier = _tier(job, every_task, tasks)
 
-    store.put_json(
+    store.put_json_streamed(
         layout.JOB_FILE,
-        {
-            "job": job.model_dump(exclude={"items"}),
-            "items": items,
-            "fingerprint": print_,
-            "default_model": settings.default_model,
-        },
+        {"job": job.model_dump(exclude={"items"}), "items": items, "default_model": settings.default_model},
     )
-    ranges = batch_ranges(len(tasks), batching.batch_size)
     mode = choose_mode(job.limits.mode, batching)
     if rerun:
         store.delete_prefix(layout.FAILURES_DIR)  # failures of an earlier run of this job_id describe other batches
-    shared = {
-        "job_id": job.job_id,
-        "system": job.system,
-        "inference": job.inference.model_dump(),
-        "output_schema": job.output_schema,
-        "answer_field": job.aggregate.field,
-        # the service tier of the on-demand calls (a batch job's fallback calls are on-demand)
-        "tier": tier.tier if tier.tier in ("flex", "priority") else "on_demand",
-        **_stopping(job, settings.default_model),
-    }
+    # the service tier of the on-demand calls (a batch job's fallback calls are on-demand)
+    make = _batch_maker(job, settings.default_model, tier.tier if tier.tier in ("flex", "priority") else "on_demand")
+
+    def write(numbered: tuple[int, list[BatchItem]]) -> dict[str, int]:
+        index, batch_items = numbered
+        store.put_json(store.batch_name(index), make(index, batch_items))
+        return {"index": index, "tasks": sum(1 for i in batch_items for t in i["tasks"] if "done" not in t)}
+
+    batches = list(_batch_items(items, every_task, reusable, packed))
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(
-            pool.map(
-                lambda r: store.put_json(
-                    store.batch_name(r["index"]), {**shared, "index": r["index"], "tasks": tasks[r["start"] : r["end"]]}
-                ),
-                ranges,
-            )
-        )
+        ranges = list(pool.map(write, enumerate(batches)))
     store.put_json(layout.MANIFEST_FILE, ranges)
     if rerun:
         store.delete_prefix(layout.INFERENCE_DIR)  # an earlier run's batch jobs: their outputs are records already
-    inference = _inference_jobs(store, tier, tasks, ranges, shared, execution, settings)
+    inference = _inference_jobs(store, tier, tasks, batches, make(0, []), execution, settings, run)
     summary = {
         "job_id": job.job_id,
         "run_uri": store.uri,
@@ -192,33 +191,135 @@ def _plan_run(
             "items": len(items),
             "tasks": len(every_task),
             "pending": len(tasks),
+            # requests answered by records of earlier runs of the job_id: not asked again
             "skipped": len(every_task) - len(tasks),
+            "reused": len(every_task) - len(tasks),
             "batches": len(ranges),
         },
     }
     store.put_json(layout.PLAN_FILE, summary)
-    return summary
+    return cast(PlanSummary, summary)
 
 
 def _inference_jobs(
     store: RunStore,
     tier: TierChoice,
     tasks: list[dict[str, Any]],
-    ranges: list[dict[str, int]],
-    shared: dict[str, Any],
+    batches: list[list[BatchItem]],
+    shared: Mapping[str, Any],
     execution: str,
     settings: Settings,
+    run: str | None = None,
 ) -> dict[str, Any]:
     """At tier batch: the Bedrock batch inference jobs' input written, and what the state machine needs to run them."""
     if tier.tier != "batch":
         return {}
-    batch_of = [r["index"] for r in ranges for _ in range(r["start"], r["end"])]
-    jobs = write_inference_jobs(store, tasks, batch_of, shared, execution)
+    # the pending tasks in batch order, each with its batch: a record joined from a job's output goes under its batch
+    by_key = {t["key"]: t for t in tasks}
+    ordered = [
+        (index, by_key[stub["key"]])
+        for index, batch_items in enumerate(batches)
+        for entry in batch_items
+        for stub in entry["tasks"]
+        if "done" not in stub
+    ]
+    jobs = write_inference_jobs(store, [t for _, t in ordered], [i for i, _ in ordered], dict(shared), execution, run=run)
     return {
         "inference_jobs": [job.as_state() for job in jobs],
         "inference_poll_seconds": settings.batch_poll_seconds,
         "inference_max_polls": settings.batch_max_polls or max_polls(settings.batch_poll_seconds),
     }
+
+
+def _batch_maker(job: Job, default_model: str, tier: str = "on_demand") -> Callable[[int, list[BatchItem]], BatchFile]:
+    """Builds the job's batch files: what every task shares, once, and each batch's items."""
+    shared = {
+        "system": job.system,
+        "inference": job.inference.model_dump(),
+        "output_schema": job.output_schema,
+        "answer_field": job.aggregate.field,
+        "tier": tier,
+        **_stopping(job, default_model),
+    }
+    kind: Kind = "section" if job.pattern == "sectioning" else "vote"
+    templates = templates_of(job)
+    return lambda index, batch_items: batch_file(
+        index, batch_items, job_id=job.job_id or "", kind=kind, templates=templates, shared=shared
+    )
+
+
+def first_run_batches(job: Job, items: list[dict[str, Any]], default_model: str, concurrency_cap: int = 50) -> list[BatchFile]:
+    """The batch files Plan writes for a first run of ``job``, in memory: the one factory tests build batches with."""
+    every_task = expand_tasks(job, items, default_model)
+    _, packed = packed_batching(job, item_counts(every_task), concurrency_cap)
+    make = _batch_maker(job, default_model)
+    return [make(index, batch_items) for index, batch_items in enumerate(_batch_items(items, every_task, {}, packed))]
+
+
+def _reusable(store: RunStore, job: Job, stop: dict[str, Any] | None) -> dict[str, TaskStub]:
+    """The requests earlier runs answered for good, by key, as the stub a batch carries for them.
+
+    ok and invalid/failed records are final (the last two asked again only with ``retry_failed``); a vote
+    skipped by early stopping is reused only under the same stopping rule.
+    """
+    final = ANSWERED if job.retry_failed else FINAL_STATUSES
+    digest = rule_digest(stop)
+    field = job.aggregate.field
+    found: dict[str, TaskStub] = {}
+    for record in store.iter_records():
+        key, status = record.get("key"), record.get("status")
+        if not isinstance(key, str) or status not in final or record.get("fallback"):
+            continue
+        if status == "skipped" and (digest is None or record.get("stop") != digest):
+            continue
+        held = found.get(key)
+        if held is not None and _STATUS_RANK[held["done"]] >= _STATUS_RANK[status]:
+            continue
+        stub: TaskStub = {"done": status}
+        if stop is not None and status == "ok":
+            stub["answer"] = record_answer(record, field)
+        found[key] = stub
+    return found
+
+
+_STATUS_RANK = {"ok": 4, "skipped": 3, "invalid": 2, "failed": 1}
+
+
+def _pending_per_item(every_task: list[dict[str, Any]], reusable: dict[str, TaskStub]) -> list[tuple[int, int]]:
+    """(item position, tasks to ask) for each item with any, in item order."""
+    pending: dict[int, int] = {}
+    for task in every_task:
+        if task["key"] not in reusable:
+            pending[task["item_index"]] = pending.get(task["item_index"], 0) + 1
+    return sorted(pending.items())
+
+
+def _batch_items(
+    items: list[dict[str, Any]],
+    every_task: list[dict[str, Any]],
+    reusable: dict[str, TaskStub],
+    packed: list[list[tuple[int, int, int]]],
+) -> Iterator[list[BatchItem]]:
+    """Each batch's items: the item's inputs once, every task of the item as a stub (done ones marked), so early
+    stopping sees all of an item's votes; an item cut over batches lists its other batches' tasks as not its own."""
+    by_item: dict[int, list[dict[str, Any]]] = {}
+    for task in every_task:
+        by_item.setdefault(task["item_index"], []).append(task)
+    for batch in packed:
+        out = []
+        for position, start, end in batch:
+            own = [t for t in by_item[position] if t["key"] not in reusable][start:end]
+            mine = {t["key"] for t in own}
+            stubs = []
+            for task in by_item[position]:
+                stub: TaskStub = {"slot": task["slot"], "model": task["model"], "key": task["key"]}
+                if task["key"] in reusable:
+                    stub.update(reusable[task["key"]])
+                elif task["key"] not in mine:
+                    continue  # asked by another batch of this item
+                stubs.append(stub)
+            out.append(batch_item(position, items[position], stubs))
+        yield out
 
 
 def _tier(job: Job, every_task: list[dict[str, Any]], pending: list[dict[str, Any]]) -> TierChoice:
@@ -250,20 +351,14 @@ def _naming_the_object(where: str) -> Iterator[None]:
         raise InvalidJob(f"{where}: {exc}", exc.field) from None
 
 
-def _earlier_run(store: RunStore, job_id: str, print_: str) -> bool:
-    """Whether this job_id ran before; refuses a changed job whose earlier records would be reused."""
+def _earlier_run(store: RunStore) -> bool:
+    """Whether this job_id ran before (its records may answer some of this run's requests)."""
     try:
-        previous = store.get_json(layout.JOB_FILE)
+        store.get_json(layout.JOB_FILE)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             return False
         raise
-    if previous.get("fingerprint") != print_ and next(iter(store.record_keys()), None) is not None:
-        raise InvalidJob(
-            f"job_id: '{job_id}' already has records from a different job (prompt, model, schema or items changed); "
-            "use a new job_id, or start fresh (CLI: --fresh)",
-            "job_id",
-        )
     return True
 
 
@@ -280,8 +375,18 @@ def run_subtask(
     batch = store.get_json(store.batch_name(int(event["batch"]["index"])))
     if event.get("execution_arn"):
         _lease(store).refresh(event["execution_arn"], time.time())  # a long job keeps its lease fresh
-    attach_documents(batch["tasks"], s3)
-    outcome = run_batch(batch, store=store, provider_for=provider_for, threads=int(event.get("threads", 8)), deadline=deadline)
+    # a first-pass batch holds items (its prompts are rendered from their inputs); a second pass's, its tasks
+    tasks = list(batch["tasks"]) if "tasks" in batch else cast(list[dict[str, Any]], expand(batch))
+    attach_documents(tasks, s3)
+    outcome = run_batch(
+        batch,
+        store=store,
+        provider_for=provider_for,
+        threads=int(event.get("threads", 8)),
+        deadline=deadline,
+        tasks=tasks,
+        run=_run_name(event),
+    )
     return outcome.as_event()
 
 
@@ -369,7 +474,9 @@ def _stage_tasks(
         else:
             material.add(out)
 
-    aggregate_stream(job, items, noting(store.iter_records()), on_item, on_votes=on_votes, spill_dir=str(folder))
+    # the first pass's records of this job's requests only (those of a changed request answer nothing)
+    current = _current_records(store.iter_records(), task_keys(job, items, default_model), None)
+    aggregate_stream(job, items, noting(current), on_item, on_votes=on_votes, spill_dir=str(folder))
     if stage == "synthesis" and job.synthesis is not None and not job.synthesis.per_item and material is not None:
         tasks.add(synthesis_task(job, JOB_LEVEL, material, default_model))
     tasks.close()
@@ -437,6 +544,12 @@ def join_inference(event: dict[str, Any], *, s3: Any) -> dict[str, Any]:
     return join_outputs(store, event.get("statuses"))
 
 
+def _run_name(event: Mapping[str, Any]) -> str | None:
+    """The execution a batch or Aggregate belongs to: records say which run made their calls."""
+    name = event.get("execution") or event.get("execution_arn")
+    return str(name) if name else None
+
+
 def run_aggregate(event: dict[str, Any], *, s3: Any, scratch_dir: str | None = None) -> dict[str, Any]:
     """Aggregate every record of the run into result.json, results.jsonl, report.md and report.html; return a summary.
 
@@ -457,8 +570,16 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, scratch_dir: str | None = N
     bucket = store.bucket
     prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
     tier = _planned_tier(store)
+    reused = _tasks_skipped(store)
+    spent = store.spent(_run_name(event))  # this run's calls that left no record
+    # the records that answer this job's requests: a record of a changed request (another prompt, model, ...) is not
+    earlier: dict[str, list[int]] = {}  # what the reused records of earlier runs had cost, by usage key
+    keys = task_keys(job, items, saved["default_model"])
+    records = _current_records(store.iter_records(), keys, _run_name(event), earlier)
     with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="fanout-results-") as folder:
-        result = _aggregate_to_files(job, items, store, errors, Path(folder), prices, tier)
+        result = _aggregate_to_files(
+            job, items, records, errors, Path(folder), prices, tier, reused=reused, spent=spent, earlier=earlier
+        )
         for name, content_type in (("result.json", "application/json"), ("results.jsonl", "application/x-ndjson")):
             s3.upload_file(str(Path(folder) / name), bucket, prefix + name, ExtraArgs={"ContentType": content_type})
         put_text(s3, bucket, prefix + "report.md", (Path(folder) / "report.md").read_text("utf-8"), "text/markdown")
@@ -469,7 +590,7 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, scratch_dir: str | None = N
     # only while this run holds it: a lease another run has taken over since stays with that run
     _lease(store).release(str(event.get("execution") or ""))
     counts = result["counts"]
-    skipped = _tasks_skipped(store)
+    skipped = reused
     resumed = f"; {skipped} tasks finished by an earlier run were not asked again" if skipped else ""
     message = (
         f"{result['status']}: {counts['ok']} of {counts['tasks']} tasks ok, {counts['invalid']} invalid, "
@@ -506,14 +627,62 @@ def _tasks_skipped(store: RunStore) -> int:
         return 0
 
 
+def _this_run(usage: dict[str, Any], reused: int, spent: dict[str, int], earlier: dict[str, list[int]]) -> None:
+    """result.json's usage says what this run did: its calls, those that left no record included, less what the
+    records of earlier runs it reused had cost (``earlier``), and how many requests it did not ask again."""
+    names = ("model_calls", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens")
+    for model, spent_before in earlier.items():
+        per_model = usage["by_model"].get(model)
+        if per_model is None:
+            continue
+        for name, value in zip(names, spent_before, strict=True):
+            if name in per_model:
+                per_model[name] -= value
+            if name in usage and name in names[:3]:
+                usage[name] -= value
+    for model, calls in spent.items():
+        usage["model_calls"] += calls
+        per_model = usage["by_model"].setdefault(model, {"model_calls": 0, "input_tokens": 0, "output_tokens": 0})
+        per_model["model_calls"] += calls
+    usage["by_model"] = {m: u for m, u in usage["by_model"].items() if any(u.get(n) for n in names)}
+    usage["requests_reused"] = reused
+
+
+def _current_records(
+    records: Iterable[dict[str, Any]], keys: set[str], run: str | None, earlier: dict[str, list[int]] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The records whose request is one of the job's (``keys``; a second pass's are matched by id). What the records
+    another run made had cost is added up in ``earlier`` by usage key: this run's usage leaves it out."""
+    for record in records:
+        key = record.get("key")
+        if key not in keys and (key is not None or not is_second_pass(str(record.get("slot", "")))):
+            continue  # a record of a changed request answers nothing
+        if earlier is not None and run is not None and record.get("run") != run:
+            name = str(record.get("model") or "unknown")
+            if record.get("tier"):
+                name = usage_key(name, record["tier"])
+            spent = record.get("usage") or {}
+            total = earlier.setdefault(name, [0, 0, 0, 0, 0])
+            total[0] += record.get("attempts") or 0
+            total[1] += spent.get("input_tokens") or 0
+            total[2] += spent.get("output_tokens") or 0
+            total[3] += spent.get("cache_read_input_tokens") or 0
+            total[4] += spent.get("cache_write_input_tokens") or 0
+        yield record
+
+
 def _aggregate_to_files(
     job: Job,
     items: list[dict[str, Any]],
-    store: RunStore,
+    records: Iterable[dict[str, Any]],
     errors: dict[str, str],
     folder: Path,
     prices: dict[str, Any],
     tier: dict[str, Any] | None = None,
+    *,
+    reused: int = 0,
+    spent: dict[str, int] | None = None,
+    earlier: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     """result.json, results.jsonl and report.md written in ``folder`` as the items are built; returns result.json's head."""
     report = Report(job.pattern, job.strategy)
@@ -532,11 +701,12 @@ def _aggregate_to_files(
         head = aggregate_stream(
             job,
             items,
-            store.iter_records(),
+            records,
             on_item,
             batch_errors=errors,
             spill_dir=str(folder),
         )
+    _this_run(head["usage"], reused, spent or {}, earlier or {})
     price_usage(head["usage"], prices)
     if tier is not None:
         head["tier"] = tier
@@ -569,8 +739,8 @@ def _batch_errors(store: RunStore) -> dict[str, str]:
     for failure in store.failures():
         index = failure["batch"]
         reason = f"batch {index} failed: {failure.get('Error', 'error')}: {_cause(failure.get('Cause'))}"
-        for task in store.get_json(store.batch_name(index))["tasks"]:
-            errors[task["task_id"]] = reason
+        for task_id in pending_task_ids(store.get_json(store.batch_name(index))):
+            errors[task_id] = reason
     return errors
 
 

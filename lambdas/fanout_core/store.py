@@ -9,6 +9,7 @@ it. Ids never appear in keys: any id, with '/', spaces or unicode, is safe.
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fanout_core import layout
+from fanout_core.contracts import FINAL_STATUSES
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -28,8 +30,9 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 # held by the run of a job_id from Plan to Aggregate (fanout_core.lease), so two runs never share its records
 LEASE = layout.LEASE_FILE
-# the record statuses that need no more model calls: answered, or not asked because earlier votes agreed
-FINISHED = ("ok", "skipped")
+# the record statuses that need no more model calls (contracts.FINAL_STATUSES): answered, not asked because earlier
+# votes agreed, invalid after its repair, failed after its own retries; a batch retry asks none of them again
+FINISHED = FINAL_STATUSES
 
 
 class RunStore:
@@ -54,6 +57,16 @@ class RunStore:
     def put_json(self, name: str, body: Any) -> None:
         self.s3.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=_dumps(body), ContentType="application/json")
 
+    def put_json_streamed(self, name: str, body: Any) -> None:
+        """``put_json`` through a temporary file (/tmp in Lambda): a large body (a job's items) is never held as one
+        string and its bytes at once, only encoded and uploaded in parts."""
+        encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+        with tempfile.TemporaryFile() as file:
+            for chunk in encoder.iterencode(body):
+                file.write(chunk.encode("utf-8"))
+            file.seek(0)
+            self.s3.upload_fileobj(file, self.bucket, self.prefix + name, ExtraArgs={"ContentType": "application/json"})
+
     def get_json(self, name: str) -> Any:
         return get_json(self.s3, self.bucket, self.prefix + name)
 
@@ -67,13 +80,32 @@ class RunStore:
             self.s3, self.bucket, prefix, flush_records, self.flush_seconds if flush_seconds is None else flush_seconds
         )
 
+    def note_spent(self, batch_index: int, run: str | None, calls: dict[str, int]) -> None:
+        """The calls of one batch invocation that left no record (by model spec), so usage counts every call."""
+        if any(calls.values()):
+            name = f"{layout.batch_spent_dir(batch_index)}{uuid.uuid4().hex[:12]}.json"
+            self.put_json(name, {"run": run, "model_calls": calls})
+
+    def spent(self, run: str | None) -> dict[str, int]:
+        """The calls that left no record, of the run ``run`` (every run's when None), by model spec."""
+        total: dict[str, int] = {}
+        for key in self._keys(layout.SPENT_DIR):
+            noted = get_json(self.s3, self.bucket, key)
+            if run is not None and noted.get("run") != run:
+                continue
+            for model, calls in (noted.get("model_calls") or {}).items():
+                total[model] = total.get(model, 0) + int(calls)
+        return total
+
     def completed(self, batch_index: int) -> set[str]:
-        """Task ids finished (ok, or skipped by early stopping) by an earlier run of this batch (a retry or a redrive)."""
+        """Task ids with a final record from an earlier invocation of this batch (a retry or a redrive)."""
         return {r["task_id"] for r in self.finished_records(batch_index)}
 
     def finished_records(self, batch_index: int) -> list[dict[str, Any]]:
-        """The records behind ``completed``: early stopping decides from their answers."""
-        return [r for r in self._read_records(self._keys(layout.batch_records_dir(batch_index))) if r["status"] in FINISHED]
+        """The records behind ``completed``: early stopping decides from their answers. A batch inference answer
+        marked ``fallback`` (an error, a cut-off or out-of-schema answer) is not final: the on-demand calls ask it."""
+        records = self._read_records(self._keys(layout.batch_records_dir(batch_index)))
+        return [r for r in records if r["status"] in FINISHED and not r.get("fallback")]
 
     def has_records(self) -> bool:
         listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + layout.RECORDS_DIR, MaxKeys=1)

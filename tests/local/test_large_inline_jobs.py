@@ -116,8 +116,8 @@ def test_the_summary_counts_skipped_and_this_runs_calls(tmp_path: Path, capsys: 
 
     # Then the counts line says what was skipped, and "model calls" are this run's: none
     out = capsys.readouterr().out
-    assert "model calls 0 (this run)" in out
-    assert "skipped 12 tasks that already had an ok record" in out
+    assert "model calls 0 made, 12 requests reused" in out
+    assert "reused 12 requests an earlier run of this job_id answered" in out
 
 
 def test_a_median_job_shows_votes_and_spread_not_confidence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

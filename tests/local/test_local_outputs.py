@@ -227,8 +227,9 @@ def test_two_runs_of_one_job_into_one_out_at_once_make_one_record_per_task(tmp_p
 
 
 def test_a_run_of_over_100_batches_prints_no_metrics_blob(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Given 120 one-task batches (Powertools prints a metric set once it holds 100 values, were metrics on locally)
-    path = job_file(tmp_path, votes=2, items=[{"id": f"i{n}", "text": "x"} for n in range(60)])
+    # Given 120 one-item batches (Powertools prints a metric set once it holds 100 values, were metrics on locally;
+    # a batch holds whole items, so batch_size 1 holds an item's 2 votes)
+    path = job_file(tmp_path, votes=2, items=[{"id": f"i{n}", "text": "x"} for n in range(120)])
     document = json.loads(path.read_text())
     document["limits"] = {"batch_size": 1, "mode": "distributed"}
     path.write_text(json.dumps(document))

@@ -160,8 +160,9 @@ def test_job_from_s3_upload_event_and_job_uri() -> None:
         assert pointed.status == "SUCCEEDED" and pointed.output is not None
         result = json.loads(s3.get_object(Bucket=RESULTS_BUCKET, Key="results/from-upload/result.json")["Body"].read())
         assert result["counts"]["ok"] == 2
-        # the second run found the first run's ok records and called no model
-        assert result["usage"]["model_calls"] == 2
+        # the second run found the first run's ok records and called no model: its usage is its own calls
+        assert result["usage"]["model_calls"] == 0
+        assert result["usage"]["requests_reused"] == 2
 
         missing = runtime.wait(runtime.start({"job_uri": "s3://fanout-local-input/jobs/nope.json"}, "uri-2"))
         assert missing.status == "FAILED" and missing.error == "InvalidJob"
@@ -256,23 +257,30 @@ def test_a_rerun_calls_the_model_only_for_tasks_without_an_ok_record(
     assert code == 0
     second = json.loads((out / "resumable" / "run.json").read_text())
     assert second["tasks_skipped"] == 8 and second["model_calls"] == 4
-    assert "skipped 8 tasks" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "model calls 4 made, 8 requests reused" in shown and "reused 8 requests" in shown
     result = read_result(out, "resumable")
     assert result["counts"] == {"items": 6, "tasks": 12, "ok": 12, "invalid": 0, "failed": 0}
     assert len(read_records(out, "resumable")) == 12
 
 
-def test_a_changed_job_under_the_same_id_is_refused_until_fresh(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_changed_job_under_the_same_id_asks_only_its_changed_requests(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a job that ran once
     job = {"job_id": "changing", "pattern": "voting", "votes": 2, "prompt": "Q1 {text}", "items": [{"id": "a", "text": "x"}]}
     out = tmp_path / "out"
     assert main(["run", str(write_job(tmp_path, job)), "--out", str(out), "--quiet", "--model", FAST_SIM]) == 0
-    before = (out / "changing" / "result.json").read_text()
 
+    # When its prompt changes and it runs again under the same job_id: no refusal, every changed request is asked
     job["prompt"] = "Q2 {text}"
-    code = main(["run", str(write_job(tmp_path, job)), "--out", str(out), "--quiet", "--model", FAST_SIM])
+    assert main(["run", str(write_job(tmp_path, job)), "--out", str(out), "--quiet", "--model", FAST_SIM]) == 0
+    changed = json.loads((out / "changing" / "run.json").read_text())
+    assert changed["model_calls"] == 2 and changed["requests_reused"] == 0
 
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "job_id: 'changing' already has records from a different job" in err and "--fresh" in err
-    assert (out / "changing" / "result.json").read_text() == before
+    # and an unchanged re-run asks nothing, while --fresh asks every request again
+    assert main(["run", str(write_job(tmp_path, job)), "--out", str(out), "--quiet", "--model", FAST_SIM]) == 0
+    assert json.loads((out / "changing" / "run.json").read_text())["model_calls"] == 0
     assert main(["run", str(write_job(tmp_path, job)), "--out", str(out), "--quiet", "--model", FAST_SIM, "--fresh"]) == 0
+    assert json.loads((out / "changing" / "run.json").read_text())["model_calls"] == 2
+    assert "model calls 2 made, 0 requests reused" in capsys.readouterr().out

@@ -66,6 +66,7 @@ def test_bedrock_converse_endpoint_with_throttling_and_503s(
         # When the job runs locally, and then once more
         code = main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])
         requests_after_first_run = len(served.requests)
+        first = json.loads((tmp_path / "out" / "endpoint-job" / "result.json").read_text())
         assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
 
     # Then the second run called the model for no task: every task already had an ok record
@@ -91,10 +92,12 @@ def test_bedrock_converse_endpoint_with_throttling_and_503s(
     # faults really happened, and calls in flight stayed within the limit
     assert len(served.requests) > 140
     assert served.max_in_flight <= 8
-    # token usage equals what the endpoint served
-    assert result["usage"]["input_tokens"] == served.input_tokens
-    assert result["usage"]["output_tokens"] == served.output_tokens
-    assert result["usage"]["estimated_cost_usd"] == pytest.approx(
+    # token usage equals what the endpoint served (the first run's; the second run spent nothing and says so)
+    assert first["usage"]["input_tokens"] == served.input_tokens
+    assert result["usage"]["input_tokens"] == result["usage"]["model_calls"] == 0
+    assert result["usage"]["requests_reused"] == 120
+    assert first["usage"]["output_tokens"] == served.output_tokens
+    assert first["usage"]["estimated_cost_usd"] == pytest.approx(
         # Claude Haiku 5.5's list price, 10% above the global profile's for a us. profile
         served.input_tokens * 0.11e-6 + served.output_tokens * 0.55e-6,
         rel=1e-3,

@@ -12,6 +12,7 @@ from fanout_core import layout
 from fanout_core.aggregation import aggregate
 from fanout_core.errors import InvalidJob
 from fanout_core.job import parse_job
+from fanout_core.planning import expand_tasks
 from fanout_core.report import report_markdown
 from fanout_core.second_pass import STAGE_BATCH_BASE
 from fanout_core.settings import Settings
@@ -178,8 +179,11 @@ def test_the_second_pass_plans_escalated_votes_for_the_doubtful_items_only() -> 
         planned = plan(voting({"below": 0.7, "votes": 2, "model": STRONG}), "exec-1", s3=s3, settings=settings)
         store = RunStore(s3, "results", "esc")
         writer = store.writer(0)
+        # each record keyed by its task's request, as RunBatch writes it (a record of another request answers nothing)
+        job = parse_job(voting({"below": 0.7, "votes": 2, "model": STRONG}))
+        keys = {t["task_id"]: t["key"] for t in expand_tasks(job, job.items or [], "sim")}
         for r in first_votes():
-            writer.add(r)
+            writer.add({**r, "key": keys[f"{r['item_id']}#{r['slot']}"]})
         writer.close()
         event = {"job_id": "esc", "run_uri": planned["run_uri"], "stage": 0}
 

@@ -14,7 +14,7 @@ from fanout_core.planning import (
     batch_ranges,
     choose_batching,
     expand_tasks,
-    fingerprint,
+    pack_items,
 )
 
 DEFAULT_MODEL = "sim"
@@ -201,12 +201,15 @@ def test_batch_ranges_of_no_tasks_is_empty() -> None:
     assert batch_ranges(0, 10) == []
 
 
-def _print(job: Job, items: list[dict[str, Any]] | None = None, model: str = DEFAULT_MODEL) -> str:
-    return fingerprint(job, items if items is not None else (job.items or []), model)
+def _keys(job: Job, items: list[dict[str, Any]] | None = None, model: str = DEFAULT_MODEL) -> list[str]:
+    return [t["key"] for t in expand_tasks(job, items if items is not None else (job.items or []), model)]
 
 
-def test_fingerprint_is_stable_for_the_same_job() -> None:
-    assert _print(voting_job()) == _print(voting_job())
+def test_request_keys_are_stable_for_the_same_job_and_distinct_per_task() -> None:
+    keys = _keys(voting_job())
+
+    assert keys == _keys(voting_job())
+    assert len(set(keys)) == len(keys) == 6  # each vote is its own request
 
 
 def labelled(**changes: Any) -> Job:
@@ -218,28 +221,54 @@ def labelled(**changes: Any) -> Job:
     [
         ("prompt", "Is this ham? {text}"),
         ("model", "sim:seed=3"),
-        ("votes", 4),
         ("system", "You are strict."),
         ("inference", {"temperature": 0.2}),
         ("output_schema", {**SCHEMA, "properties": {"label": {"enum": ["yes", "no", "maybe"]}}}),
     ],
 )
-def test_fingerprint_changes_when_what_decides_the_answers_changes(change: str, value: Any) -> None:
-    assert _print(labelled(**{change: value})) != _print(labelled())
+def test_every_request_key_changes_when_what_decides_the_answers_changes(change: str, value: Any) -> None:
+    assert not set(_keys(labelled(**{change: value}))) & set(_keys(labelled()))
 
 
-def test_fingerprint_changes_when_a_schema_is_added() -> None:
-    assert _print(labelled()) != _print(voting_job())
+def test_a_schema_added_changes_every_request_key() -> None:
+    assert not set(_keys(labelled())) & set(_keys(voting_job()))
 
 
-def test_fingerprint_changes_when_the_items_or_default_model_change() -> None:
+def test_more_votes_keep_the_keys_of_the_votes_already_asked() -> None:
+    # Given a job that goes from 3 votes to 4
+    three, four = _keys(voting_job()), _keys(voting_job(votes=4))
+
+    # Then the 3 votes of each item are the same requests, and only the new vote of each item is new
+    assert set(three) < set(four)
+    assert len(set(four) - set(three)) == 2
+
+
+def test_an_edited_item_or_default_model_changes_only_its_own_keys() -> None:
     job = voting_job()
     items = list(job.items or [])
 
     edited = [{**items[0], "text": "one!"}, items[1]]
-    assert _print(job, edited) != _print(job, items)
-    assert _print(job, items[:1]) != _print(job, items)
-    assert _print(job, model="sim:seed=2") != _print(job)
+    before, after = _keys(job, items), _keys(job, edited)
+    assert before[:3] != after[:3] and not set(before[:3]) & set(after[:3])
+    assert before[3:] == after[3:]  # item b did not change
+    assert not set(_keys(job, model="sim:seed=2")) & set(before)
+
+
+def test_a_changed_section_prompt_changes_only_that_sections_keys() -> None:
+    job = sectioning_job()
+    sections = [s.model_dump() for s in job.sections or []]
+    changed = sectioning_job(sections=[sections[0], {**sections[1], "prompt": "Market, again: {text}"}])
+
+    old = {t["task_id"]: t["key"] for t in expand_tasks(job, job.items or [], DEFAULT_MODEL)}
+    new = {t["task_id"]: t["key"] for t in expand_tasks(changed, changed.items or [], DEFAULT_MODEL)}
+
+    assert {t for t in old if old[t] != new[t]} == {"a#market size", "b#market size", "c#market size"}
+
+
+def test_two_items_with_the_same_text_are_two_requests() -> None:
+    job = voting_job(items=[{"id": "a", "text": "same"}, {"id": "b", "text": "same"}])
+
+    assert len(set(_keys(job))) == 6
 
 
 @pytest.mark.parametrize(
@@ -251,5 +280,30 @@ def test_fingerprint_changes_when_the_items_or_default_model_change() -> None:
     ],
     ids=["job_id", "limits", "description"],
 )
-def test_fingerprint_ignores_what_does_not_change_the_answers(changes: dict[str, Any]) -> None:
-    assert _print(voting_job(**changes)) == _print(voting_job())
+def test_request_keys_ignore_what_does_not_change_the_answers(changes: dict[str, Any]) -> None:
+    assert _keys(voting_job(**changes)) == _keys(voting_job())
+
+
+def test_an_items_votes_share_one_rendered_prompt() -> None:
+    tasks = expand_tasks(voting_job(), voting_job().items or [], DEFAULT_MODEL)
+
+    assert tasks[0]["prompt"] is tasks[1]["prompt"] is tasks[2]["prompt"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 4, 5, 7, 10, 100])
+def test_batches_hold_whole_items_unless_one_item_alone_is_over_a_batch(batch_size: int) -> None:
+    # Given items with 0 to 9 pending tasks each (as a re-run leaves them)
+    pending = [(n, (n * 7) % 10) for n in range(40)]
+
+    # When they are packed
+    batches = pack_items(pending, batch_size)
+
+    # Then every pending task is in exactly one batch, in item order, no batch over the size
+    covered = [(position, t) for batch in batches for position, start, end in batch for t in range(start, end)]
+    assert covered == [(position, t) for position, count in pending for t in range(count)]
+    for batch in batches:
+        assert sum(end - start for _, start, end in batch) <= batch_size
+        # and an item is cut only when it alone has more pending tasks than a batch holds
+        for position, start, end in batch:
+            whole = (start, end) == (0, dict(pending)[position])
+            assert whole or (dict(pending)[position] > batch_size and len(batch) == 1)

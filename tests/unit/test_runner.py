@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
+from fanout_core.contracts import expand
 from fanout_core.errors import ModelThrottled
 from fanout_core.job import parse_job
-from fanout_core.planning import expand_tasks
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest
 from fanout_core.runner import RetryPolicy, run_batch
+from fanout_core.steps import first_run_batches
 from tests.fakes import MemoryRunStore
 
 SCHEMA = {"type": "object", "required": ["label"], "properties": {"label": {"enum": ["yes", "no"]}}}
@@ -85,15 +86,9 @@ def make_batch(
         if schema is not None:
             data.update(output_schema=schema)
     job = parse_job(data)
-    return {
-        "job_id": "j",
-        "index": 0,
-        "system": job.system,
-        "inference": job.inference.model_dump(),
-        "output_schema": job.output_schema,
-        "answer_field": job.aggregate.field,
-        "tasks": expand_tasks(job, job.items or [], "fake"),
-    }
+    # built as Plan builds them: the items' inputs once, each task a stub its prompt is rendered from
+    (batch,) = first_run_batches(job, job.items or [], "fake")
+    return dict(batch)
 
 
 def run(batch: dict[str, Any], store: FakeStore, provider: ScriptedProvider, threads: int = 4) -> dict[str, int]:
@@ -110,9 +105,9 @@ def test_every_task_gets_exactly_one_record_with_the_contract_fields() -> None:
     counts = run(batch, store, provider)
 
     # Then each task has one record, written once, with every field of the record contract
-    assert sorted(store.puts) == sorted((t["item_id"], t["slot"]) for t in batch["tasks"])
+    assert sorted(store.puts) == sorted((t["item_id"], t["slot"]) for t in expand(batch))
     assert len(store.puts) == len(set(store.puts)) == 6
-    for task in batch["tasks"]:
+    for task in expand(batch):
         record = store.records[(task["item_id"], task["slot"])]
         assert set(record) >= RECORD_FIELDS
         assert record["task_id"] == task["task_id"]
@@ -214,18 +209,23 @@ def test_a_second_run_calls_the_model_only_for_tasks_without_an_ok_record() -> N
     assert len(store.records) == 4 and all(r["status"] == "ok" for r in store.records.values())
 
 
-def test_a_second_run_retries_failed_records() -> None:
-    # a failed record is not an answer: resuming calls the model for it again
-    batch = make_batch(["a"])
+def test_a_batch_retry_does_not_ask_a_failed_task_again() -> None:
+    # a failed record is final (it had its own retries): a retry of the batch, whatever its cause, leaves it
+    batch = make_batch(["a", "b"])
     store = FakeStore()
-    run(batch, store, ScriptedProvider({"a#v1": [ModelError("ValidationException", "bad", "permanent")]}))
+    with pytest.raises(ModelThrottled):
+        run(
+            batch,
+            store,
+            ScriptedProvider({"a#v1": [ModelError("ValidationException", "bad", "permanent")], "b#v1": [throttled()] * 100}),
+        )
     assert store.records[("a", "v1")]["status"] == "failed"
 
     second = ScriptedProvider()
     run(batch, store, second)
 
-    assert dict(second.calls) == {"a#v1": 1}
-    assert store.records[("a", "v1")]["status"] == "ok"
+    assert dict(second.calls) == {"b#v1": 1}  # only the task without a final record
+    assert store.records[("a", "v1")]["status"] == "failed"
 
 
 def test_a_permanent_error_fails_the_task_at_once() -> None:

@@ -13,10 +13,10 @@ import pytest
 from fanout_core.aggregation import aggregate
 from fanout_core.errors import ModelThrottled
 from fanout_core.job import InvalidJob, Job, parse_job
-from fanout_core.planning import expand_tasks
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest
 from fanout_core.providers.simulator import Simulator
 from fanout_core.runner import RetryPolicy, run_batch
+from fanout_core.steps import first_run_batches
 from fanout_core.stopping import Step, StopRule, next_step, rule_for, stays_leader, vote_weights
 from tests.fakes import MemoryRunStore
 
@@ -225,19 +225,12 @@ def test_stop_and_its_shorthand_are_not_both_given() -> None:
 
 
 def batch_for(job: Job, items: list[dict[str, Any]]) -> dict[str, Any]:
-    rule = rule_for(job)
-    assert rule is not None
-    return {
-        "index": 0,
-        "job_id": job.job_id,
-        "system": None,
-        "inference": {"max_tokens": 8},
-        "output_schema": SCHEMA,
-        "answer_field": "label",
-        "stop": rule.to_batch(),
-        "vote_weights": vote_weights(job, "sim"),
-        "tasks": expand_tasks(job, items, "sim"),
-    }
+    """The job's one batch, built as Plan builds it (an item's votes together, its inputs once)."""
+    batches = first_run_batches(
+        job.model_copy(update={"limits": job.limits.model_copy(update={"batch_size": 10_000})}), items, "sim"
+    )
+    assert len(batches) == 1
+    return dict(batches[0])
 
 
 ITEMS = [{"id": f"i{n}", "text": "t", "expected": LABELS[n % 3]} for n in range(150)]

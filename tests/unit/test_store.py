@@ -164,7 +164,7 @@ def test_a_timed_write_that_fails_leaves_its_records_for_close(s3: Any) -> None:
     assert [r["item_id"] for r in store.iter_records()] == ["a"]
 
 
-def test_completed_lists_only_ok_tasks_of_that_batch(s3: Any) -> None:
+def test_completed_lists_the_tasks_of_that_batch_with_a_final_record(s3: Any) -> None:
     # Given two runs of batch 1 (a retry) and a run of batch 2
     store = RunStore(s3, BUCKET, "job-1")
     for batch, records in [(1, records_for(["a", "b"])), (1, records_for(["c"], status="failed")), (2, records_for(["d"]))]:
@@ -173,8 +173,9 @@ def test_completed_lists_only_ok_tasks_of_that_batch(s3: Any) -> None:
             writer.add(record)
         writer.close()
 
-    # Then batch 1's completed tasks are its ok ones, whichever run wrote them
-    assert store.completed(1) == {"a#v1", "b#v1"}
+    # Then batch 1's completed tasks are those with a final record (ok, skipped, invalid, failed), whichever run
+    # wrote them: a retry of the batch asks none of them again
+    assert store.completed(1) == {"a#v1", "b#v1", "c#v1"}
     assert store.completed(2) == {"d#v1"}
     assert store.completed(3) == set()
     assert store.has_records()

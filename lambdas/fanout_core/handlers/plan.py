@@ -26,4 +26,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     correlate(plan["job_id"])
     count(TASKS_PLANNED, plan["counts"]["tasks"])
     logger.info("planned", extra={"mode": plan["mode"], "counts": plan["counts"], "threads": plan["threads"]})
-    return plan
+    return dict(plan)

@@ -1,0 +1,218 @@
+"""The data that crosses a step, as typed models: task, batch file, record, plan summary, result head.
+
+Plan writes batch files; RunBatch reads one, renders its tasks' prompts and
+writes records; Aggregate reads the records. Each shape is defined once
+here (TypedDicts: they cost nothing at run time and the files stay plain
+JSON), with the functions that build them, so a test builds a batch file
+with ``batch_file`` exactly as Plan does.
+
+A batch holds whole items: each item's template inputs once, with one stub
+per task (its slot, model and request key). A stub whose request already
+has a final record from an earlier run carries that record's ``done``
+status, and for a vote its ``answer``, so early stopping decides from all of
+an item's votes; RunBatch asks the model only for the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, TypedDict
+
+from fanout_core.templating import render
+
+Status = Literal["ok", "invalid", "failed", "skipped"]
+# a record's status that ends its request: asked again only by a job re-run with retry_failed
+FINAL_STATUSES: tuple[Status, ...] = ("ok", "skipped", "invalid", "failed")
+# ... and those a re-run reuses even with retry_failed
+ANSWERED: tuple[Status, ...] = ("ok", "skipped")
+Kind = Literal["section", "vote"]
+
+
+class Task(TypedDict, total=False):
+    """One model call, as RunBatch runs it (``expand`` builds it from a batch file)."""
+
+    task_id: str
+    item_id: str
+    item_index: int
+    slot: str
+    kind: Kind
+    model: str
+    prompt: str
+    key: str  # the request's fingerprint (planning.request_key)
+    expected: Any
+    document: dict[str, Any]  # a PDF or office item: Bedrock is sent the file itself as well
+    document_bytes: bytes
+
+
+class TaskStub(TypedDict, total=False):
+    """A task in a batch file: no prompt (RunBatch renders it from the item)."""
+
+    slot: str
+    model: str
+    key: str
+    done: Status  # the request's final record from an earlier run: not asked again
+    answer: str | None  # that record's normalised answer (a vote under a stopping rule)
+
+
+class BatchItem(TypedDict):
+    index: int  # the item's position in the job
+    item: dict[str, Any]  # its template inputs, once for all its tasks
+    tasks: list[TaskStub]
+
+
+class BatchFile(TypedDict, total=False):
+    """``runs/<job_id>/batches/<n>.json``."""
+
+    job_id: str
+    index: int
+    kind: Kind
+    templates: dict[str, str]  # slot -> prompt template (a vote's slot maps to the one voting prompt)
+    system: str | None
+    inference: dict[str, Any]
+    output_schema: dict[str, Any] | None
+    answer_field: str | None
+    tier: str
+    stop: dict[str, Any]
+    vote_weights: list[float]
+    items: list[BatchItem]
+
+
+class Usage(TypedDict, total=False):
+    input_tokens: int
+    output_tokens: int
+    cache_read_input_tokens: int
+    cache_write_input_tokens: int
+
+
+class Record(TypedDict, total=False):
+    """One task's outcome, a JSON line under ``runs/<job_id>/records/``."""
+
+    task_id: str
+    item_id: str
+    slot: str
+    key: str  # the request's fingerprint: a later run reuses the record when it asks the same
+    run: str  # the execution that made the calls
+    status: Status
+    output: Any
+    error: str | None
+    model: str
+    usage: Usage
+    latency_ms: float
+    attempts: int
+    vote: int
+    section: str
+    synthetic: bool
+    checked: str
+    stop: str  # a skipped vote: the stopping rule that skipped it (planning.rule_digest)
+    truncated: bool
+    throttled: int
+
+
+class PlanCounts(TypedDict):
+    items: int
+    tasks: int
+    pending: int  # tasks this run asks the model for
+    skipped: int  # tasks answered by records of earlier runs (reused): tasks - pending
+    reused: int
+    batches: int
+
+
+class PlanSummary(TypedDict, total=False):
+    """What Plan returns to the state machine (and writes as plan.json)."""
+
+    job_id: str
+    run_uri: str
+    run_bucket: str
+    manifest_key: str
+    map_results_prefix: str
+    mode: str
+    batches: list[dict[str, int]]
+    tolerated_failure_percentage: float
+    batch_size: int
+    threads: int
+    map_concurrency: int
+    max_concurrency: int
+    tier: dict[str, Any]
+    inference_jobs: list[dict[str, Any]]  # tier batch: the Bedrock batch inference jobs to run first
+    inference_poll_seconds: float
+    inference_max_polls: int
+    second_pass: bool  # escalation, a judge or a synthesis follows the first Map
+    counts: PlanCounts
+    warnings: list[str]
+
+
+def vote_slot(kind: Kind, slot: str) -> str:
+    """The template a slot renders: a section's own, or the one prompt of every vote."""
+    return slot if kind == "section" else "vote"
+
+
+def batch_file(
+    index: int,
+    items: Iterable[BatchItem],
+    *,
+    job_id: str,
+    kind: Kind,
+    templates: Mapping[str, str],
+    shared: Mapping[str, Any] | None = None,
+) -> BatchFile:
+    """A batch file: the fields every task of the job shares, and the batch's items with their task stubs."""
+    batch: BatchFile = {"job_id": job_id, "index": index, "kind": kind, "templates": dict(templates)}
+    batch.update(shared or {})  # type: ignore[typeddict-item]
+    batch["items"] = list(items)
+    return batch
+
+
+def batch_item(index: int, item: dict[str, Any], stubs: Iterable[TaskStub]) -> BatchItem:
+    return {"index": index, "item": item, "tasks": list(stubs)}
+
+
+def expand(batch: Mapping[str, Any]) -> list[Task]:
+    """The tasks of a batch file, each with its prompt rendered from its item (an item's votes share one string)."""
+    kind: Kind = batch.get("kind", "vote")
+    templates: Mapping[str, str] = batch["templates"]
+    tasks: list[Task] = []
+    for entry in batch["items"]:
+        item = entry["item"]
+        rendered: dict[str, str] = {}
+        for stub in entry["tasks"]:
+            slot = stub["slot"]
+            which = vote_slot(kind, slot)
+            if which not in rendered:
+                rendered[which] = render(templates[which], item)
+            task: Task = {
+                "task_id": f"{item['id']}#{slot}",
+                "item_id": item["id"],
+                "item_index": entry["index"],
+                "slot": slot,
+                "kind": kind,
+                "model": stub["model"],
+                "prompt": rendered[which],
+                "key": stub["key"],
+                "expected": item.get("expected"),
+            }
+            if isinstance(item.get("document"), dict):
+                task["document"] = item["document"]
+            tasks.append(task)
+    return tasks
+
+
+def done_stubs(batch: Mapping[str, Any]) -> dict[str, TaskStub]:
+    """The stubs of a batch answered by earlier runs, by request key."""
+    return {stub["key"]: stub for entry in batch["items"] for stub in entry["tasks"] if "done" in stub}
+
+
+def pending_task_ids(batch: Mapping[str, Any]) -> list[str]:
+    """The ids of the tasks a batch file asks the model for (not those earlier runs answered)."""
+    return [str(t["task_id"]) for t in pending_tasks(batch)]
+
+
+def pending_tasks(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The (task_id, key) of each task a batch file asks the model for, as small dicts."""
+    if "items" not in batch:
+        return [{"task_id": t["task_id"], "key": t.get("key")} for t in batch.get("tasks", [])]
+    return [
+        {"task_id": f"{e['item']['id']}#{stub['slot']}", "key": stub["key"]}
+        for e in batch["items"]
+        for stub in e["tasks"]
+        if "done" not in stub
+    ]
