@@ -61,6 +61,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+	$(PY) -m bench.workers
 	$(PY) -m bench.faults
 	$(PY) -m bench.stopping
 	$(PY) -m bench.tiers
