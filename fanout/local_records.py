@@ -263,6 +263,8 @@ class RunLock:
                 if held is None:
                     continue  # taken over; try again
                 raise FanoutError(held, "--out", exit_code=2) from None
+            except OSError as exc:  # a read-only or full --out: refused before any model call
+                raise FanoutError(f"--out: cannot write {self.path} ({exc.strerror or exc})", "--out") from None
             with os.fdopen(handle, "wb") as file:
                 file.write(me)
             self.mine = me

@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -214,8 +216,31 @@ def parse_job(data: Any, *, job_id_default: str | None = None, caps: dict[str, i
                     f"limits.{name}",
                 )
             job = job.model_copy(update={"limits": job.limits.model_copy(update={name: cap})})
-    check_job(job)
+    with unexpected_as_invalid("job"):
+        check_job(job)
     return job
+
+
+UNCHECKED = "could not be checked as written"
+
+
+@contextmanager
+def unexpected_as_invalid(where: str) -> Iterator[None]:
+    """A check that trips over a value of a type it did not foresee still refuses the job, never a traceback.
+
+    Every such case found is a missing check (tests/local/test_fuzz_jobs.py fails on this message): this is the
+    last line, so that a user and the state machine get InvalidJob instead of a stack trace as the Cause.
+    """
+    try:
+        yield
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError, UnicodeError) as exc:
+        if isinstance(exc, InvalidJob):
+            raise
+        raise InvalidJob(
+            f"{where}: {UNCHECKED}: a value somewhere in it has a type or form fanout does not expect there; "
+            "compare the job with the examples",
+            where,
+        ) from None
 
 
 def _given_limits(data: dict[str, Any]) -> set[str]:
@@ -428,6 +453,11 @@ def _check_output_schema(schema: dict[str, Any]) -> None:
 
 def check_items(job: Job, items: list[Any], *, where: str = "items") -> None:
     """Every item is an object with a unique string id, fits the limits and has every field its prompts use."""
+    with unexpected_as_invalid(where):
+        _check_items(job, items, where)
+
+
+def _check_items(job: Job, items: list[Any], where: str) -> None:
     if not items:
         raise InvalidJob(f"{where}: is empty; give at least one item", where)
     if len(items) > job.limits.max_items:

@@ -26,6 +26,7 @@ from fanout import cli
 from fanout.runtime import RESULTS_BUCKET, local_aws
 from fanout_core import layout
 from fanout_core.errors import InvalidJob
+from fanout_core.job import UNCHECKED
 from fanout_core.loading import decode_json, job_source, parse_items
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,6 +254,7 @@ def assert_refusal(exc: InvalidJob) -> None:
     message.encode("utf-8")  # no lone surrogate can reach a terminal or a Fail state's Cause
     assert ": " in message and (message.startswith(exc.field) if exc.field else FIELD.match(message)), (exc.field, message)
     assert not re.search(r"\b(?:KeyError|TypeError|AttributeError|ValueError|RecursionError)\b", message), message
+    assert UNCHECKED not in message, f"a check tripped over a value it did not foresee: {message}"
 
 
 def check(document: Any, tmp_path: Path, model: str | None = None) -> cli.LoadedJob | None:

@@ -340,3 +340,18 @@ def test_max_tasks_is_checked_on_the_count_before_any_task_is_built(monkeypatch:
     with pytest.raises(InvalidJob, match=rf"^limits.max_tasks: the job expands to {count * 25} tasks"):
         cli.load_job(data, Path("."), "job", None, None, "sim")
     assert rendered == []
+
+
+def test_a_check_that_trips_over_an_unforeseen_value_still_refuses_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a cross-field check that meets a type it did not foresee (as `"items": true` once did)
+    from fanout_core import job as job_module
+
+    def trips(job: Job) -> None:
+        raise AttributeError("'bool' object has no attribute 'get'")
+
+    monkeypatch.setattr(job_module, "_check_voting", trips)
+
+    # Then the job is refused as InvalidJob, with no exception name in the message
+    with pytest.raises(InvalidJob) as caught:
+        parse_job(voting())
+    assert str(caught.value).startswith(f"job: {job_module.UNCHECKED}") and "AttributeError" not in str(caught.value)
