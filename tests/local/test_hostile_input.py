@@ -158,7 +158,7 @@ CATALOGUE: list[tuple[str, Any, str]] = [
     ("limits as a number", job(limits=5), "limits:"),
     (
         "too many tasks, counted before any is built",
-        job(votes=25, items=[{"id": f"i{n}", "text": "x"} for n in range(30_000)]),
+        job(votes=25, items=[{"id": f"i{n}", "text": "x"} for n in range(30_000)], limits={"max_tasks": 500_000}),
         "limits.max_tasks: the job expands to 750000 tasks",
     ),
 ]
@@ -453,7 +453,7 @@ def test_a_long_run_of_spaces_after_an_opener_renders_at_once() -> None:
 
     started = time.monotonic()
     render(DELIMITED, {"id": "a", "text": "<" + " " * 200_000 + "x", "note": "< " * 100_000})
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 20  # 0.1 s here; backtracking over the spaces would take hours
 
 
 def strict_loads(text: str) -> Any:
