@@ -152,10 +152,9 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def growth_row(sizes: tuple[int, ...], forms: tuple[str, ...], repeats: int, work: Path) -> dict[int, list[float]]:
-    """(i): each size and form run ``repeats`` times, interleaved; prints medians; returns the items_uri walls."""
+def growth_row(sizes: tuple[int, ...], forms: tuple[str, ...], repeats: int, work: Path) -> None:
+    """(i): each size and form run ``repeats`` times, interleaved; prints the medians and the fitted exponents."""
     curve: dict[str, list[tuple[int, float]]] = {form: [] for form in forms}
-    walls: dict[int, list[float]] = {}
     print(f"(i) growth curve: voting, 5 votes, 0 ms simulated calls; each run its own process; medians of {repeats}")
     print(f"{'tasks':>9}  {'form':<9}  {'ms/task':>8}  {'wall s':>8}  {'peak MB':>8}  {'same result':>11}")
     for tasks in sizes:
@@ -172,29 +171,31 @@ def growth_row(sizes: tuple[int, ...], forms: tuple[str, ...], repeats: int, wor
                 f"{tasks:>9,}  {form:<9}  {wall / tasks * 1000:>8.4f}  {wall:>8.2f}  {peak:>8.0f}  "
                 f"{('yes' if same else 'NO') if len(forms) > 1 else '-':>11}"
             )
-        walls[tasks] = [r["wall_seconds"] for r in runs.get("items_uri", [])]
     for form, points in curve.items():
         if len(points) > 1:
             print(f"(i) fitted exponent, {form}: {exponent(points):.3f}  (target <= 1.05; <= 0.1 ms per task)")
-    return walls
 
 
-def side_by_side_row(sizes: tuple[int, ...], repeats: int, work: Path, walls: dict[int, list[float]]) -> None:
-    """(j): fanout (items_uri) next to a thread pool and an asyncio loop making the same calls, in the same run."""
-    print(f"(j) the same calls side by side in this run: fanout (items_uri) / plain Python; medians of {repeats}")
+def side_by_side_row(sizes: tuple[int, ...], repeats: int, work: Path) -> None:
+    """(j): fanout (items_uri), then a thread pool and an asyncio loop making the same calls, back to back each time.
+
+    Each repeat runs the three one after the other, so the ratios compare runs minutes apart at most: on a shared
+    machine the load changes over the time a growth curve takes, and (i)'s runs are not reused here.
+    """
+    print(f"(j) the same calls side by side, back to back: fanout (items_uri) / plain Python; medians of {repeats}")
     for tasks in sizes:
-        fanout_walls = list(walls.get(tasks) or [])
-        pool, loop = [], []
-        for n in range(repeats):
-            if n >= len(fanout_walls):
-                fanout_walls.append(run_cli(tasks, "items_uri", work)["wall_seconds"])
+        walls, pool, loop = [], [], []
+        for _ in range(repeats):
+            walls.append(run_cli(tasks, "items_uri", work)["wall_seconds"])
             base = baselines(tasks)
             pool.append(base["thread_pool"])
             loop.append(base["asyncio"])
-        wall, pool_s, loop_s = median(fanout_walls[:repeats]), median(pool), median(loop)
+        wall, pool_s, loop_s = median(walls), median(pool), median(loop)
+        ratios = median([w / p for w, p in zip(walls, pool, strict=True)])
         print(
-            f"    {tasks:>9,} tasks: fanout {wall:.2f} s, thread pool {pool_s:.2f} s (x{wall / pool_s:.2f}), "
-            f"asyncio {loop_s:.2f} s (x{wall / loop_s:.2f})  (target <= 2x the thread pool)"
+            f"    {tasks:>9,} tasks: fanout {wall:.2f} s, thread pool {pool_s:.2f} s, asyncio {loop_s:.2f} s; "
+            f"fanout / thread pool x{ratios:.2f}, / asyncio x{median([w / a for w, a in zip(walls, loop, strict=True)]):.2f}"
+            "  (target <= 2x the thread pool)"
         )
 
 
@@ -316,11 +317,10 @@ def main() -> int:
     forms = tuple(f for f in args.forms.split(",") if f in ("inline", "items_uri"))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        walls: dict[int, list[float]] = {}
         if "i" in args.rows:
-            walls = growth_row(sizes, forms, args.repeats, work)
+            growth_row(sizes, forms, args.repeats, work)
         if "j" in args.rows:
-            side_by_side_row(side_by_side, args.repeats, work, walls)
+            side_by_side_row(side_by_side, args.repeats, work)
         if "k" in args.rows:
             functions_row(args.functions_tasks, args.repeats, work)
     return 0
