@@ -150,9 +150,9 @@ class Functions(Construct):
         return fn
 
     def _build_aggregate(self) -> lambda_.Function:
-        # bench.scale row (k): streamed aggregation of a 1,000,000-task job (200,000 items) peaked at 324 MB in a clean
-        # process, 32% of 1,024 MB: the rest is room for items and outputs larger than the bench's. report.html streams
-        # the items back from results.jsonl, holding at most its 10,000 table rows. /tmp holds the
+        # bench.scale row (k): streamed aggregation of a 1,000,000-task job (200,000 items) peaked at 324 and 334 MB
+        # (two runs) in a clean process, 33% of 1,024 MB: the rest is room for items and outputs larger than the bench's.
+        # report.html streams the items back from results.jsonl, holding at most its 10,000 table rows. /tmp holds the
         # records' spill files and the result files (~400 MB at 1M tasks); its size is 512 to 10,240 MB
         # ("EphemeralStorage", Lambda API reference)
         fn = self._build_function(
