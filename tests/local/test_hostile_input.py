@@ -483,3 +483,30 @@ def test_numbers_past_float_range_aggregate_to_a_strict_result(tmp_path: Path, s
     assert code == 0 and isinstance(answer, int) and 10**400 <= answer <= 10**400 + 100
     assert [r.status for r in runs] == ["SUCCEEDED", "SUCCEEDED"]
     assert strict_loads(body.decode())["items"][0]["answer"] >= 10**400
+
+
+UNSATISFIABLE = {
+    "enum: []": {"enum": []},
+    "integer minimum > maximum": {"type": "integer", "minimum": 5, "maximum": 1},
+    "number minimum > maximum": {"type": "number", "minimum": 5.5, "maximum": 1.5},
+    "oneOf: [true]": {"oneOf": [True]},
+    "false": False,
+}
+
+
+@pytest.mark.parametrize("name", list(UNSATISFIABLE))
+def test_the_simulator_answers_any_schema_and_every_task_is_accounted_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    # Given an output field that no value (or any value) fits, answered by the simulator
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(labelled(UNSATISFIABLE[name])))
+
+    # When it runs
+    code = main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])
+
+    # Then it ends with a result, every task ok or invalid, and no traceback
+    err = capsys.readouterr().err
+    result = json.loads((tmp_path / "out" / "hostile" / "result.json").read_text())
+    assert code in (0, 1, 3) and "Traceback" not in err, err
+    assert result["counts"]["ok"] + result["counts"]["invalid"] == result["counts"]["tasks"] == 3
