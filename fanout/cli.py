@@ -633,7 +633,7 @@ def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path
         # the second pass's extra votes for the doubtful items (aggregate.escalate), as report.md lists them
         spent = escalation.get("estimated_cost_usd")
         lines.append(
-            f"  escalated {escalation['items']} items: {escalation['model_calls']} second-pass calls, "
+            f"  escalated {escalation['items']} items: {escalation['model_calls']} second-pass calls (this run), "
             f"cost {'unknown' if spent is None else f'${spent:.4f}'}"
         )
     answered = any(i.get("answer") is not None for i in result["items"])

@@ -176,9 +176,9 @@ class Report:
         lines = [
             "## Escalated items",
             "",
-            f"{spent['items']} items were below the escalation threshold after the first votes and got "
-            f"{spent['model_calls']} more calls ({spent['input_tokens']} tokens in, {spent['output_tokens']} out, "
-            f"cost {shown_cost}).",
+            f"{spent['items']} items were below the escalation threshold after the first votes and were escalated; "
+            f"this run made {spent['model_calls']} calls for them ({spent['input_tokens']} tokens in, "
+            f"{spent['output_tokens']} out, cost {shown_cost}).",
             "",
         ]
         if not self.escalated:

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from fanout_core.job import DEFAULT_JUDGE_PROMPT, Job
+from fanout_core.pricing import rates_of, usage_cost
 from fanout_core.templating import render
 from fanout_core.voting import Vote, candidates, judge_prompt, judge_schema, plurality
 
@@ -257,3 +258,35 @@ def _whole(piece: str) -> bool:
 
 def done_slots(records: Iterable[dict[str, Any]]) -> set[str]:
     return {r["slot"] for r in records if r.get("status") in ("ok", "skipped")}
+
+
+def noting_earlier_escalation(
+    records: Iterable[dict[str, Any]], run: str | None, earlier: dict[str, list[int]]
+) -> Iterator[dict[str, Any]]:
+    """The records, noting in ``earlier`` (by model: calls, input and output tokens) the escalated votes another
+    run made: result.json's usage.escalation is what this run spent, as its usage is."""
+    for record in records:
+        if run is not None and record.get("run") != run and str(record.get("slot", "")).startswith(ESCALATE):
+            spent = record.get("usage") or {}
+            total = earlier.setdefault(str(record.get("model") or "unknown"), [0, 0, 0])
+            total[0] += record.get("attempts") or 0
+            total[1] += spent.get("input_tokens") or 0
+            total[2] += spent.get("output_tokens") or 0
+        yield record
+
+
+def escalation_this_run(usage: dict[str, Any], earlier: dict[str, list[int]], prices: dict[str, Any]) -> None:
+    """usage.escalation less what the escalated votes of earlier runs had cost (their items stay counted)."""
+    spent = usage.get("escalation")
+    if not spent or not earlier:
+        return
+    for model, (calls, tokens_in, tokens_out) in earlier.items():
+        spent["model_calls"] -= calls
+        spent["input_tokens"] -= tokens_in
+        spent["output_tokens"] -= tokens_out
+        rates = rates_of(model, prices)
+        if rates is None or spent.get("estimated_cost_usd") is None:
+            spent["estimated_cost_usd"] = None
+            continue
+        cost = usage_cost({"input_tokens": tokens_in, "output_tokens": tokens_out}, rates)[0]
+        spent["estimated_cost_usd"] = round(max(0.0, spent["estimated_cost_usd"] - cost), 6)

@@ -65,11 +65,13 @@ from fanout_core.second_pass import (
     STAGES,
     Material,
     escalation_tasks,
+    escalation_this_run,
     has_second_pass,
     has_stage,
     is_second_pass,
     judge_task,
     needs_escalation,
+    noting_earlier_escalation,
     synthesis_task,
 )
 from fanout_core.settings import Settings
@@ -576,9 +578,21 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, scratch_dir: str | None = N
     earlier: dict[str, list[int]] = {}  # what the reused records of earlier runs had cost, by usage key
     keys = task_keys(job, items, saved["default_model"])
     records = _current_records(store.iter_records(), keys, _run_name(event), earlier)
+    escalated_before: dict[str, list[int]] = {}  # the escalated votes earlier runs made, by model
+    records = noting_earlier_escalation(records, _run_name(event), escalated_before)
     with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="fanout-results-") as folder:
         result = _aggregate_to_files(
-            job, items, records, errors, Path(folder), prices, tier, reused=reused, spent=spent, earlier=earlier
+            job,
+            items,
+            records,
+            errors,
+            Path(folder),
+            prices,
+            tier,
+            reused=reused,
+            spent=spent,
+            earlier=earlier,
+            escalated_before=escalated_before,
         )
         for name, content_type in (("result.json", "application/json"), ("results.jsonl", "application/x-ndjson")):
             s3.upload_file(str(Path(folder) / name), bucket, prefix + name, ExtraArgs={"ContentType": content_type})
@@ -683,6 +697,7 @@ def _aggregate_to_files(
     reused: int = 0,
     spent: dict[str, int] | None = None,
     earlier: dict[str, list[int]] | None = None,
+    escalated_before: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     """result.json, results.jsonl and report.md written in ``folder`` as the items are built; returns result.json's head."""
     report = Report(job.pattern, job.strategy)
@@ -707,6 +722,7 @@ def _aggregate_to_files(
             spill_dir=str(folder),
         )
     _this_run(head["usage"], reused, spent or {}, earlier or {})
+    escalation_this_run(head["usage"], escalated_before or {}, prices)
     price_usage(head["usage"], prices)
     if tier is not None:
         head["tier"] = tier

@@ -135,9 +135,8 @@ def test_a_rerun_asks_nothing_again_of_the_second_pass(tmp_path: Path, capsys: p
     assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
     first = json.loads((out / job["job_id"] / "result.json").read_text())
     spent = first["usage"]["escalation"]
-    assert (
-        f"  escalated {spent['items']} items: {spent['model_calls']} second-pass calls, cost $0.0000" in capsys.readouterr().out
-    )
+    line = f"  escalated {spent['items']} items: {spent['model_calls']} second-pass calls (this run), cost $0.0000"
+    assert line in capsys.readouterr().out
 
     # When it runs again under the same job_id
     assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
@@ -147,3 +146,6 @@ def test_a_rerun_asks_nothing_again_of_the_second_pass(tmp_path: Path, capsys: p
     assert json.loads((out / job["job_id"] / "run.json").read_text())["model_calls"] == 0
     assert first["usage"]["escalation"]["model_calls"] > 0
     assert again["items"] == first["items"]
+    # and its usage says so for the escalation too: the same items escalated, no call made for them this run
+    assert again["usage"]["escalation"]["items"] == spent["items"]
+    assert again["usage"]["escalation"]["model_calls"] == again["usage"]["escalation"]["input_tokens"] == 0

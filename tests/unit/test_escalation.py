@@ -146,7 +146,7 @@ def test_escalation_cost_and_the_report_list_the_escalated_items() -> None:
     assert result["evaluation"]["first_pass_accuracy"] == 0.5 and result["evaluation"]["escalated_items"] == 1
     assert "- accuracy before escalation: 50.0% (1 items escalated)" in page
     assert "## Escalated items" in page
-    assert "1 items were below the escalation threshold after the first votes and got 2 more calls" in page
+    assert "1 items were below the escalation threshold after the first votes and were escalated; this run made 2 calls" in page
     assert "| doubtful | a (0.67) | b: 2 | b |" in page
     assert f"${expected_cost:.4f}" in page
     # and report.html's table says the same in the item's row
