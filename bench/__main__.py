@@ -36,7 +36,7 @@ STANDARD_TRANSITION_USD = 0.000025
 LAMBDA_GB_SECOND_USD = 0.0000166667
 LAMBDA_REQUEST_USD = 0.20 / 1e6
 # as infra/functions.py sets them (PLAN_MEMORY_MB, 1,024 MB for Subtask, AGGREGATE_MEMORY_MB)
-FUNCTION_MEMORY_GB = {"fanout-plan": 1.25, "fanout-subtask": 1.0, "fanout-aggregate": 1.0}
+FUNCTION_MEMORY_GB = {"fanout-plan": 1.5, "fanout-subtask": 1.0, "fanout-aggregate": 1.0}
 SMALL_MODEL = ("amazon.nova-lite-v1:0", 0.06, 0.24)
 
 
