@@ -95,7 +95,9 @@ class Report:
         lines += [
             "## Usage and cost",
             "",
-            f"- model calls: {usage['model_calls']}",
+            # result.json's usage is this run's: records reused from earlier runs of the job_id cost nothing again
+            f"- model calls made by this run: {usage['model_calls']}",
+            *([f"- requests reused from earlier runs: {usage['requests_reused']}"] if usage.get("requests_reused") else []),
             f"- tokens: {usage['input_tokens']} in, {usage['output_tokens']} out",
             f"- estimated cost: {'unknown (no price for this model)' if cost is None else f'${cost:.4f}'}",
             *([f"- calls saved by early stopping: {usage['calls_saved']}"] if usage.get("calls_saved") else []),

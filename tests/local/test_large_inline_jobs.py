@@ -118,6 +118,9 @@ def test_the_summary_counts_skipped_and_this_runs_calls(tmp_path: Path, capsys: 
     out = capsys.readouterr().out
     assert "model calls 0 made, 12 requests reused" in out
     assert "reused 12 requests an earlier run of this job_id answered" in out
+    # and the reports say the same: the calls this run made, the requests it reused
+    report = (tmp_path / "again" / "report.md").read_text()
+    assert "- model calls made by this run: 0\n" in report and "- requests reused from earlier runs: 12\n" in report
 
 
 def test_a_median_job_shows_votes_and_spread_not_confidence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
