@@ -116,6 +116,8 @@ CATALOGUE: list[tuple[str, Any, str]] = [
     ("$dynamicRef without anchor", labelled({"$dynamicRef": "#meta"}), "output_schema.properties.label.$dynamicRef:"),
     ("look-around pattern", labelled({"type": "string", "pattern": "^(?!x)"}), "output_schema.properties.label.pattern:"),
     # what Python's json reads but no later step can use: refused by its path, never a traceback
+    ("a key with a newline", {**GOOD, "a\nb": 1}, "a\\nb: unknown key"),
+    ("a key with a line separator", {**GOOD, "x\u2028y": 1}, "x\\u2028y: unknown key"),
     ("lone surrogate in an item", job(items=[{"id": "a", "text": "ok \ud800"}]), "items[0].text: contains a lone surrogate"),
     ("lone surrogate in an id", job(items=[{"id": "\udfff", "text": "x"}]), "items[0].id: contains a lone surrogate"),
     ("lone surrogate in a key", job(items=[{"id": "a", "text": "x", "\ud83d": 1}]), 'items[0]["\\ud83d"]: the key contains'),
