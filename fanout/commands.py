@@ -125,8 +125,10 @@ def _print_result(result: dict[str, Any], target: Path, first: str) -> None:
     print(
         f"job {result['job_id']}: {result['status']}\n"
         f"  items {counts['items']}  tasks {counts['tasks']}  ok {counts['ok']}  invalid {counts['invalid']}  "
-        f"failed {counts['failed']}\n"
-        f"  model calls {usage['model_calls']}  tokens {usage['input_tokens']} in / {usage['output_tokens']} out  "
+        f"failed {counts['failed']}  skipped {counts.get('skipped', 0)}\n"
+        # result.json's usage is the run's own: what it called, and the requests earlier runs' records answered
+        f"  model calls {usage['model_calls']} made, {usage.get('requests_reused', 0)} requests reused  "
+        f"tokens {usage['input_tokens']} in / {usage['output_tokens']} out  "
         f"cost {'unknown' if cost is None else f'${cost:.4f}'}"
     )
     print(f"report: {target / 'report.md'}")

@@ -134,6 +134,29 @@ def test_submit_wait_shows_progress_and_downloads_the_results(
     assert json.loads(stored["Body"].read()) == result
 
 
+def test_the_counts_line_includes_the_votes_early_stopping_skipped_locally_and_from_the_stack(
+    served: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a job whose votes all agree, so early stopping skips the last two of each item's five
+    job = voting_job("remote-skipped", votes=5, model="sim:latency_ms=1,jitter_ms=0,accuracy=1")
+    job["aggregate"] = {**job["aggregate"], "stop_when_agree": 3}
+    path = write(tmp_path, job)
+
+    # When it runs locally and on the stack
+    assert main(["run", str(path), "--out", str(tmp_path / "local"), "--quiet"]) == 0
+    local = capsys.readouterr().out
+    submit = ["submit", str(path), "--endpoint-url", served["endpoint"], "--wait", "--quiet", "--out", str(tmp_path / "r")]
+    assert main(submit) == 0
+    remote = capsys.readouterr().out
+
+    # Then both summaries' counts lines say how many were skipped, as result.json counts them, and the calls made
+    for out, folder in ((local, tmp_path / "local"), (remote, tmp_path / "r")):
+        counts = json.loads((folder / "remote-skipped" / "result.json").read_text())["counts"]
+        assert counts["skipped"] > 0
+        assert f"ok {counts['ok']}  invalid 0  failed 0  skipped {counts['skipped']}" in out, out
+        assert f"model calls {counts['tasks'] - counts['skipped']} made, 0 requests reused" in out, out
+
+
 def test_status_and_results_find_a_run_by_job_id_execution_name_or_arn(
     served: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
