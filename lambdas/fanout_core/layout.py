@@ -135,6 +135,11 @@ def second_pass_manifest(stage: str) -> str:
     return f"{SECOND_PASS_DIR}{stage}.json"
 
 
+def second_pass_keys(stage: str) -> str:
+    """The request keys of every task a second-pass stage planned (asked or reused), relative to the run prefix."""
+    return f"{SECOND_PASS_DIR}{stage}.keys.json"
+
+
 def second_pass_map_results_prefix(job_id: str, stage: str) -> str:
     return run_key(job_id, f"{MAP_RESULTS_DIR}-{stage}")
 

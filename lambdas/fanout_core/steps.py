@@ -50,6 +50,7 @@ from fanout_core.planning import (
     expand_tasks,
     item_counts,
     packed_batching,
+    request_key,
     rule_digest,
     task_keys,
     templates_of,
@@ -425,10 +426,22 @@ class _StageTasks:
     def __init__(self, folder: Path) -> None:
         self.path = folder / "tasks.jsonl"
         self._file = self.path.open("w", encoding="utf-8")
-        self.finished: set[str] = set()
+        self.finished: set[str] = set()  # request keys of finished records (task ids, of records without a key)
+        self.keys: set[str] = set()  # every task's request key, finished or not: what Aggregate reads
         self.count = 0
 
     def add(self, task: dict[str, Any]) -> None:
+        # keyed by its request like a first-pass task: a changed item, vote or material asks again
+        task["key"] = request_key(
+            str(task.get("item_id", "")),
+            str(task.get("slot", "")),
+            str(task.get("model", "")),
+            task.get("system"),
+            str(task.get("prompt", "")),
+            {"max_tokens": task.get("max_tokens"), "temperature": task.get("temperature")},
+            task.get("output_schema"),
+        )
+        self.keys.add(task["key"])
         self._file.write(json.dumps(task, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
@@ -439,7 +452,7 @@ class _StageTasks:
         with self.path.open(encoding="utf-8") as lines:
             for line in lines:
                 task = json.loads(line)
-                if task["task_id"] not in self.finished:
+                if task["key"] not in self.finished and task["task_id"] not in self.finished:
                     yield task
 
 
@@ -452,7 +465,7 @@ def _stage_tasks(
     def noting(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for record in records:
             if is_second_pass(str(record.get("slot", ""))) and record.get("status") in FINISHED:
-                tasks.finished.add(record["task_id"])
+                tasks.finished.add(str(record.get("key") or record["task_id"]))  # (a key is never a task id)
             yield record
 
     def on_votes(seen: ItemVotes) -> None:
@@ -482,6 +495,7 @@ def _stage_tasks(
     if stage == "synthesis" and job.synthesis is not None and not job.synthesis.per_item and material is not None:
         tasks.add(synthesis_task(job, JOB_LEVEL, material, default_model))
     tasks.close()
+    store.put_json(layout.second_pass_keys(stage), sorted(tasks.keys))
     return tasks
 
 
@@ -577,7 +591,7 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, scratch_dir: str | None = N
     # the records that answer this job's requests: a record of a changed request (another prompt, model, ...) is not
     earlier: dict[str, list[int]] = {}  # what the reused records of earlier runs had cost, by usage key
     keys = task_keys(job, items, saved["default_model"])
-    records = _current_records(store.iter_records(), keys, _run_name(event), earlier)
+    records = _current_records(store.iter_records(), keys, _run_name(event), earlier, store.second_pass_keys())
     escalated_before: dict[str, list[int]] = {}  # the escalated votes earlier runs made, by model
     records = noting_earlier_escalation(records, _run_name(event), escalated_before)
     with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="fanout-results-") as folder:
@@ -663,13 +677,21 @@ def _this_run(usage: dict[str, Any], reused: int, spent: dict[str, int], earlier
 
 
 def _current_records(
-    records: Iterable[dict[str, Any]], keys: set[str], run: str | None, earlier: dict[str, list[int]] | None = None
+    records: Iterable[dict[str, Any]],
+    keys: set[str],
+    run: str | None,
+    earlier: dict[str, list[int]] | None = None,
+    second: set[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The records whose request is one of the job's (``keys``; a second pass's are matched by id). What the records
+    """The records whose request is one of the job's (``keys``; a second pass's, one of ``second``, the requests its
+    stages planned this run, when known). What the records
     another run made had cost is added up in ``earlier`` by usage key: this run's usage leaves it out."""
     for record in records:
         key = record.get("key")
-        if key not in keys and (key is not None or not is_second_pass(str(record.get("slot", "")))):
+        if is_second_pass(str(record.get("slot", ""))):
+            if second is not None and key not in second:
+                continue  # a judge verdict, escalated vote or synthesis of what this run no longer asks
+        elif key not in keys:
             continue  # a record of a changed request answers nothing
         if earlier is not None and run is not None and record.get("run") != run:
             name = str(record.get("model") or "unknown")

@@ -80,6 +80,14 @@ class RunStore:
             self.s3, self.bucket, prefix, flush_records, self.flush_seconds if flush_seconds is None else flush_seconds
         )
 
+    def second_pass_keys(self) -> set[str] | None:
+        """The request keys the second pass's stages planned this run (layout.second_pass_keys); None when none did."""
+        found: set[str] | None = None
+        for key in self._keys(layout.SECOND_PASS_DIR):
+            if key.endswith(".keys.json"):
+                found = (found or set()) | set(get_json(self.s3, self.bucket, key))
+        return found
+
     def note_spent(self, batch_index: int, run: str | None, calls: dict[str, int]) -> None:
         """The calls of one batch invocation that left no record (by model spec), so usage counts every call."""
         if any(calls.values()):

@@ -77,6 +77,14 @@ def run_job(s3: Any, job: dict[str, Any], execution: str, provider: Counting, ba
                 break
             except (ModelThrottled, BatchIncomplete):
                 continue
+    stage: dict[str, Any] = {"done": not plan.get("second_pass"), "stage": 0}
+    while not stage["done"]:  # the second pass's stages, as the state machine runs them after the first Map
+        stage = steps.plan_second_pass(
+            {"job_id": plan["job_id"], "run_uri": plan["run_uri"], "stage": stage["stage"]}, s3=s3, settings=SETTINGS
+        )
+        for entry in stage.get("batches") or []:
+            event = {"job_id": plan["job_id"], "run_uri": plan["run_uri"], "batch": entry, "threads": 4, "execution": execution}
+            steps.run_subtask(event, s3=s3, provider_for=lambda _: provider)
     aggregate = {"job_id": plan["job_id"], "run_uri": plan["run_uri"], "execution": execution}
     steps.run_aggregate(aggregate, s3=s3)
     result: dict[str, Any] = json.loads(
@@ -98,6 +106,33 @@ def sectioning(prompt_of_regions: str = "Regions for: {text}") -> dict[str, Any]
         "items": [{"id": f"brief-{n}", "text": f"product {n}"} for n in range(4)],
         "limits": {"batch_size": 3},  # several batches, an item's three sections in one
     }
+
+
+def test_a_changed_section_asks_the_synthesis_again_and_an_unchanged_job_asks_nothing(s3: Any) -> None:
+    # Given a sectioning job with a synthesis over its sections, run once
+    job = {**sectioning(), "synthesis": {"prompt": "Combine these findings."}, "limits": {"mode": "inline"}}
+    run_job(s3, job, "run-1", Counting())
+
+    # When one section's prompt changes: that section's tasks and the synthesis over them are asked, nothing else
+    changed = {**sectioning("Market potential across regions for: {text}"), "synthesis": job["synthesis"]}
+
+    def new_regions(request: ModelRequest, attempt: int) -> ModelReply | None:
+        # the edited prompt gets another answer (the simulator's depends on the task only)
+        if request.task_id.endswith("#regions"):
+            return ModelReply(output="regions, seen again", input_tokens=5, output_tokens=3, model="sim", synthetic=True)
+        return None
+
+    second = Counting(new_regions)
+    result = run_job(s3, {**changed, "limits": {"mode": "inline"}}, "run-2", second)
+    regions = {f"brief-{n}#regions" for n in range(4)}
+    assert set(second.calls) - regions and all("synthesis" in t for t in set(second.calls) - regions)
+    assert regions <= set(second.calls) and sum(second.calls.values()) == 5
+    assert result["synthesis"]["text"]
+
+    # and the same job again asks nothing, its synthesis the one run 2 made
+    third = Counting()
+    again = run_job(s3, {**changed, "limits": {"mode": "inline"}}, "run-3", third)
+    assert not third.calls and again["synthesis"] == result["synthesis"]
 
 
 def voting(votes: int = 3, **changes: Any) -> dict[str, Any]:
