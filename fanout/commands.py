@@ -91,11 +91,15 @@ def _submit(connection: Any, args: argparse.Namespace) -> int:
 
     submission = remote.prepare(Path(args.job), args.model, connection.target.input_bucket)
     arn = remote.start(connection, submission, args.name)
-    for key in submission.uploads:
-        print(f"items: s3://{connection.target.input_bucket}/{key}")
-    print(f"started: {arn}")
-    print(f"job_id: {submission.job_id}")
-    sys.stdout.flush()
+    lines = [f"items: s3://{connection.target.input_bucket}/{key}" for key in submission.uploads]
+    lines += [f"started: {arn}", f"job_id: {submission.job_id}"]
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:
+        # the reader has gone (| head -n 0): the wait goes on, and the results still reach --out
+        from fanout.cli import _drop_stdout
+
+        _drop_stdout()
     if not args.wait:
         return EXIT_OK
     described, snapshot = remote.wait(connection, arn, quiet=args.quiet)

@@ -253,6 +253,31 @@ def test_status_piped_into_head_ends_quietly(served: dict[str, Any], tmp_path: P
     assert piped.stderr.strip().splitlines()[-1] in ("exit 0", "exit 141"), piped.stderr
 
 
+def test_submit_wait_piped_into_a_reader_gone_still_downloads_the_results(served: dict[str, Any], tmp_path: Path) -> None:
+    # Given a job submitted with --wait, its output piped into a reader that is gone before the first line
+    path = write(tmp_path, voting_job("remote-piped-wait"))
+    submit = shlex.join(
+        [sys.executable, "-m", "fanout", "submit", str(path), "--serve", served["serve_file"], "--wait", "--quiet",
+         "--out", str(tmp_path / "out")]
+    )  # fmt: skip
+
+    # When it runs
+    piped = subprocess.run(
+        ["bash", "-c", f'{submit} | head -n 0; echo "exit ${{PIPESTATUS[0]}}" >&2'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    # Then it waited for the run and downloaded its results, with no complaint about the closed pipe
+    assert "Broken pipe" not in piped.stderr and "Traceback" not in piped.stderr, piped.stderr
+    assert piped.stderr.strip().splitlines()[-1] in ("exit 0", "exit 141"), piped.stderr
+    saved = tmp_path / "out" / "remote-piped-wait" / "result.json"
+    assert saved.is_file(), piped.stderr
+    assert json.loads(saved.read_text())["status"] == "complete"
+
+
 def test_cancel_stops_the_execution_and_frees_the_job_id(
     served: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
