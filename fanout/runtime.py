@@ -74,6 +74,8 @@ _LOCAL_ENV = {
     # a record reaches S3 within 0.5 s and --out DIR within 0.25 s more (fanout.local_records): a kill loses
     # at most the calls in flight and the last second's records
     "FANOUT_RECORD_FLUSH_SECONDS": "0.5",
+    # every batch of a run runs in this process: they share one pacer per model and one budget
+    "FANOUT_PACING_SHARED": "true",
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_METRICS_DISABLED": "true",
     # the CLI reports what went wrong itself, in one line; handler logs would repeat it on stdout

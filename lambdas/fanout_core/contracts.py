@@ -74,6 +74,7 @@ class BatchFile(TypedDict, total=False):
     tier: str
     stop: dict[str, Any]
     vote_weights: list[float]
+    pacing: dict[str, Any]  # the quota, budget and planned share the batch's calls are paced to (fanout_core.pacing)
     items: list[BatchItem]
 
 

@@ -134,6 +134,12 @@ class Limits(_Strict):
     tier: Literal["on_demand", "batch", "flex", "priority", "auto"] = "on_demand"
     # hours the job may take at most: what 'auto' weighs against a batch job's up to 24 h
     deadline_hours: float | None = Field(default=None, gt=0, le=8_760)
+    # the model's on-demand quota when it is known ("Quotas for the bedrock-runtime endpoint"): calls are paced
+    # to it; without it the pace is learned from the service's refusals (fanout_core.pacing)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    # the most a run may spend on model calls: no call starts that could pass it (fanout_core.pacing.Budget)
+    max_cost_usd: float | None = Field(default=None, gt=0)
 
 
 class Job(_Strict):

@@ -9,6 +9,7 @@ Results bucket::
     runs/<job_id>/records/b<nnnnn>/<writer>-<k>.jsonl   task records, one JSON line each
     runs/<job_id>/spent/b<nnnnn>/<writer>.json      calls a batch invocation made that left no record (throttled
                                                     past their budget, out of time): counted in usage.model_calls
+    runs/<job_id>/pacing/<nnnnn>.json               batch n's learned pace, quota figures and spend (fanout_core.pacing)
     runs/<job_id>/failures/<n>.json                 the error of a batch that failed for good (written by the ASL)
     runs/<job_id>/map-results/                      the Distributed Map's ResultWriter output
     runs/<job_id>/second-pass/<stage>.json          a second-pass stage's batch manifest (its batch files are
@@ -47,6 +48,7 @@ BATCHES_DIR = "batches/"
 RECORDS_DIR = "records/"
 FAILURES_DIR = "failures/"
 SPENT_DIR = "spent/"
+PACING_DIR = "pacing/"
 MAP_RESULTS_DIR = "map-results"
 SECOND_PASS_DIR = "second-pass/"
 INFERENCE_DIR = "inference/"
@@ -70,6 +72,11 @@ INFERENCE_ANY = RUNS + "*/" + INFERENCE_DIR + "*"
 JOBS = "jobs/"
 JOB_SUFFIX = ".json"
 ITEMS = "items/"
+
+
+def pacing_name(index: int) -> str:
+    """Batch ``index``'s pace and spend, relative to the run's prefix."""
+    return f"{PACING_DIR}{index:05d}.json"
 
 
 def run_prefix(job_id: str) -> str:

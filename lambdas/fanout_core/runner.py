@@ -23,6 +23,7 @@ from fanout_core.catalog import cache_plan, info
 from fanout_core.contracts import ANSWERED, done_stubs, expand
 from fanout_core.documents import converse_documents
 from fanout_core.errors import BatchIncomplete, ModelThrottled
+from fanout_core.pacing import BudgetSpent, Gate
 from fanout_core.planning import rule_digest
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest, Provider
 from fanout_core.sharing import first_of_each_item, spans_by_task
@@ -113,6 +114,7 @@ def run_batch(
     clock: Callable[[], float] = time.monotonic,
     tasks: list[dict[str, Any]] | None = None,
     run: str | None = None,
+    gate_for: Callable[[str], Gate] | None = None,
 ) -> BatchOutcome:
     """Run every task of a batch file (``tasks``: its tasks already expanded, ``contracts.expand``).
 
@@ -172,6 +174,8 @@ def run_batch(
     writer = _StampingSink(store.writer(batch["index"]), stamp)
     unrecorded: dict[str, int] = {}  # calls of tasks that end here without a record, by model
     providers = {model: provider_for(model) for model in {t["model"] for t in tasks}}
+    # each call waits at its model's gate (quota pacing, the cost budget) before it goes: fanout_core.pacing
+    gates = {model: gate_for(model) for model in providers} if gate_for is not None else {}
     sharing = _cached_spans(tasks, batch.get("system"))
     tier = _service_tier(batch)
 
@@ -183,7 +187,15 @@ def run_batch(
             return ("deferred", 0, 0, 0, None)
         try:
             record, calls = _call(
-                task, batch, providers[task["model"]], check_of(task), policy, sleep, sharing.get(task["task_id"]), budget
+                task,
+                batch,
+                providers[task["model"]],
+                check_of(task),
+                policy,
+                sleep,
+                sharing.get(task["task_id"]),
+                budget,
+                gates.get(task["model"]),
             )
         except _Unfinished as exc:
             _note(unrecorded, task["model"], exc.args[0])
@@ -427,6 +439,7 @@ def _call(
     sleep: Callable[[float], None],
     span: tuple[int, int] | None = None,
     budget: Budget = Budget(),
+    gate: Gate | None = None,
 ) -> tuple[dict[str, Any], int]:
     """One task: the call with its retries, validation, and one repair request when the output misses the schema.
 
@@ -460,7 +473,7 @@ def _call(
         service_tier=_service_tier(batch),
     )
     started = time.monotonic()
-    calls = _Calls()
+    calls = _Calls(gate=gate)
     extra: dict[str, Any] = {}
     try:
         reply = _invoke(provider, request, policy, sleep, calls, budget)
@@ -474,6 +487,8 @@ def _call(
     except ModelError as exc:
         record = _record(task, "failed", None, f"{exc.code}: {exc.message}", calls.attempts, started, model=task["model"])
         _spent(record, calls)
+        if isinstance(exc, BudgetSpent):
+            record["stopped"] = "budget"  # not called: the job's budget would have been passed
         return record, calls.attempts
     if reply.truncated:
         calls.add_usage(reply)
@@ -558,6 +573,8 @@ def _unusable(
 class _Calls:
     attempts: int = 0
     throttled: int = 0  # attempts the model refused with a throttling error
+    waited: float = 0.0  # seconds the task's calls waited for the model's quota (not attempts)
+    gate: Gate | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read: int = 0
@@ -583,6 +600,8 @@ def _spent(record: dict[str, Any], calls: _Calls) -> None:
     record["usage"] = calls.usage()
     if calls.throttled:
         record["throttled"] = calls.throttled
+    if calls.waited >= 0.0005:
+        record["quota_wait_ms"] = round(calls.waited * 1000, 1)
 
 
 def _invoke(
@@ -594,18 +613,29 @@ def _invoke(
     budget: Budget = Budget(),
 ) -> ModelReply:
     """One model call with the retry table applied; raises _Unfinished (throttled past the budget), _OutOfTime (no
-    attempt may start, or no backoff end, before the deadline) or ModelError."""
+    attempt may start, or no backoff end, before the deadline) or ModelError.
+
+    With a gate, each attempt first waits for the model's quota (the wait is
+    not an attempt) and a refusal is retried when the gate admits it again,
+    not after a backoff of its own: the gate's bucket is the backoff.
+    """
     jitter = _JITTER
     timeouts = 0
     tries = 0
+    gate = calls.gate
     while True:
         if not budget.can_start():
             raise _OutOfTime(calls.attempts)
+        entry = gate.enter(request) if gate is not None else None  # BudgetSpent: the call is not made
+        if entry is not None and entry.ticket is not None:
+            calls.waited += entry.ticket.waited
         tries += 1
         calls.attempts += 1
         try:
-            return provider.invoke(request, calls.attempts)
+            reply = provider.invoke(request, calls.attempts)
         except ModelError as exc:
+            if gate is not None and entry is not None:
+                gate.failed(entry, exc)
             if exc.kind == "timeout":
                 timeouts += 1
             elif exc.kind == "throttled":
@@ -614,15 +644,20 @@ def _invoke(
                 exc.kind == "timeout" and timeouts <= policy.timeout_retries
             )
             if retry:
-                pause = policy.delay(tries, jitter)
-                if not budget.can_sleep(pause):
-                    # the retry would start past the deadline: hand the task to the batch's retry instead
-                    raise _OutOfTime(calls.attempts) from exc
-                sleep(pause)
+                paced = gate is not None and gate.pacer is not None and exc.kind == "throttled"
+                if not paced:
+                    pause = policy.delay(tries, jitter)
+                    if not budget.can_sleep(pause):
+                        # the retry would start past the deadline: hand the task to the batch's retry instead
+                        raise _OutOfTime(calls.attempts) from exc
+                    sleep(pause)
                 continue
             if exc.kind == "throttled":
                 raise _Unfinished(calls.attempts) from exc
             raise
+        if gate is not None and entry is not None:
+            gate.done(entry, reply)
+        return reply
 
 
 def _problem(check: SchemaCheck | None, output: Any) -> str | None:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from fanout_core.job import CAPPED_LIMITS
+from fanout_core.pacing import DEFAULT_WINDOW_SECONDS, PacingSettings
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class Settings:
     batch_max_polls: int | None = None
     # the longest a finished task's record waits before it is written to S3 (FANOUT_RECORD_FLUSH_SECONDS)
     record_flush_seconds: float = 1.0
+    # pacing to the model's quota (fanout_core.pacing): FANOUT_PACING=off turns it off (the bench's fixed-concurrency
+    # row), FANOUT_QUOTA_WINDOW_SECONDS scales the quota's minute (the bench only), FANOUT_PACING_SHARED makes the
+    # batches of a run in one process share a pacer (the local runtime)
+    pacing: PacingSettings = field(default_factory=PacingSettings)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -41,4 +46,13 @@ class Settings:
                 for name in CAPPED_LIMITS
                 if os.environ.get(f"FANOUT_CAP_{name.upper()}")
             },
+            pacing=PacingSettings(
+                enabled=_flag(os.environ.get("FANOUT_PACING", "on")),
+                window_seconds=float(os.environ.get("FANOUT_QUOTA_WINDOW_SECONDS") or DEFAULT_WINDOW_SECONDS),
+                shared=_flag(os.environ.get("FANOUT_PACING_SHARED", "false")),
+            ),
         )
+
+
+def _flag(text: str) -> bool:
+    return text.strip().lower() in ("true", "1", "yes", "on")

@@ -10,6 +10,7 @@ import json
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -41,6 +42,13 @@ from fanout_core.errors import InvalidJob
 from fanout_core.job import Job, parse_job
 from fanout_core.lease import Lease, execution_status
 from fanout_core.loading import job_source, key_stem, load_items, read_job_object
+from fanout_core.pacing import (
+    PacingSettings,
+    batch_gates,
+    batch_report,
+    check_pacing_limits,
+    plan_pacing,
+)
 from fanout_core.planning import (
     INLINE_MAX_BATCHES,
     Batching,
@@ -55,7 +63,7 @@ from fanout_core.planning import (
     task_keys,
     templates_of,
 )
-from fanout_core.pricing import price_usage
+from fanout_core.pricing import price_usage, rates_of
 from fanout_core.providers.base import Provider
 from fanout_core.report import Report, results_line
 from fanout_core.report_html import report_html
@@ -148,6 +156,7 @@ def _plan_run(
     concurrency = min(job.limits.max_concurrency, settings.max_concurrency_cap)
     batching, packed = packed_batching(job, _pending_per_item(every_task, reusable), settings.max_concurrency_cap)
     tier = _tier(job, every_task, tasks)
+    check_pacing_limits(job, tasks)
 
     store.put_json_streamed(
         layout.JOB_FILE,
@@ -156,8 +165,14 @@ def _plan_run(
     mode = choose_mode(job.limits.mode, batching)
     if rerun:
         store.delete_prefix(layout.FAILURES_DIR)  # failures of an earlier run of this job_id describe other batches
+        store.delete_prefix(layout.PACING_DIR)  # and so do its batches' pace and spend
     # the service tier of the on-demand calls (a batch job's fallback calls are on-demand)
-    make = _batch_maker(job, settings.default_model, tier.tier if tier.tier in ("flex", "priority") else "on_demand")
+    make = _batch_maker(
+        job,
+        settings.default_model,
+        tier.tier if tier.tier in ("flex", "priority") else "on_demand",
+        pacing=plan_pacing(job, batching.map_concurrency, len(tasks), run=uuid.uuid4().hex),
+    )
 
     def write(numbered: tuple[int, list[BatchItem]]) -> dict[str, int]:
         index, batch_items = numbered
@@ -234,9 +249,13 @@ def _inference_jobs(
     }
 
 
-def _batch_maker(job: Job, default_model: str, tier: str = "on_demand") -> Callable[[int, list[BatchItem]], BatchFile]:
-    """Builds the job's batch files: what every task shares, once, and each batch's items."""
+def _batch_maker(
+    job: Job, default_model: str, tier: str = "on_demand", pacing: dict[str, Any] | None = None
+) -> Callable[[int, list[BatchItem]], BatchFile]:
+    """Builds the job's batch files: what every task shares, once, and each batch's items (``pacing``: the quota,
+    budget and planned share its calls are paced to, fanout_core.pacing)."""
     shared = {
+        **({"pacing": pacing} if pacing is not None else {}),
         "system": job.system,
         "inference": job.inference.model_dump(),
         "output_schema": job.output_schema,
@@ -372,25 +391,52 @@ def run_subtask(
     provider_for: ProviderFactory,
     deadline: float | None = None,
     flush_seconds: float = 1.0,
+    pacing: PacingSettings | None = None,
 ) -> dict[str, Any]:
-    """Run one batch of the Map and return its counts (never model output)."""
+    """Run one batch of the Map and return its counts (never model output).
+
+    Every call passes its model's gate (fanout_core.pacing): the quota's pace and the job's budget. What the
+    batch learned of the quota and spent goes to ``pacing/<n>.json``, also when it hands back a throttled or
+    unfinished batch, so its retry starts from that pace instead of full speed.
+    """
     store = RunStore.from_uri(s3, event["run_uri"], event["job_id"], flush_seconds=flush_seconds)
-    batch = store.get_json(store.batch_name(int(event["batch"]["index"])))
+    index = int(event["batch"]["index"])
+    batch = store.get_json(store.batch_name(index))
     if event.get("execution_arn"):
         _lease(store).refresh(event["execution_arn"], time.time())  # a long job keeps its lease fresh
     # a first-pass batch holds items (its prompts are rendered from their inputs); a second pass's, its tasks
     tasks = list(batch["tasks"]) if "tasks" in batch else cast(list[dict[str, Any]], expand(batch))
     attach_documents(tasks, s3)
-    outcome = run_batch(
-        batch,
-        store=store,
-        provider_for=provider_for,
-        threads=int(event.get("threads", 8)),
-        deadline=deadline,
-        tasks=tasks,
-        run=_run_name(event),
-    )
+    saved = _saved_pacing(store, index)
+    prices = (batch.get("pacing") or {}).get("prices")
+    gate_for = batch_gates(batch, len(tasks), pacing or PacingSettings(), saved, lambda model: rates_of(model, prices))
+    started = time.time()
+    try:
+        outcome = run_batch(
+            batch,
+            store=store,
+            provider_for=provider_for,
+            threads=int(event.get("threads", 8)),
+            deadline=deadline,
+            tasks=tasks,
+            run=_run_name(event),
+            gate_for=gate_for,
+        )
+    finally:
+        report = batch_report(gate_for.gates, saved, started, time.time())  # type: ignore[attr-defined]
+        store.put_json(layout.pacing_name(index), report)
     return outcome.as_event()
+
+
+def _saved_pacing(store: RunStore, index: int) -> dict[str, Any] | None:
+    """What an earlier run of this batch learned of the quota and spent; None on its first run."""
+    try:
+        saved: dict[str, Any] = store.get_json(layout.pacing_name(index))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    return saved
 
 
 def plan_second_pass(event: dict[str, Any], *, s3: Any, settings: Settings) -> dict[str, Any]:

@@ -49,6 +49,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             provider_for=calls.observe(registry.provider_for),
             deadline=deadline,
             flush_seconds=config.record_flush_seconds,
+            pacing=config.pacing,
         )
     except (ModelThrottled, BatchIncomplete) as exc:
         # handed back to the state machine, whose Retry continues the batch: an error by design

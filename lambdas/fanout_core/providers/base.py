@@ -46,16 +46,20 @@ class ModelReply:
     cache_write_tokens: int = 0
     # the answer stopped at max_tokens: cut off, not to be repaired or trusted
     truncated: bool = False
+    # what the server said of its rate limit (OpenAI-compatible x-ratelimit-* headers): remaining_tokens, ...
+    rate_limit: dict[str, float] | None = None
 
 
 class ModelError(Exception):
     """A failed model call, with the service's error code and how it may be retried."""
 
-    def __init__(self, code: str, message: str, kind: ErrorKind) -> None:
+    def __init__(self, code: str, message: str, kind: ErrorKind, retry_after: float | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.kind = kind
+        # seconds the server asked to wait before the next call (a 429's Retry-After)
+        self.retry_after = retry_after
 
 
 class Provider(Protocol):

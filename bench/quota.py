@@ -1,0 +1,171 @@
+"""``make bench`` row (f): a job against a quota-enforcing Converse endpoint, paced or not.
+
+The endpoint (``tests/quota_endpoint.py``) holds a Bedrock-like token
+bucket: a request takes its input tokens plus ``maxTokens`` when it
+starts and is refused (ThrottlingException) when the bucket holds less; the
+unused part goes back when it ends. The minute is scaled to 6 s (the
+endpoint's window and fanout's ``FANOUT_QUOTA_WINDOW_SECONDS``, set here
+for both, the bench only), each answered call takes 300 ms, the job votes
+4 times on each item at ``max_concurrency`` 50.
+
+Three quotas: 6,000 tokens per window, one 4x larger and one 4x smaller,
+each with a job scaled with it (150 items at 6,000; 600 at 24,000; 38 at
+1,500) so every run is bound by its quota for about as long (with the
+same job, the larger quota's bucket would hold the whole job and its
+floor would be zero). Each is run three ways: fixed concurrency (pacing
+off, ``FANOUT_PACING=off``: every thread calls and backs off on its own,
+as before pacing), the quota given (``limits.tokens_per_minute``), and
+the quota learned (nothing given).
+
+Figures: wall time over the quota floor ((net tokens served - bucket size)
+/ refill rate, from what the endpoint served) and the share of requests
+refused. Medians over repeats, measured side by side.
+Run: ``.venv/bin/python -m bench.quota [--repeats N] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import fanout  # noqa: E402,F401 - puts lambdas/ on the path
+from fanout.cli import main as fanout_main  # noqa: E402
+from tests.quota_endpoint import quota_endpoint  # noqa: E402
+
+MODEL = "bedrock:amazon.nova-lite-v1:0"
+WINDOW_SECONDS = 6.0
+LATENCY_S = 0.3
+BASE_TOKENS = 6000
+BASE_ITEMS = 150
+VOTES = 4
+CONCURRENCY = 50
+TARGETS = {"given": (1.10, 0.05), "learned": (1.25, 0.10)}
+
+
+def quota_job(job_id: str, items: int, tokens_per_minute: int | None) -> dict[str, Any]:
+    limits: dict[str, Any] = {"max_concurrency": CONCURRENCY}
+    if tokens_per_minute is not None:
+        limits["tokens_per_minute"] = tokens_per_minute
+    return {
+        "job_id": job_id,
+        "pattern": "voting",
+        "votes": VOTES,
+        "model": MODEL,
+        "prompt": "Sentiment of ticket {id}: {text}",
+        "inference": {"max_tokens": 64},
+        "output_schema": {
+            "type": "object",
+            "required": ["label"],
+            "properties": {"label": {"enum": ["positive", "neutral", "negative"]}},
+        },
+        "aggregate": {"strategy": "majority", "field": "label"},
+        "limits": limits,
+        "items": [{"id": f"t-{n}", "text": "the refund took three weeks"} for n in range(items)],
+    }
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str | None]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_once(mode: str, tokens_per_window: int, items: int, workdir: Path) -> dict[str, Any]:
+    """One job against a fresh endpoint; mode is fixed, given or learned."""
+    # the window is a quota's minute: tokens per window is the job's tokens_per_minute
+    job = quota_job(f"quota-{mode}-{tokens_per_window}", items, tokens_per_window if mode == "given" else None)
+    path = workdir / f"{job['job_id']}.json"
+    path.write_text(json.dumps(job))
+    out = workdir / "out"
+    with quota_endpoint(tokens_per_window, WINDOW_SECONDS, LATENCY_S) as (url, stats):
+        env = {
+            "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": url,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "FANOUT_QUOTA_WINDOW_SECONDS": str(WINDOW_SECONDS),
+            "FANOUT_PACING": "off" if mode == "fixed" else "on",
+        }
+        with environment(env), contextlib.redirect_stdout(io.StringIO()):
+            code = fanout_main(["run", str(path), "--out", str(out), "--fresh", "--quiet"])
+    result = json.loads((out / job["job_id"] / "result.json").read_text())
+    run = json.loads((out / job["job_id"] / "run.json").read_text())
+    twice = sum(1 for n in stats.answered_prompts.values() if n > 1)
+    return {
+        "exit": code,
+        "ok": result["counts"]["ok"],
+        "tasks": result["counts"]["tasks"],
+        "answered_twice": twice,
+        "wall": run["wall_seconds"],
+        "floor": stats.floor_seconds(),
+        "ratio": run["wall_seconds"] / stats.floor_seconds() if stats.floor_seconds() else float("nan"),
+        "refused": stats.refused_share,
+        "requests": stats.requests,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.quota")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one run of the base quota only")
+    parser.add_argument("--modes", default="fixed,given,learned")
+    args = parser.parse_args(argv)
+    repeats = 1 if args.quick else args.repeats
+    scales = [1.0] if args.quick else [1.0, 4.0, 0.25]
+    modes = args.modes.split(",")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in scales:
+            tokens = int(BASE_TOKENS * scale)
+            items = round(BASE_ITEMS * scale)
+            runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+            for _ in range(repeats):
+                for mode in modes:  # side by side: each repeat runs every mode once
+                    runs[mode].append(run_once(mode, tokens, items, Path(tmp)))
+            rows.append((tokens, items, runs))
+    print(
+        f"(f) quota pacing: minute scaled to {WINDOW_SECONDS:g} s, {LATENCY_S * 1000:.0f} ms per call, {VOTES} votes "
+        f"per item, max_concurrency {CONCURRENCY}; medians of {repeats} runs"
+    )
+    print(f"{'quota (tokens/window)':<22} {'items':>5}  {'mode':<8} {'wall/floor':>10} {'refused':>8} {'floor s':>8}  target  ok")
+    for tokens, items, runs in rows:
+        for mode, done in runs.items():
+            ratio = statistics.median(r["ratio"] for r in done)
+            refused = statistics.median(r["refused"] for r in done)
+            floor = statistics.median(r["floor"] for r in done)
+            whole = all(r["ok"] == r["tasks"] and r["answered_twice"] == 0 for r in done)
+            target = TARGETS.get(mode)
+            aim = f"<= {target[0]:.2f}x, <= {target[1]:.0%}" if target else "-"
+            print(
+                f"{tokens:<22,} {items:>5}  {mode:<8} {ratio:>9.2f}x {refused:>8.1%} {floor:>8.1f}  {aim:<17} "
+                f"{'all tasks once' if whole else 'MISSING OR TWICE'}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,588 @@
+"""Admission gates in front of every model call of a batch: the model's quota (tokens and requests per minute) and
+the job's cost budget.
+
+**The quota.** Bedrock meters on-demand inference per model in tokens per
+minute, input and output together ("Quotas for the bedrock-runtime
+endpoint", quotas-runtime.html), and a request takes its input tokens plus
+``maxTokens`` from that quota when it starts; what it did not use is given
+back when it ends, and some models burn their output tokens faster than
+one for one ("How tokens are counted in Amazon Bedrock",
+quotas-token-burndown.html). A :class:`Pacer` mirrors that bucket on the
+client, one per model, shared by every thread of a batch (and in the local
+runtime by every batch of a run): a call waits until the bucket holds its
+reservation (estimated input + ``max_tokens``), takes it, and gives back
+the difference to what the reply says it used. The bucket holds one
+window's quota and refills it over ``window_seconds`` (60: a minute).
+
+- **Given quota** (``limits.tokens_per_minute`` / ``requests_per_minute``):
+  the bucket has exactly that size, times the batch's planned share of the
+  job's parallel batches. The mirror is never ahead of the service's bucket
+  (it reserves before the request leaves and gets the unused part back after
+  the reply arrives), so a job alone on its quota is not refused.
+- **Learned quota** (none given): no limit until the first refusal, which
+  means the service's bucket is empty; from then on the bucket mirrors it.
+  Every refusal empties the mirror (the service just said it is empty) and
+  measures the refill rate as the tokens taken between two refusals over the
+  time between them (both refusals found the bucket near empty, so what was
+  taken in between is what was refilled, whatever the window); the pace is
+  set a little under that, and rises additively while no refusal comes
+  (multiplicative decrease, additive increase, in the spirit of botocore's
+  adaptive retry mode). A given quota is learned the same way below its
+  ceiling when other workloads share it.
+
+Waiting for the bucket is not an attempt: only the service's refusals spend
+a task's retry budget. A refusal with ``Retry-After`` (OpenAI-compatible
+servers) holds every call of the model for that long; ``x-ratelimit-remaining-tokens``
+lowers the mirror to what the server says is left.
+
+**The budget** (``limits.max_cost_usd``): a :class:`Budget` admits a call
+only while the spend counted so far plus every call in flight at its full
+``max_tokens`` stays within the budget; a call it refuses is not made and
+its task is recorded ``failed`` with the reason ``budget``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fanout_core.catalog import Rates
+from fanout_core.providers.base import ModelError, ModelReply, ModelRequest
+
+DEFAULT_WINDOW_SECONDS = 60.0
+# learned pace: the measured refill rate (times this), rising by this share of itself per second without a refusal
+PACE_MARGIN = 1.0
+INCREASE_PER_SECOND = 0.02
+# without a second refusal to measure from, each refusal cuts the pace by this factor (at most once per cut gap)
+DECREASE = 0.7
+# the refill rate is measured between refusals at least this far apart (shorter spans are mostly noise)
+MEASURE_SPAN_SECONDS = 0.5
+# before the first refusal (nothing known yet) this many calls go at once, one more after each reply (a slow start,
+# so the first wave does not empty a small quota many times over)
+FIRST_CALLS = 16
+# a sleeping call looks again at least this often (a give-back may have refilled the bucket)
+MAX_NAP_SECONDS = 0.25
+# the first estimate of a prompt's tokens (characters per token); the observed ratio replaces it after replies
+FIRST_CHARS_PER_TOKEN = 3.0
+# Claude 3.7 and later count each output token five times against the quota (quotas-token-burndown.html)
+_FIVE_TIMES_OUTPUT = re.compile(r"anthropic\.claude-(3-7|sonnet-4|opus-4|haiku-4|[a-z]+-4-)")
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class RealClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What a batch may use of one model's quota: the job's limits times the batch's planned share."""
+
+    tokens_per_minute: int | None = None
+    requests_per_minute: int | None = None
+    window_seconds: float = DEFAULT_WINDOW_SECONDS
+    share: float = 1.0
+
+
+def output_burndown(model: str) -> int:
+    """How many times each output token counts against the model's tokens-per-minute quota."""
+    return 5 if _FIVE_TIMES_OUTPUT.search(model) else 1
+
+
+@dataclass
+class Ticket:
+    """One admitted call: what it reserved, how long it waited."""
+
+    tokens: int
+    waited: float
+    prompt_chars: int
+    at: float
+
+
+class Pacer:
+    """The token (and request) bucket of one model, shared by the threads that call it."""
+
+    def __init__(self, quota: Quota, clock: Clock | None = None, *, learned_rate: float | None = None) -> None:
+        self.clock = clock or RealClock()
+        self.window = quota.window_seconds
+        share = quota.share
+        self.ceiling = quota.tokens_per_minute * share / self.window if quota.tokens_per_minute else None
+        self.request_rate = quota.requests_per_minute * share / self.window if quota.requests_per_minute else None
+        self.lock = threading.Lock()
+        now = self.clock.now()
+        self.started = now
+        self.last = now
+        self.last_increase = now
+        # tokens per second; None: no limit yet (nothing given, nothing learned)
+        self.rate: float | None = self.ceiling
+        if learned_rate is not None:
+            self.rate = learned_rate if self.ceiling is None else min(learned_rate, self.ceiling)
+        # a batch started again after refusals does not start with a full bucket: the service's is near empty
+        self.level = 0.0 if learned_rate is not None else (self.capacity or 0.0)
+        self.requests = 0.0 if learned_rate is not None else (self.request_capacity or 0.0)
+        self.hold_until = 0.0
+        self.last_cut = -math.inf
+        self.taken = 0.0  # tokens taken from the bucket so far, less what was given back
+        self.refusals: deque[tuple[float, float]] = deque(maxlen=256)  # (time, tokens used by replies so far)
+        self.used = 0.0  # tokens the service counted for the calls answered so far
+        self.latency = 0.0  # a call's usual time, from acquire to reply (moving average)
+        self.floor_rate = 0.0
+        self.outstanding = 0
+        self.slow_start = FIRST_CALLS
+        self.chars_per_token = FIRST_CHARS_PER_TOKEN
+        # what the batch reports
+        self.throttled = 0
+        self.waited = 0.0
+        self.served_tokens = 0
+        self.calls = 0
+
+    @property
+    def capacity(self) -> float | None:
+        return None if self.rate is None else self.rate * self.window
+
+    @property
+    def request_capacity(self) -> float | None:
+        return None if self.request_rate is None else self.request_rate * self.window
+
+    @property
+    def learned(self) -> bool:
+        return self.ceiling is None
+
+    def reservation(self, request: ModelRequest, model: str) -> tuple[int, int]:
+        """(tokens to reserve, prompt characters) for a request: its estimated input plus max_tokens, as Bedrock counts."""
+        chars = len(request.system or "") + len(request.prompt)
+        if request.output_schema is not None:
+            chars += len(str(request.output_schema))
+        with self.lock:
+            ratio = self.chars_per_token
+        return math.ceil(chars / ratio) + request.max_tokens * output_burndown(model), chars
+
+    def acquire(self, tokens: int, prompt_chars: int = 0) -> Ticket:
+        """Wait until the bucket holds ``tokens`` (and a request), take them; the wait is not an attempt."""
+        asked = self.clock.now()
+        while True:
+            with self.lock:
+                now = self.clock.now()
+                self._refill(now)
+                wait = self._wait(tokens, now)
+                if wait <= 0:
+                    self.outstanding += 1
+                    self.level -= tokens
+                    if self.request_rate is not None:
+                        self.requests -= 1
+                    self.taken += tokens
+                    waited = now - asked
+                    self.waited += waited
+                    return Ticket(tokens, waited, prompt_chars, now)
+            self.clock.sleep(min(wait, MAX_NAP_SECONDS))
+
+    def settle(self, ticket: Ticket, reply: ModelReply, model: str) -> None:
+        """A reply: the tokens it used replace what was reserved (the rest goes back), and the pace may rise."""
+        used = reply.input_tokens + reply.cache_read_tokens + reply.cache_write_tokens
+        used += reply.output_tokens * output_burndown(model)
+        with self.lock:
+            now = self.clock.now()
+            self._refill(now)
+            self.level += ticket.tokens - used
+            self.taken += used - ticket.tokens
+            self.served_tokens += used
+            self.used += used
+            self.calls += 1
+            self.outstanding -= 1
+            self.slow_start += 1
+            took = now - ticket.at
+            self.latency = took if self.calls == 1 else 0.9 * self.latency + 0.1 * took
+            if ticket.prompt_chars and reply.input_tokens:
+                # the most tokens per character seen, so a reservation does not fall short of the service's count
+                self.chars_per_token = min(self.chars_per_token, ticket.prompt_chars / reply.input_tokens)
+            if reply.rate_limit and reply.rate_limit.get("remaining_tokens") is not None:
+                self.level = min(self.level, float(reply.rate_limit["remaining_tokens"]))
+            self._increase(now)
+
+    def refused(self, ticket: Ticket, retry_after: float | None = None) -> None:
+        """The service refused the call (throttled): it took nothing, its bucket is empty; learn from it."""
+        with self.lock:
+            now = self.clock.now()
+            self._refill(now)
+            self.level += ticket.tokens
+            self.taken -= ticket.tokens
+            self.outstanding -= 1
+            self.throttled += 1
+            if retry_after is not None and retry_after > 0:
+                self.hold_until = max(self.hold_until, now + retry_after)
+            measured = self._measure(now)
+            self.refusals.append((now, self.used))
+            span = self._span()
+            if self.rate is None:
+                # the first refusal: the service's bucket, full at the start, is empty; what was taken since is a
+                # window's quota plus what refilled meanwhile (exact when the window is right and the quota all ours)
+                elapsed = max(now - self.started, 1e-3)
+                self.rate = max(self.taken, float(ticket.tokens)) / (elapsed + self.window)
+                # never slower than one call per window, whatever the refusals say
+                self.floor_rate = ticket.tokens / self.window
+                self.last_cut = now
+            elif measured is not None and now - self.last_cut >= span / 4:
+                self.rate = measured * PACE_MARGIN
+                self.last_cut = now
+            elif measured is None and now - self.last_cut >= span / 2:
+                self.rate *= DECREASE
+                self.last_cut = now
+            self.rate = max(self.rate, self.floor_rate, 1e-3)
+            if self.ceiling is not None:
+                self.rate = min(self.rate, self.ceiling)
+            # the service's bucket is empty now (it refuses rather than go below zero); the replies in flight will
+            # give back to both what they did not use
+            self.level = 0.0
+            self.last_increase = now
+
+    def release(self, ticket: Ticket) -> None:
+        """A call that failed for another reason: the service took nothing."""
+        with self.lock:
+            self.level += ticket.tokens
+            self.taken -= ticket.tokens
+            self.outstanding -= 1
+
+    def state(self) -> dict[str, Any]:
+        """What a later run of the batch starts from, and what the batch reports."""
+        with self.lock:
+            return {
+                "rate_tokens_per_second": self.rate,
+                "learned": self.learned,
+                "throttled": self.throttled,
+                "waited_seconds": round(self.waited, 3),
+                "served_tokens": self.served_tokens,
+            }
+
+    # -- inside the lock ------------------------------------------------------
+    def _refill(self, now: float) -> None:
+        elapsed = max(0.0, now - self.last)
+        self.last = now
+        if self.rate is not None and self.capacity is not None:
+            self.level = min(self.capacity, self.level + self.rate * elapsed)
+        if self.request_rate is not None and self.request_capacity is not None:
+            self.requests = min(self.request_capacity, self.requests + self.request_rate * elapsed)
+
+    def _wait(self, tokens: int, now: float) -> float:
+        wait = self.hold_until - now
+        if self.rate is None and self.ceiling is None and self.outstanding >= self.slow_start:
+            wait = max(wait, 0.01)
+        if self.rate is not None and self.capacity is not None:
+            # a call larger than the whole bucket waits for a full one (and leaves it below zero)
+            need = min(float(tokens), self.capacity)
+            if self.level < need:  # (a microsecond more, so a refill computed to the token is not short by a rounding)
+                wait = max(wait, (need - self.level) / max(self.rate, 1e-9) + 1e-6)
+        if self.request_rate is not None and self.requests < 1:
+            wait = max(wait, (1 - self.requests) / self.request_rate + 1e-6)
+        return wait
+
+    def _span(self) -> float:
+        # long enough that the calls in flight at either end weigh little against what was served in between
+        return max(MEASURE_SPAN_SECONDS, 3 * self.latency)
+
+    def _measure(self, now: float) -> float | None:
+        """The refill rate: what the service counted for the replies since the latest refusal at least a measuring span
+        ago, per second (the bucket was near empty at both refusals, so what it served in between is what refilled)."""
+        span = self._span()
+        for at, used in reversed(self.refusals):
+            if now - at >= span:
+                return max(0.0, self.used - used) / (now - at)
+        return None
+
+    def _increase(self, now: float) -> None:
+        """Additive increase, faster the longer no refusal came (a pace found too low climbs back within seconds)."""
+        if self.rate is None:
+            return
+        elapsed = now - self.last_increase
+        self.last_increase = now
+        span = self._span()
+        quiet = now - self.refusals[-1][0] if self.refusals else 0.0
+        self.rate += self.rate * INCREASE_PER_SECOND * (1 + max(0.0, quiet - 5 * span) / span) * elapsed
+        if self.ceiling is not None:
+            self.rate = min(self.rate, self.ceiling)
+
+
+class BudgetSpent(ModelError):
+    """A call the budget does not admit: it is not made."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("BudgetExceeded", message, "permanent")
+
+
+class Budget:
+    """limits.max_cost_usd in flight: spent so far plus every call in flight at its full max_tokens."""
+
+    def __init__(self, limit_usd: float, rates_for: Callable[[str], Rates | None]) -> None:
+        self.limit = limit_usd
+        self.rates_for = rates_for
+        self.spent = 0.0
+        self.held = 0.0
+        self.refused = 0
+        self.lock = threading.Lock()
+
+    def hold(self, model: str, input_tokens: int, max_tokens: int) -> float:
+        """Reserve the most a call can cost; raise BudgetSpent when that would pass the budget."""
+        rates = self.rates_for(model)
+        if rates is None:
+            raise BudgetSpent(f"the price of {model} is not known, so limits.max_cost_usd cannot be kept; add it to 'prices'")
+        most = (input_tokens * max(rates.input, rates.cache_write) + max_tokens * rates.output) / 1e6
+        with self.lock:
+            if self.spent + self.held + most > self.limit + 1e-12:
+                self.refused += 1
+                raise BudgetSpent(
+                    f"not called: limits.max_cost_usd ({self.limit:g} USD) would be passed (spent {self.spent:.6f}, "
+                    f"in flight {self.held:.6f}, this call up to {most:.6f}); raise the budget and run again to finish it"
+                )
+            self.held += most
+        return most
+
+    def settle(self, held: float, model: str, reply: ModelReply | None) -> float:
+        """The call ended: its hold is replaced by what it cost (nothing when it was refused or failed)."""
+        cost = 0.0
+        rates = self.rates_for(model)
+        if reply is not None and rates is not None:
+            cost = (
+                reply.input_tokens * rates.input
+                + reply.output_tokens * rates.output
+                + reply.cache_read_tokens * rates.cache_read
+                + reply.cache_write_tokens * rates.cache_write
+            ) / 1e6
+        with self.lock:
+            self.held -= held
+            self.spent += cost
+        return cost
+
+    def state(self) -> dict[str, Any]:
+        with self.lock:
+            return {"limit_usd": self.limit, "spent_usd": round(self.spent, 6), "calls_refused": self.refused}
+
+
+@dataclass
+class Gate:
+    """What a task's calls pass through before they go: the model's pacer and the job's budget (either may be absent)."""
+
+    model: str
+    pacer: Pacer | None = None
+    budget: Budget | None = None
+    # what this batch saw (a pacer may be shared with other batches of the process)
+    throttled: int = 0
+    waited: float = 0.0
+    served_tokens: int = 0
+    budget_stopped: int = 0
+    spent: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def enter(self, request: ModelRequest) -> Pass:
+        tokens, chars = self.pacer.reservation(request, self.model) if self.pacer else (0, 0)
+        held = 0.0
+        if self.budget is not None:
+            input_estimate = tokens - request.max_tokens * output_burndown(self.model) if self.pacer else len(request.prompt)
+            try:
+                held = self.budget.hold(self.model, max(input_estimate, 1), request.max_tokens)
+            except BudgetSpent:
+                with self.lock:
+                    self.budget_stopped += 1
+                raise
+        ticket = self.pacer.acquire(tokens, chars) if self.pacer else None
+        if ticket is not None:
+            with self.lock:
+                self.waited += ticket.waited
+        return Pass(ticket, held)
+
+    def done(self, entry: Pass, reply: ModelReply) -> None:
+        if self.pacer is not None and entry.ticket is not None:
+            self.pacer.settle(entry.ticket, reply, self.model)
+            with self.lock:
+                self.served_tokens += reply.input_tokens + reply.output_tokens
+        if self.budget is not None:
+            cost = self.budget.settle(entry.held, self.model, reply)
+            with self.lock:
+                self.spent += cost
+
+    def failed(self, entry: Pass, error: ModelError) -> None:
+        if self.pacer is not None and entry.ticket is not None:
+            if error.kind == "throttled":
+                self.pacer.refused(entry.ticket, error.retry_after)
+                with self.lock:
+                    self.throttled += 1
+            else:
+                self.pacer.release(entry.ticket)
+        if self.budget is not None:
+            self.budget.settle(entry.held, self.model, None)
+
+
+@dataclass
+class Pass:
+    ticket: Ticket | None
+    held: float
+
+
+# pacers and budgets shared by the batches of one run in this process (the local runtime runs them all here)
+_SHARED: dict[tuple[str, ...], Any] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared(key: tuple[str, ...], build: Callable[[], Any]) -> Any:
+    """The object kept under ``key`` for this process, built on first use."""
+    with _SHARED_LOCK:
+        found = _SHARED.get(key)
+        if found is None:
+            found = _SHARED[key] = build()
+            if len(_SHARED) > 256:  # runs of a long-lived process: the oldest go
+                del _SHARED[next(iter(_SHARED))]
+        return found
+
+
+@dataclass(frozen=True)
+class PacingSettings:
+    """How a deployment paces (Settings): on by default, a minute per quota window."""
+
+    enabled: bool = True
+    # the quota's window: 60 s in every deployment; the bench scales the minute down (FANOUT_QUOTA_WINDOW_SECONDS)
+    window_seconds: float = DEFAULT_WINDOW_SECONDS
+    # every batch of a run in this process shares one pacer per model and one budget (the local runtime)
+    shared: bool = False
+
+
+def plan_pacing(job: Any, map_concurrency: int, tasks: int, run: str) -> dict[str, Any]:
+    """What Plan gives every batch: the job's quota and budget, and each batch's planned share of the quota."""
+    limits = job.limits
+    return {
+        "run": run,
+        "tokens_per_minute": limits.tokens_per_minute,
+        "requests_per_minute": limits.requests_per_minute,
+        # the batches that run at once split the quota evenly
+        "share": 1.0 / max(1, map_concurrency),
+        "max_cost_usd": limits.max_cost_usd,
+        "prices": {name: price.model_dump() for name, price in (job.prices or {}).items()} or None,
+        "tasks": tasks,
+    }
+
+
+def check_pacing_limits(job: Any, tasks: list[dict[str, Any]]) -> None:
+    """Refuse, before any call, a quota one call could never fit in and a budget that cannot be counted."""
+    from fanout_core.errors import InvalidJob
+    from fanout_core.pricing import rates_of
+
+    limits = job.limits
+    overrides = {name: price.model_dump() for name, price in (job.prices or {}).items()}
+    if limits.max_cost_usd is not None:
+        for model in sorted({t["model"] for t in tasks}):
+            if rates_of(model, overrides) is None:
+                raise InvalidJob(
+                    f"limits.max_cost_usd: the price of {model} is not known, so the budget cannot be kept; "
+                    f'give it under \'prices\' ({{"{model}": {{"input_per_million": ..., "output_per_million": ...}}}})',
+                    "limits.max_cost_usd",
+                )
+    if limits.tokens_per_minute is not None and tasks:
+        system = len(job.system or "")
+        largest = max(tasks, key=lambda t: len(t["prompt"]))
+        reserved = math.ceil((system + len(largest["prompt"])) / FIRST_CHARS_PER_TOKEN)
+        reserved += job.inference.max_tokens * output_burndown(largest["model"])
+        if reserved > limits.tokens_per_minute:
+            raise InvalidJob(
+                f"limits.tokens_per_minute: {limits.tokens_per_minute} is less than one call reserves "
+                f"(about {reserved} tokens: the prompt of item '{largest['item_id']}' plus inference.max_tokens); "
+                "Bedrock would refuse that call whatever the pace: lower inference.max_tokens or check the quota",
+                "limits.tokens_per_minute",
+            )
+
+
+def batch_gates(
+    batch: Mapping[str, Any],
+    task_count: int,
+    settings: PacingSettings,
+    saved: dict[str, Any] | None,
+    rates_for: Callable[[str], Rates | None],
+    clock: Clock | None = None,
+) -> Callable[[str], Gate]:
+    """The gate of each model of a batch; ``saved`` is what an earlier run of the batch left (its learned pace)."""
+    plan = batch.get("pacing") or {}
+    run = str(plan.get("run") or batch.get("job_id") or "")
+    quota = Quota(
+        tokens_per_minute=plan.get("tokens_per_minute"),
+        requests_per_minute=plan.get("requests_per_minute"),
+        window_seconds=settings.window_seconds,
+        share=1.0 if settings.shared else float(plan.get("share") or 1.0),
+    )
+    given = quota.tokens_per_minute is not None or quota.requests_per_minute is not None
+    earlier = (saved or {}).get("models", {})
+
+    def pacer_for(model: str) -> Pacer | None:
+        # the simulator has no quota to learn (its throttling is random); it is paced only to a given one
+        if not settings.enabled or (not given and (model == "sim" or model.startswith("sim:"))):
+            return None
+        learned = earlier.get(model, {}).get("rate_tokens_per_second") if earlier.get(model, {}).get("throttled") else None
+
+        def build() -> Pacer:
+            return Pacer(quota, clock, learned_rate=learned)
+
+        return shared((run, "pacer", model), build) if settings.shared else build()
+
+    budget: Budget | None = None
+    if plan.get("max_cost_usd") is not None:
+        limit = float(plan["max_cost_usd"])
+        if settings.shared:
+            budget = shared((run, "budget"), lambda: Budget(limit, rates_for))
+        else:
+            # a batch in its own Lambda has its part of the budget, less what its earlier runs spent
+            part = limit * task_count / max(1, int(plan.get("tasks") or 1))
+            spent = float((saved or {}).get("budget", {}).get("spent_usd") or 0.0)
+            budget = Budget(max(0.0, part - spent), rates_for)
+    gates: dict[str, Gate] = {}
+
+    def gate_for(model: str) -> Gate:
+        if model not in gates:
+            gates[model] = Gate(model, pacer_for(model), budget)
+        return gates[model]
+
+    gate_for.gates = gates  # type: ignore[attr-defined]
+    return gate_for
+
+
+def batch_report(gates: dict[str, Gate], saved: dict[str, Any] | None, started: float, ended: float) -> dict[str, Any]:
+    """What a batch writes next to its records (pacing/<n>.json): its learned pace and its figures, added to an
+    earlier run's."""
+    before = saved or {}
+    models: dict[str, Any] = {}
+    for model, gate in gates.items():
+        old = before.get("models", {}).get(model, {})
+        entry = {
+            "throttled": old.get("throttled", 0) + gate.throttled,
+            "quota_wait_seconds": round(old.get("quota_wait_seconds", 0.0) + gate.waited, 3),
+            "served_tokens": old.get("served_tokens", 0) + gate.served_tokens,
+        }
+        if gate.pacer is not None:
+            state = gate.pacer.state()
+            entry["rate_tokens_per_second"] = state["rate_tokens_per_second"]
+            entry["learned"] = state["learned"]
+            entry["window_seconds"] = gate.pacer.window
+        models[model] = entry
+    report: dict[str, Any] = {"started": before.get("started", started), "ended": ended, "models": models}
+    budgets = {id(g.budget): g.budget for g in gates.values() if g.budget is not None}
+    if budgets:
+        budget = next(iter(budgets.values()))
+        old_budget = before.get("budget", {})
+        report["budget"] = {
+            "limit_usd": budget.limit,
+            "spent_usd": round(float(old_budget.get("spent_usd", 0.0)) + _batch_spend(gates), 6),
+            "tasks_stopped": int(old_budget.get("tasks_stopped", 0)) + sum(g.budget_stopped for g in gates.values()),
+        }
+    return report
+
+
+def _batch_spend(gates: dict[str, Gate]) -> float:
+    return sum(g.spent for g in gates.values())
