@@ -548,6 +548,11 @@ def _run_locked(
             "lambda_seconds": {k: round(v, 3) for k, v in runtime.busy_seconds.items()},
             "execution_status": execution.status,
         }
+        pacing = result.get("pacing") or {}
+        # pacing to the model's quota (fanout_core.pacing): refusals, the tokens served per minute, the wait
+        run_figures["throttled_requests"] = pacing.get("throttled_requests", 0)
+        run_figures["tokens_per_minute"] = pacing.get("tokens_per_minute")
+        run_figures["quota_wait_seconds"] = pacing.get("quota_wait_seconds", 0.0)
     run_figures["total_seconds"] = round(time.monotonic() - started, 3)
     _write_output(target / "run.json", json.dumps(run_figures, indent=2) + "\n")
     return LocalRun(result, run_figures, target)

@@ -33,10 +33,13 @@ class Snapshot:
     cost_usd: float | None
     elapsed: float
     eta_seconds: float | None
+    quota_wait: float = 0.0  # seconds calls waited for the model's quota before they were sent (fanout_core.pacing)
 
     def figures(self) -> str:
         cost = "unknown" if self.cost_usd is None else f"${self.cost_usd:.4f}"
-        return f"failed {self.failed}  invalid {self.invalid}  throttled {self.throttled}  retried {self.retried}  cost {cost}"
+        waited = f"  quota wait {self.quota_wait:.0f}s" if self.quota_wait >= 1 else ""
+        counts = f"failed {self.failed}  invalid {self.invalid}  throttled {self.throttled}  retried {self.retried}"
+        return f"{counts}{waited}  cost {cost}"
 
     def compact(self) -> str:
         """The figures for a live bar on an 80-column terminal: the zero ones other than failed left out."""
@@ -47,6 +50,8 @@ class Snapshot:
             for name, n in (("invalid", self.invalid), ("throttled", self.throttled), ("retried", self.retried))
             if n
         ]
+        if self.quota_wait >= 1:
+            shown.append(f"quota wait {self.quota_wait:.0f}s")
         return "  ".join([*shown, f"cost {cost}", f"eta {self.eta()}"])
 
     def eta(self) -> str:
@@ -63,6 +68,7 @@ class Snapshot:
             "invalid": self.invalid,
             "throttled": self.throttled,
             "retried": self.retried,
+            "quota_wait_seconds": round(self.quota_wait, 1),
             "cost_usd": self.cost_usd,
             "elapsed_seconds": round(self.elapsed, 1),
             "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
@@ -87,6 +93,7 @@ class Tally:
         self._earlier = 0  # tasks finished by an earlier run
         self._retried = 0
         self._throttled = 0
+        self._waited = 0.0
         self._by_model: dict[str, dict[str, int]] = {}
         self._seen: set[str] = set()
 
@@ -122,6 +129,9 @@ class Tally:
             self._retried += attempts - 1
         if isinstance(throttled, int) and throttled > 0:
             self._throttled += throttled
+        waited = record.get("quota_wait_ms")
+        if isinstance(waited, (int, float)) and waited > 0:
+            self._waited += waited / 1000
         spent = record.get("usage")
         usage: dict[str, Any] = spent if isinstance(spent, dict) else {}
         model = self._by_model.setdefault(str(record.get("model") or "unknown"), {"input_tokens": 0, "output_tokens": 0})
@@ -150,6 +160,7 @@ class Tally:
             cost_usd=estimate_cost(self._by_model, self.prices),
             elapsed=elapsed,
             eta_seconds=eta,
+            quota_wait=self._waited,
         )
 
 

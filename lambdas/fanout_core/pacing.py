@@ -66,6 +66,12 @@ MEASURE_SPAN_SECONDS = 0.5
 # before the first refusal (nothing known yet) this many calls go at once, one more after each reply (a slow start,
 # so the first wave does not empty a small quota many times over)
 FIRST_CALLS = 16
+# refusals this common before a cut, and as common after it, are taken as the service's faults, not the pace's
+RANDOM_SHARE = 0.2
+# our bucket counts as full this much under the service's
+FULL_MARGIN = 0.03
+# the pace never falls under this share of its first figure
+FLOOR_SHARE = 0.02
 # a sleeping call looks again at least this often (a give-back may have refilled the bucket)
 MAX_NAP_SECONDS = 0.25
 # the first estimate of a prompt's tokens (characters per token); the observed ratio replaces it after replies
@@ -111,6 +117,7 @@ class Ticket:
     waited: float
     prompt_chars: int
     at: float
+    input_tokens: int = 0  # the estimated input part of ``tokens`` (the rest is max_tokens)
 
 
 class Pacer:
@@ -132,7 +139,7 @@ class Pacer:
         if learned_rate is not None:
             self.rate = learned_rate if self.ceiling is None else min(learned_rate, self.ceiling)
         # a batch started again after refusals does not start with a full bucket: the service's is near empty
-        self.level = 0.0 if learned_rate is not None else (self.capacity or 0.0)
+        self.level = 0.0 if learned_rate is not None else (self.capacity or 0.0) * (1 - FULL_MARGIN)
         self.requests = 0.0 if learned_rate is not None else (self.request_capacity or 0.0)
         self.hold_until = 0.0
         self.last_cut = -math.inf
@@ -142,7 +149,13 @@ class Pacer:
         self.latency = 0.0  # a call's usual time, from acquire to reply (moving average)
         self.floor_rate = 0.0
         self.outstanding = 0
+        self.outstanding_input = 0
         self.slow_start = FIRST_CALLS
+        self.attempts = 0
+        self.cut_attempts = self.cut_refused = 0
+        self.share_before = 1.0
+        self.pace_before: float | None = None
+        self.calm_until = -math.inf
         self.chars_per_token = FIRST_CHARS_PER_TOKEN
         # what the batch reports
         self.throttled = 0
@@ -171,7 +184,7 @@ class Pacer:
             ratio = self.chars_per_token
         return math.ceil(chars / ratio) + request.max_tokens * output_burndown(model), chars
 
-    def acquire(self, tokens: int, prompt_chars: int = 0) -> Ticket:
+    def acquire(self, tokens: int, prompt_chars: int = 0, input_tokens: int = 0) -> Ticket:
         """Wait until the bucket holds ``tokens`` (and a request), take them; the wait is not an attempt."""
         asked = self.clock.now()
         while True:
@@ -180,14 +193,16 @@ class Pacer:
                 self._refill(now)
                 wait = self._wait(tokens, now)
                 if wait <= 0:
+                    self.attempts += 1
                     self.outstanding += 1
+                    self.outstanding_input += input_tokens
                     self.level -= tokens
                     if self.request_rate is not None:
                         self.requests -= 1
                     self.taken += tokens
                     waited = now - asked
                     self.waited += waited
-                    return Ticket(tokens, waited, prompt_chars, now)
+                    return Ticket(tokens, waited, prompt_chars, now, input_tokens)
             self.clock.sleep(min(wait, MAX_NAP_SECONDS))
 
     def settle(self, ticket: Ticket, reply: ModelReply, model: str) -> None:
@@ -203,6 +218,7 @@ class Pacer:
             self.used += used
             self.calls += 1
             self.outstanding -= 1
+            self.outstanding_input -= ticket.input_tokens
             self.slow_start += 1
             took = now - ticket.at
             self.latency = took if self.calls == 1 else 0.9 * self.latency + 0.1 * took
@@ -221,26 +237,31 @@ class Pacer:
             self.level += ticket.tokens
             self.taken -= ticket.tokens
             self.outstanding -= 1
+            self.outstanding_input -= ticket.input_tokens
             self.throttled += 1
             if retry_after is not None and retry_after > 0:
                 self.hold_until = max(self.hold_until, now + retry_after)
             measured = self._measure(now)
             self.refusals.append((now, self.used))
             span = self._span()
-            if self.rate is None:
+            before = self.rate
+            if self._cuts_did_not_help(now, span):
+                pass  # refusals that come whatever the pace are not the quota's: the pace stays
+            elif self.rate is None:
                 # the first refusal: the service's bucket, full at the start, is empty; what was taken since is a
                 # window's quota plus what refilled meanwhile (exact when the window is right and the quota all ours)
                 elapsed = max(now - self.started, 1e-3)
-                self.rate = max(self.taken, float(ticket.tokens)) / (elapsed + self.window)
-                # never slower than one call per window, whatever the refusals say
-                self.floor_rate = ticket.tokens / self.window
-                self.last_cut = now
+                burst = max(self.taken, float(ticket.tokens))
+                self.rate = burst / (elapsed + self.window)
+                self.floor_rate = self.rate * FLOOR_SHARE
+                before = burst / elapsed
             elif measured is not None and now - self.last_cut >= span / 4:
                 self.rate = measured * PACE_MARGIN
-                self.last_cut = now
             elif measured is None and now - self.last_cut >= span / 2:
                 self.rate *= DECREASE
-                self.last_cut = now
+            if self.rate is not None and before is not None and self.rate < before:
+                self._cut(now, before)
+            assert self.rate is not None
             self.rate = max(self.rate, self.floor_rate, 1e-3)
             if self.ceiling is not None:
                 self.rate = min(self.rate, self.ceiling)
@@ -255,6 +276,7 @@ class Pacer:
             self.level += ticket.tokens
             self.taken -= ticket.tokens
             self.outstanding -= 1
+            self.outstanding_input -= ticket.input_tokens
 
     def state(self) -> dict[str, Any]:
         """What a later run of the batch starts from, and what the batch reports."""
@@ -272,7 +294,11 @@ class Pacer:
         elapsed = max(0.0, now - self.last)
         self.last = now
         if self.rate is not None and self.capacity is not None:
-            self.level = min(self.capacity, self.level + self.rate * elapsed)
+            # the service's bucket is full at its size with its own reservations taken out; ours may be larger by the
+            # input estimates of the calls in flight, so ours is full that much sooner (else it would run ahead)
+            # (and a little under: replies reach us after the service gave back, so near full it loses refill ours
+            # would not)
+            self.level = min(self._full(), self.level + self.rate * elapsed)
         if self.request_rate is not None and self.request_capacity is not None:
             self.requests = min(self.request_capacity, self.requests + self.request_rate * elapsed)
 
@@ -282,12 +308,42 @@ class Pacer:
             wait = max(wait, 0.01)
         if self.rate is not None and self.capacity is not None:
             # a call larger than the whole bucket waits for a full one (and leaves it below zero)
-            need = min(float(tokens), self.capacity)
+            need = min(float(tokens), self._full())
             if self.level < need:  # (a microsecond more, so a refill computed to the token is not short by a rounding)
                 wait = max(wait, (need - self.level) / max(self.rate, 1e-9) + 1e-6)
         if self.request_rate is not None and self.requests < 1:
             wait = max(wait, (1 - self.requests) / self.request_rate + 1e-6)
         return wait
+
+    def _cut(self, now: float, before: float) -> None:
+        """Remember a cut: the pace before it and the share of calls refused up to it."""
+        attempts, refused = self.attempts - self.cut_attempts, self.throttled - self.cut_refused
+        self.share_before = refused / attempts if attempts else 1.0
+        self.pace_before, self.last_cut = before, now
+        self.cut_attempts, self.cut_refused = self.attempts, self.throttled
+
+    def _cuts_did_not_help(self, now: float, span: float) -> bool:
+        """Whether the calls since the last cut were refused about as often as before it: a service that refuses at
+        random (not for the pace) is not slowed down for it. The pace goes back to what it was, and is not cut again
+        for a while."""
+        if now < self.calm_until:
+            return True
+        if self.pace_before is None or now - self.last_cut < span:
+            return False
+        attempts = self.attempts - self.cut_attempts
+        if attempts < 40 or self.share_before < RANDOM_SHARE:
+            return False
+        share = (self.throttled - self.cut_refused) / attempts
+        if share < self.share_before:
+            return False
+        self.rate = max(self.rate or 0.0, self.pace_before)
+        self.pace_before = None
+        self.calm_until = now + 10 * span
+        return True
+
+    def _full(self) -> float:
+        assert self.capacity is not None
+        return max(1.0, self.capacity * (1 - FULL_MARGIN) - self.outstanding_input)
 
     def _span(self) -> float:
         # long enough that the calls in flight at either end weigh little against what was served in between
@@ -388,15 +444,15 @@ class Gate:
     def enter(self, request: ModelRequest) -> Pass:
         tokens, chars = self.pacer.reservation(request, self.model) if self.pacer else (0, 0)
         held = 0.0
+        input_estimate = tokens - request.max_tokens * output_burndown(self.model) if self.pacer else len(request.prompt)
         if self.budget is not None:
-            input_estimate = tokens - request.max_tokens * output_burndown(self.model) if self.pacer else len(request.prompt)
             try:
                 held = self.budget.hold(self.model, max(input_estimate, 1), request.max_tokens)
             except BudgetSpent:
                 with self.lock:
                     self.budget_stopped += 1
                 raise
-        ticket = self.pacer.acquire(tokens, chars) if self.pacer else None
+        ticket = self.pacer.acquire(tokens, chars, input_estimate) if self.pacer else None
         if ticket is not None:
             with self.lock:
                 self.waited += ticket.waited
@@ -586,3 +642,47 @@ def batch_report(gates: dict[str, Gate], saved: dict[str, Any] | None, started: 
 
 def _batch_spend(gates: dict[str, Gate]) -> float:
     return sum(g.spent for g in gates.values())
+
+
+def pacing_figures(reports: list[dict[str, Any]], max_cost_usd: float | None = None) -> dict[str, Any]:
+    """result.json's ``pacing`` (throttled requests, achieved tokens per minute, time waiting for the quota) and,
+    with limits.max_cost_usd, its ``budget``; ``reason: budget`` when the budget left tasks uncalled."""
+    if not reports:
+        return {}
+    models: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for model, entry in report.get("models", {}).items():
+            mine = models.setdefault(model, {"throttled_requests": 0, "quota_wait_seconds": 0.0, "served_tokens": 0})
+            mine["throttled_requests"] += entry.get("throttled", 0)
+            mine["quota_wait_seconds"] += entry.get("quota_wait_seconds", 0.0)
+            mine["served_tokens"] += entry.get("served_tokens", 0)
+            if entry.get("rate_tokens_per_second") is not None:
+                # the pace the batches ended at, per quota window (a minute)
+                paced = entry["rate_tokens_per_second"] * entry.get("window_seconds", DEFAULT_WINDOW_SECONDS)
+                mine["paced_tokens_per_minute"] = round(mine.get("paced_tokens_per_minute", 0.0) + paced)
+                mine["quota"] = "learned" if entry.get("learned") else "given"
+    span = max(r.get("ended", 0.0) for r in reports) - min(r.get("started", 0.0) for r in reports)
+    served = sum(m["served_tokens"] for m in models.values())
+    for entry in models.values():
+        entry["quota_wait_seconds"] = round(entry["quota_wait_seconds"], 3)
+    out: dict[str, Any] = {
+        "pacing": {
+            "throttled_requests": sum(m["throttled_requests"] for m in models.values()),
+            # tokens (input + output) the model served per minute of the batches' run
+            "tokens_per_minute": round(served / span * 60) if span > 0 else None,
+            # summed over calls: time calls spent waiting for the quota before they were sent
+            "quota_wait_seconds": round(sum(m["quota_wait_seconds"] for m in models.values()), 3),
+            "by_model": models,
+        }
+    }
+    budgets = [r["budget"] for r in reports if r.get("budget")]
+    if budgets:
+        stopped = sum(b.get("tasks_stopped", 0) for b in budgets)
+        out["budget"] = {
+            "max_cost_usd": max_cost_usd,
+            "spent_usd": round(sum(b.get("spent_usd", 0.0) for b in budgets), 6),
+            "tasks_not_called": stopped,
+        }
+        if stopped:
+            out["reason"] = "budget"
+    return out

@@ -47,6 +47,7 @@ from fanout_core.pacing import (
     batch_gates,
     batch_report,
     check_pacing_limits,
+    pacing_figures,
     plan_pacing,
 )
 from fanout_core.planning import (
@@ -631,6 +632,7 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, scratch_dir: str | None = N
     prefix = layout.result_prefix(job.job_id)
     bucket = store.bucket
     prices = {name: price.model_dump() for name, price in (job.prices or {}).items()}
+    figures = pacing_figures([store.get_json(n) for n in store.names(layout.PACING_DIR)], job.limits.max_cost_usd)
     tier = _planned_tier(store)
     reused = _tasks_skipped(store)
     spent = store.spent(_run_name(event))  # this run's calls that left no record
@@ -653,6 +655,7 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, scratch_dir: str | None = N
             spent=spent,
             earlier=earlier,
             escalated_before=escalated_before,
+            figures=figures,
         )
         for name, content_type in (("result.json", "application/json"), ("results.jsonl", "application/x-ndjson")):
             s3.upload_file(str(Path(folder) / name), bucket, prefix + name, ExtraArgs={"ContentType": content_type})
@@ -766,6 +769,7 @@ def _aggregate_to_files(
     spent: dict[str, int] | None = None,
     earlier: dict[str, list[int]] | None = None,
     escalated_before: dict[str, list[int]] | None = None,
+    figures: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """result.json, results.jsonl and report.md written in ``folder`` as the items are built; returns result.json's head."""
     report = Report(job.pattern, job.strategy)
@@ -794,6 +798,7 @@ def _aggregate_to_files(
     price_usage(head["usage"], prices)
     if tier is not None:
         head["tier"] = tier
+    head.update(figures or {})  # the quota's pace and the budget (fanout_core.pacing)
     _write_result(folder / "result.json", head, listed)
     listed.unlink()
     (folder / "report.md").write_text(report.markdown(head), encoding="utf-8")

@@ -135,6 +135,10 @@ class RunStore:
             chunk = [{"Key": k} for k in keys[start : start + 1000]]
             self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
 
+    def names(self, prefix: str) -> list[str]:
+        """The names (relative to the run's prefix) of the run's objects under ``prefix``."""
+        return [key[len(self.prefix) :] for key in self._keys(prefix)]
+
     def _keys(self, name: str) -> Iterator[str]:
         paginator = self.s3.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + name):

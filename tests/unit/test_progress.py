@@ -145,3 +145,13 @@ def test_a_local_run_shows_the_calls_the_model_throttled(tmp_path: Path) -> None
     assert throttled > 0
     last = [line for line in ran.stderr.splitlines() if line.startswith("tasks ")][-1]
     assert last.startswith("tasks 60/60 done") and f"throttled {throttled}  " in last
+
+
+def test_progress_shows_the_time_calls_waited_for_the_quota() -> None:
+    tally = Tally(total=4)
+    waited = {**record("t1"), "quota_wait_ms": 2500.0}
+    tally.add_chunk("a", chunk(waited, record("t2", throttled=1)))
+    snap = tally.snapshot()
+    assert snap.quota_wait == 2.5
+    assert "throttled 1" in snap.compact() and "quota wait 2s" in snap.compact()
+    assert "quota wait 2s" in snap.line()
