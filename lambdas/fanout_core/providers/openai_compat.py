@@ -36,6 +36,8 @@ _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 _SCHEMA_REFUSED = ("response_format", "json_schema", "json schema", "unable to generate parser", "grammar")
 # a server found unreachable is not asked again for this long (each task fails at once, naming the URL)
 DOWN_SECONDS = 10.0
+# the longest a 429's Retry-After holds the model's calls
+MAX_RETRY_AFTER_SECONDS = 120.0
 _log = logging.getLogger("fanout.openai")
 # (base URL, model) pairs whose served models were checked in this process: warned about once
 _checked: set[tuple[str, str]] = set()
@@ -112,7 +114,7 @@ class OpenAICompatibleProvider:
         structured = request.output_schema is not None
         use_format = structured and self._schema_format_supported
         try:
-            response = self.client.chat.completions.create(**self._params(request, use_format))
+            response, limits = self._create(self._params(request, use_format))
         except openai.BadRequestError as exc:
             said = str(exc).lower()
             if use_format and any(sign in said for sign in _SCHEMA_REFUSED):
@@ -120,7 +122,10 @@ class OpenAICompatibleProvider:
                 return self.invoke(request, attempt)
             raise ModelError("BadRequest", _message(exc), "permanent") from exc
         except openai.RateLimitError as exc:
-            raise ModelError("RateLimited", _message(exc), "throttled") from exc
+            # a 429's Retry-After: the pacer holds every call of the model that long (fanout_core.pacing)
+            wait = retry_after(getattr(getattr(exc, "response", None), "headers", None))
+            wait = None if wait is None else min(wait, MAX_RETRY_AFTER_SECONDS)  # a server cannot stall a run for hours
+            raise ModelError("RateLimited", _message(exc), "throttled", retry_after=wait) from exc
         except openai.APITimeoutError as exc:
             raise ModelError("Timeout", _message(exc), "timeout") from exc
         except openai.APIConnectionError as exc:
@@ -140,7 +145,16 @@ class OpenAICompatibleProvider:
             input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
             model=f"openai:{self.model}",
+            rate_limit=limits,
         )
+
+    def _create(self, params: dict[str, Any]) -> tuple[Any, dict[str, float] | None]:
+        """The completion and what the server's x-ratelimit-* headers say is left (None without them)."""
+        raw_api = getattr(self.client.chat.completions, "with_raw_response", None)
+        if raw_api is None:  # a client without raw responses (a test double): no headers to read
+            return self.client.chat.completions.create(**params), None
+        raw = raw_api.create(**params)
+        return raw.parse(), rate_limit_headers(raw.headers)
 
     def _params(self, request: ModelRequest, use_format: bool) -> dict[str, Any]:
         system = request.system or ""
@@ -178,6 +192,46 @@ def _parse_json(text: str) -> Any:
         return json.loads(stripped)
     except (ValueError, RecursionError):  # not JSON, an integer too long to read, nesting too deep
         return text
+
+
+def rate_limit_headers(headers: Any) -> dict[str, float] | None:
+    """``x-ratelimit-remaining-tokens`` / ``-requests`` (and the limits) as numbers; None when the server sends none."""
+    if headers is None:
+        return None
+    found: dict[str, float] = {}
+    for name, key in (
+        ("x-ratelimit-remaining-tokens", "remaining_tokens"),
+        ("x-ratelimit-remaining-requests", "remaining_requests"),
+        ("x-ratelimit-limit-tokens", "limit_tokens"),
+        ("x-ratelimit-limit-requests", "limit_requests"),
+    ):
+        value = headers.get(name)
+        try:
+            if value is not None:
+                found[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return found or None
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds a 429 asks to wait: ``retry-after-ms``, or ``retry-after`` in seconds or as an HTTP date."""
+    if headers is None:
+        return None
+    try:
+        if headers.get("retry-after-ms") is not None:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            from email.utils import parsedate_to_datetime
+
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _message(exc: Exception) -> str:
