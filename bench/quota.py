@@ -114,7 +114,8 @@ def run_once(mode: str, tokens_per_window: int, items: int, workdir: Path) -> di
             code = fanout_main(["run", str(path), "--out", str(out), "--fresh", "--quiet"])
     result = json.loads((out / job["job_id"] / "result.json").read_text())
     run = json.loads((out / job["job_id"] / "run.json").read_text())
-    twice = sum(1 for n in stats.answered_prompts.values() if n > 1)
+    # an item's votes share one prompt: each prompt answered exactly VOTES times means no task lost or answered twice
+    twice = sum(1 for n in stats.answered_prompts.values() if n != VOTES) + (items - len(stats.answered_prompts))
     return {
         "exit": code,
         "ok": result["counts"]["ok"],
