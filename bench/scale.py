@@ -268,17 +268,41 @@ def run_step(step: str, handler: str, store: Path, job_id: str, job_input: dict[
     return figures
 
 
-def functions_row(tasks: int, repeats: int, work: Path) -> dict[str, dict[str, float]]:
-    """(k): Plan and Aggregate of one job at ``tasks`` tasks, each in a clean process over the file-backed S3."""
+def big_items(item_bytes: int, job_bytes: int) -> list[dict[str, Any]]:
+    """Items of ``item_bytes`` each (as limits.max_item_bytes counts them), their file at most ``job_bytes``."""
+    shell = len(json.dumps({"id": "item-0000000", "text": ""}).encode())
+    return [
+        {"id": f"item-{n:07d}", "text": f"ticket {n} " + "x" * (item_bytes - shell - len(f"ticket {n} "))}
+        for n in range(job_bytes // (item_bytes + 1))  # + 1: the JSON Lines file counts each newline too
+    ]
+
+
+def functions_row(
+    tasks: int, repeats: int, work: Path, *, item_bytes: int | None = None, job_bytes: int | None = None
+) -> dict[str, dict[str, float]]:
+    """(k): Plan and Aggregate of one job at ``tasks`` tasks, each in a clean process over the file-backed S3.
+
+    With ``item_bytes`` the items are that big instead, as many as add up to ``job_bytes`` (the caps'
+    max_item_bytes and max_job_bytes): what Plan holds at the deployment's byte caps.
+    """
     spec, items = job(tasks)
+    if item_bytes is not None:
+        items = big_items(item_bytes, job_bytes or item_bytes)
+        tasks = len(items) * VOTES
+        spec = {**spec, "limits": {**spec["limits"], "max_item_bytes": item_bytes, "max_job_bytes": job_bytes or item_bytes}}
     store = work / f"k-store-{tasks}"
     (store / "input").mkdir(parents=True, exist_ok=True)
-    (store / "input" / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    with (store / "input" / "items.jsonl").open("w") as out:
+        out.writelines(json.dumps(i) + "\n" for i in items)
     del items
     job_id = f"functions-{tasks}"
     job_input = {**spec, "job_id": job_id, "items_uri": "s3://input/items.jsonl", "model": MODEL}
     memory = function_memory_mb()
-    print(f"(k) Plan and Aggregate at {tasks:,} tasks, each in a clean process over a file-backed S3; medians of {repeats}")
+    size = f" of {item_bytes:,} bytes, {tasks // VOTES * item_bytes:,} bytes in all" if item_bytes else ""
+    print(
+        f"(k) Plan and Aggregate at {tasks:,} tasks ({tasks // VOTES:,} items{size}), each in a clean process over a "
+        f"file-backed S3; medians of {repeats}"
+    )
     plans, aggregates = [], []
     for _ in range(repeats):
         shutil.rmtree(store / "results", ignore_errors=True)
@@ -311,6 +335,8 @@ def main() -> int:
     parser.add_argument("--rows", default="ijk", help="which rows to run, e.g. ij or k")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is printed (default 3)")
     parser.add_argument("--functions-tasks", type=int, default=1_000_000, help="(k)'s job size (default 1,000,000)")
+    parser.add_argument("--item-bytes", type=int, help="(k) with items of this many bytes (e.g. the max_item_bytes cap)")
+    parser.add_argument("--job-bytes", type=int, help="with --item-bytes: the items' bytes in all (e.g. the max_job_bytes cap)")
     args = parser.parse_args()
     sizes = args.sizes or (FULL_SIZES if args.full else SHORT_SIZES)
     side_by_side = args.side_by_side or ((10_000, 500_000) if args.full else (10_000,))
@@ -322,7 +348,7 @@ def main() -> int:
         if "j" in args.rows:
             side_by_side_row(side_by_side, args.repeats, work)
         if "k" in args.rows:
-            functions_row(args.functions_tasks, args.repeats, work)
+            functions_row(args.functions_tasks, args.repeats, work, item_bytes=args.item_bytes, job_bytes=args.job_bytes)
     return 0
 
 

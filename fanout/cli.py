@@ -302,7 +302,11 @@ def read_local_items(local: Path, data: dict[str, Any], files_uri: str) -> tuple
         except ValueError:
             limits = Limits()  # parse_job reports the bad limit
         items = local_document_items(
-            local, max_items=limits.max_items, max_item_bytes=limits.max_item_bytes, uri_prefix=files_uri
+            local,
+            max_items=limits.max_items,
+            max_item_bytes=limits.max_item_bytes,
+            max_job_bytes=limits.max_job_bytes,
+            uri_prefix=files_uri,
         )
         prefix = files_uri.removeprefix("s3://").partition("/")[2]
         files = {

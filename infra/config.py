@@ -36,8 +36,10 @@ LOG_RETENTION_DAYS = (
 )  # fmt: skip
 
 
-# a job's limits the deployment caps (fanout:caps), as the functions read them (FANOUT_CAP_<NAME>)
-CAPPED_LIMITS = ("max_items", "max_tasks", "max_votes", "max_item_bytes", "max_prompt_bytes")
+# a job's limits the deployment caps (fanout:caps), as the functions read them (FANOUT_CAP_<NAME>). max_job_bytes
+# bounds what Plan holds (every item at once; max_items x max_item_bytes would be 40 GB): cdk.json's 200,000,000
+# is what Plan was measured to hold in its PLAN_MEMORY_MB (README "Scale", bench.scale --rows k --item-bytes)
+CAPPED_LIMITS = ("max_items", "max_tasks", "max_votes", "max_item_bytes", "max_job_bytes", "max_prompt_bytes")
 
 
 @dataclass(frozen=True)

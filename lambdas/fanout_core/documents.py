@@ -86,6 +86,14 @@ def check_total(total: int, shown: str, where: str) -> None:
         )
 
 
+def check_text_total(total: int, max_job_bytes: int | None, shown: str, where: str) -> None:
+    """The text files of a folder become the items' text: their sizes count against limits.max_job_bytes as listed."""
+    if max_job_bytes is not None and total > max_job_bytes:
+        from fanout_core.job import job_bytes_message
+
+        raise InvalidJob(job_bytes_message(where, max_job_bytes, f"the text files in {shown}"), where)
+
+
 def document_items(
     files: Iterable[tuple[str, bytes]], where: str = "items_uri", shown: str = "", uri_prefix: str | None = None
 ) -> list[dict[str, Any]]:
@@ -103,7 +111,13 @@ def document_items(
 
 
 def local_document_items(
-    folder: Path, *, max_items: int, max_item_bytes: int, where: str = "items_uri", uri_prefix: str | None = None
+    folder: Path,
+    *,
+    max_items: int,
+    max_item_bytes: int,
+    where: str = "items_uri",
+    uri_prefix: str | None = None,
+    max_job_bytes: int | None = None,
 ) -> list[dict[str, Any]]:
     """The files under a local folder, each checked from its ``lstat`` (kind, format, size) before any is read.
 
@@ -112,7 +126,7 @@ def local_document_items(
     PDF and office files, for their document blocks.
     """
     listed: list[tuple[str, Path]] = []
-    total = 0
+    total = text_total = 0
     for directory, subdirectories, names in os.walk(folder, onerror=_unlisted(where)):
         subdirectories.sort()
         for name in sorted(names + [d for d in subdirectories if os.path.islink(Path(directory) / d)]):
@@ -125,6 +139,8 @@ def local_document_items(
             check_size(f"{folder}/{relative}", info.st_size, max_item_bytes, where)
             total += info.st_size
             check_total(total, f"{folder}/", where)
+            text_total += 0 if _is_document(relative) else info.st_size
+            check_text_total(text_total, max_job_bytes, f"{folder}/", where)
             listed.append((relative, path))
             check_count(len(listed), max_items, where)
     files = [
@@ -178,13 +194,15 @@ def _unlisted(where: str) -> Callable[[OSError], None]:
     return refuse
 
 
-def s3_document_items(s3: Any, bucket: str, prefix: str, *, max_items: int, max_item_bytes: int) -> list[dict[str, Any]]:
+def s3_document_items(
+    s3: Any, bucket: str, prefix: str, *, max_items: int, max_item_bytes: int, max_job_bytes: int | None = None
+) -> list[dict[str, Any]]:
     """The objects under ``s3://bucket/prefix``, listed and checked against the limits before any is read."""
     from botocore.exceptions import ClientError
 
     where, shown = "items_uri", f"s3://{bucket}/{prefix}"
     keys: list[tuple[str, str]] = []
-    total = 0
+    total = text_total = 0
     try:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
@@ -194,6 +212,8 @@ def s3_document_items(s3: Any, bucket: str, prefix: str, *, max_items: int, max_
                 check_size(shown + relative, int(obj.get("Size", 0)), max_item_bytes, where)
                 total += int(obj.get("Size", 0))
                 check_total(total, shown, where)
+                text_total += 0 if _is_document(relative) else int(obj.get("Size", 0))
+                check_text_total(text_total, max_job_bytes, shown, where)
                 keys.append((relative, obj["Key"]))
                 check_count(len(keys), max_items, where)
     except ClientError as exc:

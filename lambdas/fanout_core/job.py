@@ -116,6 +116,10 @@ class Price(_Strict):
     output_per_million: float = Field(ge=0, le=MAX_PRICE_PER_MILLION, allow_inf_nan=False)
 
 
+# the default of limits.max_job_bytes and the deployment's cap in cdk.json (README "Caps" has the figure behind it)
+DEFAULT_MAX_JOB_BYTES = 200_000_000
+
+
 class Limits(_Strict):
     max_concurrency: int = Field(default=16, ge=1, le=10_000)
     batch_size: int | None = Field(default=None, ge=1, le=10_000)
@@ -128,6 +132,9 @@ class Limits(_Strict):
     max_tasks: int = Field(default=1_000_000, ge=1)
     max_votes: int = Field(default=25, ge=2)
     max_item_bytes: int = Field(default=200_000, ge=1)
+    # all the items' bytes together (each as max_item_bytes counts it): Plan holds every item at once, so this,
+    # not max_items x max_item_bytes, is what must fit its memory (bench.scale --rows k --item-bytes)
+    max_job_bytes: int = Field(default=DEFAULT_MAX_JOB_BYTES, ge=1)
     max_prompt_bytes: int = Field(default=400_000, ge=1)
     # how the model calls are bought (fanout_core.tiers): on-demand, a Bedrock batch inference job at its lower
     # price, a Bedrock service tier, or auto: batch when the job is large enough and the deadline allows
@@ -189,7 +196,7 @@ class Job(_Strict):
         return self.model_dump(exclude={"job_id", "description", "limits", "items_uri", "items", "prices", "retry_failed"})
 
 
-CAPPED_LIMITS = ("max_items", "max_tasks", "max_votes", "max_item_bytes", "max_prompt_bytes")
+CAPPED_LIMITS = ("max_items", "max_tasks", "max_votes", "max_item_bytes", "max_job_bytes", "max_prompt_bytes")
 
 
 def parse_job(data: Any, *, job_id_default: str | None = None, caps: dict[str, int] | None = None) -> Job:
@@ -472,6 +479,7 @@ def _check_items(job: Job, items: list[Any], where: str) -> None:
     templates = prompt_templates(job)
     needed = {name: sorted(template_fields(text)) for name, text in templates.items()}
     seen: dict[str, int] = {}
+    total = 0
     for index, item in enumerate(items):
         at = f"{where}[{index}]"
         found = strictjson.problem(item, at)
@@ -498,6 +506,9 @@ def _check_items(job: Job, items: list[Any], where: str) -> None:
                 "shorten it or raise the limit",
                 at,
             )
+        total += size
+        if total > job.limits.max_job_bytes:
+            raise InvalidJob(job_bytes_message(where, job.limits.max_job_bytes, f"the items up to {at}"), where)
         for template_name, fields in needed.items():
             for field in fields:
                 if _lookup(item, field) is _MISSING:
@@ -505,6 +516,14 @@ def _check_items(job: Job, items: list[Any], where: str) -> None:
                         f"{at}.{field}: item '{item_id}' lacks field '{field}' used by {template_name}",
                         f"{at}.{field}",
                     )
+
+
+def job_bytes_message(where: str, limit: int, what: str) -> str:
+    """The refusal of a job whose items pass limits.max_job_bytes, with the fix."""
+    return (
+        f"{where}: {what} add up to more than limits.max_job_bytes ({limit} bytes), what Plan holds at once; "
+        "split the items into several jobs (or lower each item's size)"
+    )
 
 
 def task_count(job: Job, item_count: int) -> int:

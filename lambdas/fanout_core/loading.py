@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 from fanout_core import strictjson
 from fanout_core.documents import csv_items, is_csv, s3_document_items
 from fanout_core.errors import InvalidJob
-from fanout_core.job import Job, check_items
+from fanout_core.job import Job, check_items, job_bytes_message
 from fanout_core.store import parse_s3_uri
 
 
@@ -103,19 +103,23 @@ def load_items(s3: Any, job: Job) -> list[dict[str, Any]]:
     bucket, key = parse_s3_uri(job.items_uri)
     if key.endswith("/"):  # a prefix of documents: one item per object
         limits = job.limits
-        items: list[Any] = s3_document_items(s3, bucket, key, max_items=limits.max_items, max_item_bytes=limits.max_item_bytes)
+        items: list[Any] = s3_document_items(
+            s3, bucket, key, max_items=limits.max_items, max_item_bytes=limits.max_item_bytes, max_job_bytes=limits.max_job_bytes
+        )
     else:
         try:
             stream = s3.get_object(Bucket=bucket, Key=key)["Body"]
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             raise InvalidJob(f"items_uri: cannot read {job.items_uri} ({code}); check the bucket and key", "items_uri") from None
-        head = stream.read(STREAM_CHUNK)
+        # the file is counted against limits.max_job_bytes as it is read: one far over it is refused before it is held
+        chunks = _bounded_chunks(stream, job.limits.max_job_bytes, job.items_uri)
+        head = next(chunks, b"")
         if is_csv(key) or head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
-            items = parse_item_file(head + stream.read(), key, "items_uri", max_items=job.limits.max_items)
+            items = parse_item_file(head + b"".join(chunks), key, "items_uri", max_items=job.limits.max_items)
         else:
             # JSON Lines are read a chunk at a time: the whole body, its text and its lines are never held at once
-            items = parse_item_lines(_chunks(head, stream), "items_uri", max_items=job.limits.max_items)
+            items = parse_item_lines(_prepend(head, chunks), "items_uri", max_items=job.limits.max_items)
     check_items(job, items, where="items_uri")
     return items
 
@@ -124,10 +128,19 @@ def load_items(s3: Any, job: Job) -> list[dict[str, Any]]:
 STREAM_CHUNK = 1 << 20
 
 
-def _chunks(head: bytes, stream: Any) -> Iterator[bytes]:
-    yield head
+def _bounded_chunks(stream: Any, limit: int, uri: str) -> Iterator[bytes]:
+    """The body a chunk at a time; InvalidJob (limits.max_job_bytes) as soon as more than ``limit`` bytes are read."""
+    read = 0
     while chunk := stream.read(STREAM_CHUNK):
+        read += len(chunk)
+        if read > limit:
+            raise InvalidJob(job_bytes_message("items_uri", limit, f"the bytes of {uri}"), "items_uri")
         yield chunk
+
+
+def _prepend(head: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    yield head
+    yield from chunks
 
 
 def parse_item_lines(chunks: Iterable[bytes], where: str, *, max_items: int | None = None) -> list[Any]:

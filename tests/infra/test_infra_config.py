@@ -123,3 +123,22 @@ def test_an_end_of_life_entry_in_the_allowed_models_fails_the_synth(context: dic
         ValueError, match=r"^end-of-life Bedrock models in the context: fanout:models: .*Claude 3 Haiku.*2026-09-10"
     ):
         _config(context, **{"fanout:models": models})
+
+
+def test_the_job_bytes_cap_flows_from_cdk_json_to_the_plan_settings(
+    context: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given cdk.json's fanout:caps, as the stack reads it; When its environment reaches a function
+    from fanout_core.settings import Settings
+
+    environment = _config(context).cap_environment()
+    for name, value in {**environment, "FANOUT_RESULTS_BUCKET": "results"}.items():
+        monkeypatch.setenv(name, value)
+
+    # Then the function's settings cap limits.max_job_bytes at cdk.json's figure
+    assert Settings.from_env().caps["max_job_bytes"] == context["fanout:caps"]["max_job_bytes"]
+
+
+def test_the_job_bytes_cap_may_be_set_on_the_command_line(context: dict[str, Any]) -> None:
+    config = _config(context, **{"fanout:caps": '{"max_job_bytes": 1000}'})
+    assert config.cap_environment() == {"FANOUT_CAP_MAX_JOB_BYTES": "1000"}

@@ -89,3 +89,72 @@ def test_a_lease_left_by_a_run_that_died_is_taken_over_after_its_ttl(s3: Any, mo
     monkeypatch.setattr(steps.time, "time", lambda: later)
 
     assert plan({**JOB, "job_id": "died"}, "exec-2", s3=s3, settings=settings)["job_id"] == "died"
+
+
+def test_a_job_whose_items_pass_max_job_bytes_is_refused_by_name_before_any_task(s3: Any) -> None:
+    # Given a deployment capping the items' bytes in all below what two small items take (each ~28 bytes)
+    settings = Settings(results_bucket="results", caps={"max_job_bytes": 40})
+
+    # When the job is planned, Then it is refused by the limit's name, with the fix, and nothing is written
+    with pytest.raises(InvalidJob, match=r"^items: .* more than limits.max_job_bytes \(40 bytes\).*split the items"):
+        plan(JOB, "exec-1", s3=s3, settings=settings)
+    assert s3.list_objects_v2(Bucket="results").get("KeyCount", 0) == 0
+
+    # and the same job under a cap it fits is planned
+    assert (
+        plan(JOB, "exec-2", s3=s3, settings=Settings(results_bucket="results", caps={"max_job_bytes": 1000}))["counts"]["tasks"]
+        == 6
+    )
+
+
+def test_a_job_may_not_raise_max_job_bytes_above_the_cap() -> None:
+    with pytest.raises(InvalidJob, match=r"^limits.max_job_bytes: 5000 is above this deployment's cap \(100\)"):
+        parse_job({**JOB, "limits": {"max_job_bytes": 5000}}, caps={"max_job_bytes": 100})
+
+
+class _EndlessBody:
+    """An items file that never ends: counts what is read of it."""
+
+    def __init__(self, line: bytes) -> None:
+        self.line, self.read_bytes = line, 0
+
+    def read(self, size: int = -1) -> bytes:
+        assert size > 0, "the whole body was asked for"
+        start = self.read_bytes % len(self.line)
+        self.read_bytes += size
+        return (self.line * (size // len(self.line) + 2))[start : start + size]
+
+
+class _OneObject:
+    def __init__(self, body: _EndlessBody) -> None:
+        self.body = body
+
+    def get_object(self, **_: Any) -> dict[str, Any]:
+        return {"Body": self.body}
+
+
+@pytest.mark.parametrize("key", ["items.jsonl", "items.csv", "list.json"])
+def test_an_items_file_over_max_job_bytes_is_refused_as_it_is_read(key: str) -> None:
+    # Given an items_uri whose file has no end, under a 3 MB max_job_bytes
+    from fanout_core import loading
+
+    line = b'{"id": "x", "text": "y"}\n' if key != "list.json" else b'[{"id": "x", "text": "y"},'
+    body = _EndlessBody(line)
+    job = parse_job(
+        {**{k: v for k, v in JOB.items() if k != "items"}, "items_uri": f"s3://in/{key}"}, caps={"max_job_bytes": 3 << 20}
+    )
+
+    # When Plan loads it, Then it is refused naming the file and the limit, having read barely past the limit
+    with pytest.raises(InvalidJob, match=rf"^items_uri: the bytes of s3://in/{key} .*limits.max_job_bytes \(3145728 bytes\)"):
+        loading.load_items(_OneObject(body), job)
+    assert body.read_bytes <= (3 << 20) + loading.STREAM_CHUNK
+
+
+def test_a_folder_of_text_files_over_max_job_bytes_is_refused_before_any_is_read(tmp_path: Any) -> None:
+    from fanout_core.documents import local_document_items
+
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (tmp_path / name).write_text("z" * 400)
+    with pytest.raises(InvalidJob, match=r"^items_uri: the text files in .* more than limits.max_job_bytes \(1000 bytes\)"):
+        local_document_items(tmp_path, max_items=10, max_item_bytes=1000, max_job_bytes=1000)
+    assert len(local_document_items(tmp_path, max_items=10, max_item_bytes=1000, max_job_bytes=1200)) == 3
