@@ -120,6 +120,10 @@ class Ticket:
     input_tokens: int = 0  # the estimated input part of ``tokens`` (the rest is max_tokens)
 
 
+class NoTimeLeft(Exception):
+    """The batch's deadline came while a call waited for its model's quota: the call is not made."""
+
+
 class Pacer:
     """The token (and request) bucket of one model, shared by the threads that call it."""
 
@@ -184,10 +188,19 @@ class Pacer:
             ratio = self.chars_per_token
         return math.ceil(chars / ratio) + request.max_tokens * output_burndown(model), chars
 
-    def acquire(self, tokens: int, prompt_chars: int = 0, input_tokens: int = 0) -> Ticket:
-        """Wait until the bucket holds ``tokens`` (and a request), take them; the wait is not an attempt."""
+    def acquire(
+        self, tokens: int, prompt_chars: int = 0, input_tokens: int = 0, may_start: Callable[[], bool] | None = None
+    ) -> Ticket:
+        """Wait until the bucket holds ``tokens`` (and a request), take them; the wait is not an attempt.
+
+        ``may_start`` is asked after every nap: once it says no (the batch's deadline came while the call waited),
+        NoTimeLeft is raised and nothing is taken.
+        """
         asked = self.clock.now()
+        napped = False
         while True:
+            if napped and may_start is not None and not may_start():
+                raise NoTimeLeft()
             with self.lock:
                 now = self.clock.now()
                 self._refill(now)
@@ -204,6 +217,7 @@ class Pacer:
                     self.waited += waited
                     return Ticket(tokens, waited, prompt_chars, now, input_tokens)
             self.clock.sleep(min(wait, MAX_NAP_SECONDS))
+            napped = True
 
     def settle(self, ticket: Ticket, reply: ModelReply, model: str) -> None:
         """A reply: the tokens it used replace what was reserved (the rest goes back), and the pace may rise."""
@@ -441,7 +455,7 @@ class Gate:
     spent: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def enter(self, request: ModelRequest) -> Pass:
+    def enter(self, request: ModelRequest, may_start: Callable[[], bool] | None = None) -> Pass:
         tokens, chars = self.pacer.reservation(request, self.model) if self.pacer else (0, 0)
         held = 0.0
         input_estimate = tokens - request.max_tokens * output_burndown(self.model) if self.pacer else len(request.prompt)
@@ -452,7 +466,12 @@ class Gate:
                 with self.lock:
                     self.budget_stopped += 1
                 raise
-        ticket = self.pacer.acquire(tokens, chars, input_estimate) if self.pacer else None
+        try:
+            ticket = self.pacer.acquire(tokens, chars, input_estimate, may_start) if self.pacer else None
+        except NoTimeLeft:
+            if self.budget is not None:
+                self.budget.settle(held, self.model, None)  # the call is not made: its hold goes back
+            raise
         if ticket is not None:
             with self.lock:
                 self.waited += ticket.waited

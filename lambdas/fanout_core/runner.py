@@ -23,7 +23,7 @@ from fanout_core.catalog import cache_plan, info
 from fanout_core.contracts import ANSWERED, done_stubs, expand
 from fanout_core.documents import converse_documents
 from fanout_core.errors import BatchIncomplete, ModelThrottled
-from fanout_core.pacing import BudgetSpent, Gate
+from fanout_core.pacing import BudgetSpent, Gate, NoTimeLeft
 from fanout_core.planning import rule_digest
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest, Provider
 from fanout_core.sharing import first_of_each_item, spans_by_task
@@ -626,7 +626,10 @@ def _invoke(
     while True:
         if not budget.can_start():
             raise _OutOfTime(calls.attempts)
-        entry = gate.enter(request) if gate is not None else None  # BudgetSpent: the call is not made
+        try:  # BudgetSpent: the call is not made
+            entry = gate.enter(request, budget.can_start) if gate is not None else None
+        except NoTimeLeft:  # the deadline came while the call waited for the quota
+            raise _OutOfTime(calls.attempts) from None
         if entry is not None and entry.ticket is not None:
             calls.waited += entry.ticket.waited
         tries += 1

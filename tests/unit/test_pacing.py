@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from fanout_core.catalog import Rates
+from fanout_core.errors import BatchIncomplete
 from fanout_core.pacing import Budget, BudgetSpent, Gate, Pacer, Quota, output_burndown
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest
 from fanout_core.runner import RetryPolicy, run_batch
@@ -326,3 +327,29 @@ def test_a_quota_smaller_than_one_call_and_a_budget_without_a_price_are_refused_
     unpriced = parse_job({**voting_job(max_cost_usd=1.0), "model": "bedrock:example.unlisted-model-v1:0"})
     with pytest.raises(InvalidJob, match=r"^limits.max_cost_usd: the price of bedrock:example.unlisted-model-v1:0"):
         check_pacing_limits(unpriced, expand_tasks(unpriced, unpriced.items or [], "sim"))
+
+
+def test_no_call_starts_after_the_deadline_however_long_it_waited_for_the_quota() -> None:
+    # Given a quota that makes every call after the second wait ~1.5 s, and a batch deadline 2 s in (one fake clock)
+    clock = FakeClock()
+    pacer = Pacer(Quota(tokens_per_minute=100, window_seconds=6.0), clock)
+    provider = Quoted(refusals=0)
+    store = MemoryRunStore()
+    started: list[float] = []
+    invoke = provider.invoke
+    provider.invoke = lambda request, attempt: (started.append(clock.t), invoke(request, attempt))[1]  # type: ignore[method-assign]
+    # When the batch runs through the gate
+    with pytest.raises(BatchIncomplete):
+        run_batch(
+            batch_of(20),
+            store=store,
+            provider_for=lambda _: provider,
+            threads=1,
+            sleep=clock.sleep,
+            deadline=2.0,
+            clock=clock.now,
+            gate_for=lambda model: Gate(model, pacer),
+        )
+    # Then the calls that went started before the deadline, the rest were handed back unasked (no record, no call)
+    assert started and max(started) <= 2.0
+    assert len(store.records) == provider.calls < 20
