@@ -242,7 +242,7 @@ def test_functions_share_one_code_asset_runtime_and_architecture(
 
 @pytest.mark.parametrize(
     ("name", "memory", "timeout"),
-    [("plan", 1536, 300), ("subtask", 1024, 900), ("aggregate", 1024, 900)],
+    [("plan", 2048, 300), ("subtask", 1024, 900), ("aggregate", 1024, 900)],
 )
 def test_function_memory_and_timeout(
     resources: dict[str, Any], function_ids: dict[str, str], name: str, memory: int, timeout: int
