@@ -60,11 +60,31 @@ def _named_object(bucket: Any, key: Any, prefix: str) -> tuple[str, str]:
     return bucket, key
 
 
-def read_job_object(s3: Any, bucket: str, key: str) -> Any:
-    """The decoded JSON of a job object; every failure is an InvalidJob naming the object."""
+# what a job object may hold besides its items (prompts, sections, schema), on top of limits.max_job_bytes
+JOB_FIELDS_BYTES = 16 << 20
+
+
+def read_job_object(s3: Any, bucket: str, key: str, *, max_job_bytes: int | None = None) -> Any:
+    """The decoded JSON of a job object; every failure is an InvalidJob naming the object.
+
+    With ``max_job_bytes`` (the deployment's cap) the object is read a chunk at a time and refused as soon as it
+    passes that plus JOB_FIELDS_BYTES: a job object far over the cap is never held whole.
+    """
     where = f"s3://{bucket}/{key}"
     try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        stream = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        if max_job_bytes is None:
+            body = stream.read()
+        else:
+            limit = max_job_bytes + JOB_FIELDS_BYTES
+            try:
+                body = b"".join(_bounded_chunks(stream, limit, where))
+            except InvalidJob:
+                raise InvalidJob(
+                    f"{where}: the job object is more than {limit} bytes (limits.max_job_bytes {max_job_bytes} and "
+                    f"{JOB_FIELDS_BYTES} for the rest of the job); split the items into several jobs",
+                    "job_uri",
+                ) from None
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         raise InvalidJob(f"{where}: cannot read the job object ({code}); check the bucket and key", "job_uri") from None

@@ -39,7 +39,7 @@ from fanout_core.contracts import (
 from fanout_core.costs import plan_costs
 from fanout_core.documents import attach_documents
 from fanout_core.errors import InvalidJob
-from fanout_core.job import Job, parse_job
+from fanout_core.job import DEFAULT_MAX_JOB_BYTES, Job, parse_job
 from fanout_core.lease import Lease, execution_status
 from fanout_core.loading import job_source, key_stem, load_items, read_job_object
 from fanout_core.pacing import (
@@ -111,7 +111,8 @@ def plan(
     if source is not None:
         bucket, key = source
         with _naming_the_object(f"s3://{bucket}/{key}"):
-            job = parse_job(read_job_object(s3, bucket, key), job_id_default=key_stem(key), caps=settings.caps)
+            document = read_job_object(s3, bucket, key, max_job_bytes=settings.caps.get("max_job_bytes", DEFAULT_MAX_JOB_BYTES))
+            job = parse_job(document, job_id_default=key_stem(key), caps=settings.caps)
             items = load_items(s3, job)
             every_task = expand_tasks(job, items, settings.default_model)
     else:

@@ -158,3 +158,19 @@ def test_a_folder_of_text_files_over_max_job_bytes_is_refused_before_any_is_read
     with pytest.raises(InvalidJob, match=r"^items_uri: the text files in .* more than limits.max_job_bytes \(1000 bytes\)"):
         local_document_items(tmp_path, max_items=10, max_item_bytes=1000, max_job_bytes=1000)
     assert len(local_document_items(tmp_path, max_items=10, max_item_bytes=1000, max_job_bytes=1200)) == 3
+
+
+def test_plan_refuses_a_job_object_far_over_max_job_bytes_as_it_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a job object in S3 that never ends, under a deployment's 1 MB max_job_bytes (and 1 MB for the job's fields)
+    from fanout_core import loading
+
+    monkeypatch.setattr(loading, "JOB_FIELDS_BYTES", 1 << 20)
+    body = _EndlessBody(b'{"id": "x", "text": "y"},')
+    settings = Settings(results_bucket="results", caps={"max_job_bytes": 1 << 20})
+
+    # When Plan is started on it, Then it is refused naming the object and the limit, having read barely past the bound
+    with pytest.raises(
+        InvalidJob, match=r"^s3://in/jobs/big.json: the job object is more than 2097152 bytes \(limits.max_job_bytes"
+    ):
+        plan({"bucket": "in", "key": "jobs/big.json"}, "exec-1", s3=_OneObject(body), settings=settings)
+    assert body.read_bytes <= (2 << 20) + loading.STREAM_CHUNK
