@@ -156,7 +156,10 @@ def _aggregate_again(job_id: str, target: Path, first: dict[str, Any]) -> dict[s
         outputs = [steps.run_aggregate(event, s3=s3) for _ in range(2)]
         second = json.loads(s3.get_object(Bucket=RESULTS_BUCKET, Key=f"results/{job_id}/result.json")["Body"].read())
     assert outputs[0] == outputs[1], "aggregating twice must give the same summary"
-    assert second == first, "aggregating again must give the same result.json"
+    # the pacing figures come from the batches' runs/<job_id>/pacing/ files, which the --out folder does not keep
+    assert {k: v for k, v in second.items() if k != "pacing"} == {k: v for k, v in first.items() if k != "pacing"}, (
+        "aggregating again must give the same result.json"
+    )
     return second
 
 

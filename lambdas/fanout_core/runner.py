@@ -658,6 +658,11 @@ def _invoke(
             if exc.kind == "throttled":
                 raise _Unfinished(calls.attempts) from exc
             raise
+        except BaseException as exc:
+            # not the model's answer (a reply stream cut, a bug): the call's quota and budget hold go back
+            if gate is not None and entry is not None:
+                gate.failed(entry, ModelError(type(exc).__name__, str(exc), "permanent"))
+            raise
         if gate is not None and entry is not None:
             gate.done(entry, reply)
         return reply

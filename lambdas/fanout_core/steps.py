@@ -294,6 +294,8 @@ def _reusable(store: RunStore, job: Job, stop: dict[str, Any] | None) -> dict[st
         key, status = record.get("key"), record.get("status")
         if not isinstance(key, str) or status not in final or record.get("fallback"):
             continue
+        if record.get("stopped") == "budget":
+            continue  # never asked: a re-run (with a larger budget) asks it
         if status == "skipped" and (digest is None or record.get("stop") != digest):
             continue
         held = found.get(key)
@@ -411,7 +413,9 @@ def run_subtask(
     attach_documents(tasks, s3)
     saved = _saved_pacing(store, index)
     prices = (batch.get("pacing") or {}).get("prices")
-    gate_for = batch_gates(batch, len(tasks), pacing or PacingSettings(), saved, lambda model: rates_of(model, prices))
+    # the batch's part of the budget is by the tasks it will ask (not the done stubs it carries)
+    asking = len(pending_task_ids(batch))
+    gate_for = batch_gates(batch, asking, pacing or PacingSettings(), saved, lambda model: rates_of(model, prices))
     started = time.time()
     try:
         outcome = run_batch(

@@ -92,6 +92,9 @@ def test_a_budget_stops_the_calls_and_every_item_is_still_accounted_for(tmp_path
     # Given a budget for about a third of the job's calls (nova-lite's list price)
     with quota_endpoint(10**7, WINDOW, latency_s=0.01) as (url, stats):
         code, result, _ = run(tmp_path, quota_env, job("budgeted", 40, max_cost_usd=0.0002), url)
+        answered_first = stats.answered
+        # (and a re-run with a larger budget asks exactly the tasks the budget stopped, without --retry-failed)
+        again_code, again, _ = run(tmp_path, quota_env, job("budgeted", 40, max_cost_usd=1.0), url)
     # Then the job is partial for the budget, and spent no more than it
     assert code == 3 and result["status"] == "partial" and result["reason"] == "budget"
     budget = result["budget"]
@@ -101,4 +104,6 @@ def test_a_budget_stops_the_calls_and_every_item_is_still_accounted_for(tmp_path
     assert [i["id"] for i in result["items"]] == [f"t-{n}" for n in range(40)]
     stopped = [e for i in result["items"] for e in i.get("errors", []) if "limits.max_cost_usd" in (e["error"] or "")]
     assert len(stopped) == budget["tasks_not_called"] > 0
-    assert stats.answered == result["counts"]["ok"] == 80 - len(stopped)
+    assert answered_first == result["counts"]["ok"] == 80 - len(stopped)
+    assert again_code == 0 and again["status"] == "complete" and again["counts"]["ok"] == 80
+    assert stats.answered - answered_first == len(stopped)
