@@ -436,17 +436,6 @@ def test_the_readmes_try_it_locally_commands_work_as_written(served: Served, tmp
     assert sorted(o["tasks_skipped"] for o in outputs) == [0, 6]
 
 
-def test_ctrl_c_stops_cleanly(served: Served) -> None:
-    # runs last in this module: it stops the server the other tests use
-    started = time.monotonic()
-    served.process.send_signal(signal.SIGINT)
-
-    assert served.process.wait(timeout=10) == 0
-    assert time.monotonic() - started < 5
-    assert served.line_where(event="stopped")
-    assert "Traceback" not in served.stderr.read_text()
-
-
 def test_a_job_at_tier_batch_runs_its_batch_inference_jobs_on_the_endpoint(served: Served) -> None:
     s3, sfn = served.client("s3"), served.client("stepfunctions")
     # Given a job with enough tasks for a batch inference job
@@ -463,3 +452,14 @@ def test_a_job_at_tier_batch_runs_its_batch_inference_jobs_on_the_endpoint(serve
     assert result["counts"]["ok"] == 102 and len(result["items"]) == 34
     assert result["tier"]["batch_inference"]["answered"] == 102
     assert set(result["usage"]["by_model"]) == {f"{FAST_SIM}@batch"}
+
+
+def test_ctrl_c_stops_cleanly(served: Served) -> None:
+    # runs last in this module: it stops the server the other tests use
+    started = time.monotonic()
+    served.process.send_signal(signal.SIGINT)
+
+    assert served.process.wait(timeout=10) == 0
+    assert time.monotonic() - started < 5
+    assert served.line_where(event="stopped")
+    assert "Traceback" not in served.stderr.read_text()
