@@ -46,6 +46,7 @@ from urllib.parse import unquote
 
 from botocore.awsrequest import AWSResponse
 
+from fanout.raw_body import RawBody
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest, Provider
 from fanout_core.providers.bedrock import TOOL_NAME
 
@@ -99,8 +100,8 @@ class LocalBatchJobs:
                 body = self.get(unquote(path[1:]))
         except _Refused as exc:
             headers = {"Content-Type": "application/json", "x-amzn-ErrorType": exc.code}
-            return AWSResponse(request.url, exc.status, headers, _Raw(json.dumps({"message": str(exc)}).encode()))
-        return AWSResponse(request.url, 200, {"Content-Type": "application/json"}, _Raw(json.dumps(body).encode()))
+            return AWSResponse(request.url, exc.status, headers, RawBody(json.dumps({"message": str(exc)}).encode()))
+        return AWSResponse(request.url, 200, {"Content-Type": "application/json"}, RawBody(json.dumps(body).encode()))
 
     # -- the API ------------------------------------------------------------------------------------------------
     def create(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -276,22 +277,3 @@ class _Refused(Exception):
     def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code, self.status = code, status
-
-
-class _Raw:
-    """The raw stream botocore reads a response body from."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self._read = False
-
-    def stream(self, **_: Any) -> Any:
-        if not self._read:
-            self._read = True
-            yield self._body
-
-    def read(self, *_: Any) -> bytes:
-        if self._read:
-            return b""
-        self._read = True
-        return self._body

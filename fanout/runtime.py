@@ -31,6 +31,7 @@ import boto3
 from botocore.awsrequest import AWSResponse
 
 from fanout.local_batch_jobs import LocalBatchJobs
+from fanout.raw_body import RawBody
 from fanout.resources import project_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,7 +186,7 @@ class LocalRuntime:
         name = name.split(":function:")[-1].split(":")[0]
         event = json.loads(request.body or b"{}")
         if event == {"warmup": True}:
-            return AWSResponse(request.url, 200, {"Content-Type": "application/json"}, _Raw(b"{}"))
+            return AWSResponse(request.url, 200, {"Content-Type": "application/json"}, RawBody(b"{}"))
         with self._lock:
             self.invocations[name] = self.invocations.get(name, 0) + 1
         context = _Context(
@@ -210,7 +211,7 @@ class LocalRuntime:
         with self._activity:
             self._generation += 1
             self._activity.notify_all()
-        return AWSResponse(request.url, 200, headers, _Raw(json.dumps(payload).encode()))
+        return AWSResponse(request.url, 200, headers, RawBody(json.dumps(payload).encode()))
 
     # -- executions -------------------------------------------------------------
     def start(self, job_input: Any, name: str) -> str:
@@ -283,25 +284,6 @@ def definition() -> str:
 @functools.cache
 def _handler_module(path: str) -> Any:
     return importlib.import_module(path)
-
-
-class _Raw:
-    """The raw stream botocore reads a response body from."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self._read = False
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        if not self._read:
-            self._read = True
-            yield self._body
-
-    def read(self, *_: Any) -> bytes:
-        if self._read:
-            return b""
-        self._read = True
-        return self._body
 
 
 def caller_session() -> Any | None:
