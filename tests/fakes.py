@@ -69,29 +69,34 @@ def _handler(script: Script, served: Served, kind: str) -> type[BaseHTTPRequestH
             prefix = _cached_prefix(body) if script.cache and kind == "bedrock" else None
             with served.lock:
                 hit = prefix is not None and prefix in served.cached
+            # the call leaves the count before its reply is written: a client that reads the reply may ask again at
+            # once, and that next request must not be counted alongside the one it follows
             try:
                 time.sleep(script.latency_s)
                 if roll < script.throttle_rate:
-                    self._error(429, "ThrottlingException", "Too many requests, please wait before trying again.")
+                    reply = self._error(429, "ThrottlingException", "Too many requests, please wait before trying again.")
                 elif roll < script.throttle_rate + script.unavailable_rate:
-                    self._error(503, "ServiceUnavailableException", "Service unavailable.")
+                    reply = self._error(503, "ServiceUnavailableException", "Service unavailable.")
                 else:
-                    self._answer(body, prefix, hit)
+                    reply = self._answer(body, prefix, hit)
             finally:
                 with served.lock:
                     served.in_flight -= 1
+            self._send(*reply)
 
-        def _error(self, status: int, code: str, message: str) -> None:
-            payload = json.dumps({"message": message}).encode()
+        def _send(self, status: int, payload: bytes, error: str | None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
-            if kind == "bedrock":
-                self.send_header("x-amzn-ErrorType", f"{code}:http://internal.amazon.com/coral/com.amazon.bedrock/")
+            if error and kind == "bedrock":
+                self.send_header("x-amzn-ErrorType", f"{error}:http://internal.amazon.com/coral/com.amazon.bedrock/")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
 
-        def _answer(self, body: dict[str, Any], prefix: str | None = None, hit: bool = False) -> None:
+        def _error(self, status: int, code: str, message: str) -> tuple[int, bytes, str]:
+            return status, json.dumps({"message": message}).encode(), code
+
+        def _answer(self, body: dict[str, Any], prefix: str | None = None, hit: bool = False) -> tuple[int, bytes, str | None]:
             output = script.answer(body)
             text = output if isinstance(output, str) else json.dumps(output)
             tokens_in, tokens_out = 10 + len(json.dumps(body)) // 40, 5 + len(text) // 4
@@ -131,12 +136,7 @@ def _handler(script: Script, served: Served, kind: str) -> type[BaseHTTPRequestH
                 served.successes.append(body)
                 served.input_tokens += tokens_in
                 served.output_tokens += tokens_out
-            payload = json.dumps(reply).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            return 200, json.dumps(reply).encode(), None
 
     return Handler
 
