@@ -87,7 +87,7 @@ from fanout_core.second_pass import (
 from fanout_core.settings import Settings
 from fanout_core.stopping import record_answer, rule_for, vote_weights
 from fanout_core.store import FINISHED, RunStore, put_text
-from fanout_core.tiers import TierChoice, choose_tier, for_this_run, usage_key
+from fanout_core.tiers import TierChoice, choose_tier, for_this_run, service_tier, usage_key
 from fanout_core.validation import strict_json
 
 ProviderFactory = Callable[[str], Provider]
@@ -415,7 +415,11 @@ def run_subtask(
     prices = (batch.get("pacing") or {}).get("prices")
     # the batch's part of the budget is by the tasks it will ask (not the done stubs it carries)
     asking = len(pending_task_ids(batch))
-    gate_for = batch_gates(batch, asking, pacing or PacingSettings(), saved, lambda model: rates_of(model, prices))
+    # the budget prices a call as its usage is priced: at the service tier it is bought at (flex, priority)
+    tier = service_tier(batch)
+    gate_for = batch_gates(
+        batch, asking, pacing or PacingSettings(), saved, lambda model: rates_of(usage_key(model, tier), prices)
+    )
     started = time.time()
     try:
         outcome = run_batch(

@@ -78,6 +78,13 @@ def usage_key(model: str, tier: str | None) -> str:
     return model if tier in (None, "on_demand") else f"{model}@{tier}"
 
 
+def service_tier(batch: Any) -> str | None:
+    """The Bedrock service tier a batch file's Converse calls are bought at (flex / priority), None for the standard
+    tier: a tier-batch job's fallback calls and second-pass batches are on-demand."""
+    tier = batch.get("tier") if isinstance(batch, dict) else None
+    return tier if tier in ("flex", "priority") else None
+
+
 @dataclass(frozen=True)
 class TierChoice:
     tier: str  # on_demand | batch | flex | priority
@@ -189,9 +196,12 @@ def _auto(per_model: Counter[str], deadline: float | None) -> tuple[str, str]:
 
 
 def for_this_run(choice: TierChoice, pending: list[dict[str, Any]], estimate: Callable[[str], float | None]) -> TierChoice:
-    """A resumed run with too few tasks left for a batch job buys them on-demand (the job's tier still decides the rest)."""
-    if choice.tier != "batch":
+    """A resumed run with too few tasks left for a batch job buys them on-demand (the job's tier still decides the rest);
+    the estimate of this run's tasks at its tier goes next to on-demand's."""
+    if choice.tier == "on_demand":
         return choice
+    if choice.tier != "batch":
+        return TierChoice(choice.tier, choice.requested, choice.reason, estimate(choice.tier), estimate("on_demand"))
     for spec, count in sorted(Counter(t["model"] for t in pending).items()):
         least = min_records(spec)
         if count < least:
