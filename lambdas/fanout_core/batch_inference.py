@@ -37,6 +37,18 @@ and Aggregate, resume and reports read them as any other record. A record
 that failed, was cut off, or misses the schema is written as failed or
 invalid (its tokens were billed) and called again on-demand; so are the
 tasks of a job that failed, stopped or expired with no output for them.
+
+With ``limits.max_cost_usd`` (:class:`BatchBudget`), a task goes into a job
+only while the most every record taken so far can cost, at the batch price,
+fits the budget: a record is billed once the job runs it, so it is held at
+its full ``maxTokens`` of output and one input token per byte of its line (a
+token is never shorter than a byte). A task the budget leaves out gets a
+``failed`` record with ``stopped: budget`` (a re-run with a larger budget
+asks it); a model left with fewer tasks than a job's minimum records gets no
+job, its tasks are called on-demand. The jobs' part of the budget is kept in
+``pacing/inference.json`` next to the batches' (fanout_core.pacing reads
+both): at first what the records can cost at most, after the join what they
+cost; the on-demand fallback gets what is left.
 """
 
 from __future__ import annotations
@@ -47,14 +59,15 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from fanout_core import layout
-from fanout_core.catalog import info
+from fanout_core.catalog import Rates, info
 from fanout_core.contracts import pending_tasks
 from fanout_core.providers.base import ModelRequest, schema_in_system
 from fanout_core.providers.bedrock import converse_request, output_of
@@ -160,6 +173,41 @@ def batchable(task: dict[str, Any]) -> bool:
     return "document" not in task
 
 
+@dataclass
+class BatchBudget:
+    """limits.max_cost_usd at tier batch: which tasks go into the jobs (in task order, each while it fits)."""
+
+    limit_usd: float
+    # a model's rates at tier batch (pricing.rates_of of its usage key); None: not known, nothing admitted
+    rates_for: Callable[[str], Rates | None]
+    max_tokens: int
+    held_usd: float = 0.0
+    held_by_model: dict[str, float] = field(default_factory=dict)
+    refused: list[int] = field(default_factory=list)  # positions of the tasks left out
+    rates: dict[str, list[float]] = field(default_factory=dict)  # what each admitted model was held at
+
+    def most(self, model: str, line_bytes: int) -> float | None:
+        """The most one record of ``line_bytes`` can cost at the batch price (None: its price is not known)."""
+        rates = self.rates_for(model)
+        if rates is None:
+            return None
+        self.rates.setdefault(model, [rates.input, rates.output])
+        return (line_bytes * rates.input + self.max_tokens * rates.output) / 1e6
+
+    def admit(self, position: int, model: str, line_bytes: int) -> bool:
+        most = self.most(model, line_bytes)
+        if most is None or self.held_usd + most > self.limit_usd + 1e-12:
+            self.refused.append(position)
+            return False
+        self.held_usd += most
+        self.held_by_model[model] = self.held_by_model.get(model, 0.0) + most
+        return True
+
+    def release(self, model: str) -> None:
+        """A model that gets no job after all: what its records held goes back (its tasks are called on-demand)."""
+        self.held_usd -= self.held_by_model.pop(model, 0.0)
+
+
 def write_inference_jobs(
     store: RunStore,
     tasks: list[dict[str, Any]],
@@ -170,23 +218,38 @@ def write_inference_jobs(
     max_records: int = MAX_RECORDS_PER_JOB,
     max_bytes: int = MAX_INPUT_FILE_BYTES,
     run: str | None = None,
+    budget: BatchBudget | None = None,
+    least: Callable[[str], int] | None = None,
 ) -> list[InferenceJob]:
     """Write each job's input JSONL and task list; return the jobs. ``batch_of[i]`` is task i's batch index.
     ``run`` (the execution's name) is what the joined records say made their calls.
 
     A model's tasks are split into the fewest even jobs that keep every job within the record and size quotas.
+    With ``budget``, only the tasks it admits go into jobs (the others are in ``budget.refused``); with
+    ``least`` (a model's minimum records per job), a model with fewer tasks than that gets no job: its tasks are
+    called on-demand.
     """
     assert store.job_id
     by_model: dict[str, list[int]] = {}
+    # sizes first, the lines later as they are uploaded: a model input is never held for the whole job
+    sizes: dict[int, int] = {}
     for position, task in enumerate(tasks):
-        if batchable(task):
-            by_model.setdefault(task["model"], []).append(position)
+        if not batchable(task):
+            continue
+        size = len(_line(task, shared, "R0000000000"))
+        if budget is not None and not budget.admit(position, task["model"], size):
+            continue
+        sizes[position] = size
+        by_model.setdefault(task["model"], []).append(position)
+    if least is not None:
+        for model in [m for m, positions in by_model.items() if len(positions) < least(m)]:
+            del by_model[model]
+            if budget is not None:
+                budget.release(model)
     jobs: list[InferenceJob] = []
     for model in sorted(by_model):
         positions = by_model[model]
-        # sizes first, the lines later as they are uploaded: a model input is never held for the whole job
-        sizes = [len(_line(tasks[p], shared, "R0000000000")) for p in positions]
-        for chunk in _split(sizes, max_records, max_bytes):
+        for chunk in _split([sizes[p] for p in positions], max_records, max_bytes):
             index = len(jobs)
             where = store.prefix + folder(index)
             picked = [positions[at] for at in chunk]
@@ -211,6 +274,97 @@ def write_inference_jobs(
                 )
             )
     return jobs
+
+
+def write_budget_stopped(store: RunStore, tasks: list[dict[str, Any]], batch_of: list[int], budget: BatchBudget, run: str) -> int:
+    """A ``failed`` record with ``stopped: budget`` for every task the budget left out of the jobs, under its batch:
+    the fallback batches skip it, Aggregate accounts for its item, a re-run asks it (fanout_core.steps._reusable)."""
+    message = (
+        f"BudgetExceeded: not called: limits.max_cost_usd ({budget.limit_usd:g} USD) would be passed by the batch "
+        "inference jobs' records, each held at its full max_tokens; raise the budget and run again to finish it"
+    )
+    writers: dict[int, Any] = {}
+    try:
+        for position in budget.refused:
+            task = tasks[position]
+            record = _record(_stub(task), "failed", None, message, {})
+            record.pop("tier", None)  # never asked: bought at no tier
+            record["stopped"] = "budget"
+            if task.get("key"):
+                record["key"] = task["key"]
+            record["run"] = run
+            index = batch_of[position]
+            writer = writers.get(index)
+            if writer is None:
+                writer = writers[index] = store.writer(index)
+            writer.add(record)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return len(budget.refused)
+
+
+def write_budget_report(store: RunStore, budget: BatchBudget, batch_of: list[int]) -> None:
+    """The jobs' part of the budget before they run (``pacing/inference.json``): what their records can cost at most,
+    and what the on-demand calls have left meanwhile (every task not left out may fall back to them)."""
+    refused = set(budget.refused)
+    per_batch: dict[int, int] = {}
+    for position, index in enumerate(batch_of):
+        if position not in refused:
+            per_batch[index] = per_batch.get(index, 0) + 1
+    now = time.time()
+    report = {
+        "started": now,
+        "ended": now,
+        "models": {},
+        "budget": {"limit_usd": budget.limit_usd, "spent_usd": budget.held_usd, "tasks_stopped": len(refused)},
+        "batch_jobs": {"settled": False, "rates": budget.rates},
+        "fallback": _fallback(budget.limit_usd - budget.held_usd, per_batch),
+    }
+    store.put_json(layout.INFERENCE_BUDGET, report)
+
+
+def _fallback(left_usd: float, per_batch: dict[int, int]) -> dict[str, Any]:
+    return {
+        "left_usd": max(0.0, left_usd),
+        "tasks": sum(per_batch.values()),
+        "batches": {str(index): count for index, count in sorted(per_batch.items())},
+    }
+
+
+def fallback_budget(store: RunStore) -> dict[str, Any] | None:
+    """What the on-demand calls of a tier-batch run have left of limits.max_cost_usd (``left_usd``, ``tasks``, and
+    the tasks of each batch, ``batches``), once the jobs' part is taken; None when the run wrote no such part."""
+    try:
+        report: dict[str, Any] = store.get_json(layout.INFERENCE_BUDGET)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    fallback = report.get("fallback")
+    return fallback if isinstance(fallback, dict) else None
+
+
+def _settle_budget(store: RunStore, outcome: JoinOutcome, pending: list[tuple[int, int]]) -> None:
+    """After the join: the jobs' part of the budget is what their records cost; the fallback has the rest."""
+    try:
+        report = store.get_json(layout.INFERENCE_BUDGET)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return  # no limits.max_cost_usd
+        raise
+    rates = report["batch_jobs"]["rates"]
+    cost = 0.0
+    for model, (tokens_in, tokens_out) in outcome.tokens.items():
+        rate_in, rate_out = rates.get(model) or (0.0, 0.0)  # every model of a job was held at its rates
+        cost += (tokens_in * rate_in + tokens_out * rate_out) / 1e6
+    limit = float(report["budget"]["limit_usd"])
+    now = time.time()
+    report.update(started=now, ended=now)
+    report["budget"]["spent_usd"] = cost
+    report["batch_jobs"]["settled"] = True
+    report["fallback"] = _fallback(limit - cost, dict(pending))
+    store.put_json(layout.INFERENCE_BUDGET, report)
 
 
 def _line(task: dict[str, Any], shared: dict[str, Any], rid: str) -> bytes:
@@ -270,9 +424,11 @@ class JoinOutcome:
     fallback: int = 0  # tasks left for on-demand calls
     failed_records: int = 0  # output lines with an error, a cut-off answer or an output that missed the schema
     unknown_records: int = 0  # output lines whose recordId names no task of the job (ignored)
+    # the tokens the joined records were billed for, by model spec: [input, output]
+    tokens: dict[str, list[int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
 
 
 def join_outputs(store: RunStore, statuses: Any) -> dict[str, Any]:
@@ -288,6 +444,7 @@ def join_outputs(store: RunStore, statuses: Any) -> dict[str, Any]:
     _write_records(store, plan, outcome)
     pending = _pending_batches(store, plan)
     outcome.fallback = sum(count for _, count in pending)
+    _settle_budget(store, outcome, pending)
     ranges = [r for r in store.get_json(layout.MANIFEST_FILE) if r["index"] in {index for index, _ in pending}]
     if plan["mode"] == "distributed":
         store.put_json(layout.MANIFEST_FILE, ranges)  # the distributed Map reads its batch list from here
@@ -324,6 +481,9 @@ def _write_records(store: RunStore, plan: dict[str, Any], outcome: JoinOutcome) 
                     writer = writers[entry["batch"]] = store.writer(entry["batch"])
                 writer.add(record)
                 seen.add(entry["task"]["task_id"])
+                billed = outcome.tokens.setdefault(record["model"], [0, 0])
+                billed[0] += record["usage"]["input_tokens"]
+                billed[1] += record["usage"]["output_tokens"]
                 if record["status"] == "ok":
                     outcome.answered += 1
                 else:

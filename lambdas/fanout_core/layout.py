@@ -54,6 +54,9 @@ SECOND_PASS_DIR = "second-pass/"
 INFERENCE_DIR = "inference/"
 INFERENCE_INPUT = "input.jsonl"
 INFERENCE_TASKS = "tasks.json"
+# tier batch with limits.max_cost_usd: the batch inference jobs' part of the budget, read with the batches' pace and
+# spend (fanout_core.batch_inference)
+INFERENCE_BUDGET = PACING_DIR + "inference.json"
 
 RESULT_FILES = ("result.json", "results.jsonl", "report.md", "report.html")
 

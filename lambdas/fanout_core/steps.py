@@ -21,7 +21,16 @@ from botocore.exceptions import ClientError
 
 from fanout_core import layout
 from fanout_core.aggregation import ItemVotes, aggregate_stream
-from fanout_core.batch_inference import join_outputs, max_polls, recover_outputs, write_inference_jobs
+from fanout_core.batch_inference import (
+    BatchBudget,
+    fallback_budget,
+    join_outputs,
+    max_polls,
+    recover_outputs,
+    write_budget_report,
+    write_budget_stopped,
+    write_inference_jobs,
+)
 from fanout_core.catalog import check_job_models
 from fanout_core.contracts import (
     ANSWERED,
@@ -87,7 +96,7 @@ from fanout_core.second_pass import (
 from fanout_core.settings import Settings
 from fanout_core.stopping import record_answer, rule_for, vote_weights
 from fanout_core.store import FINISHED, RunStore, put_text
-from fanout_core.tiers import TierChoice, choose_tier, for_this_run, service_tier, usage_key
+from fanout_core.tiers import TierChoice, choose_tier, for_this_run, min_records, service_tier, usage_key
 from fanout_core.validation import strict_json
 
 ProviderFactory = Callable[[str], Provider]
@@ -173,7 +182,7 @@ def _plan_run(
         job,
         settings.default_model,
         tier.tier if tier.tier in ("flex", "priority") else "on_demand",
-        pacing=plan_pacing(job, batching.map_concurrency, len(tasks), run=uuid.uuid4().hex),
+        pacing=_pacing_plan(job, tier, batching.map_concurrency, len(tasks)),
     )
 
     def write(numbered: tuple[int, list[BatchItem]]) -> dict[str, int]:
@@ -243,12 +252,31 @@ def _inference_jobs(
         for stub in entry["tasks"]
         if "done" not in stub
     ]
-    jobs = write_inference_jobs(store, [t for _, t in ordered], [i for i, _ in ordered], dict(shared), execution, run=run)
+    pending, batch_of = [t for _, t in ordered], [i for i, _ in ordered]
+    budget = _batch_budget(shared)
+    jobs = write_inference_jobs(store, pending, batch_of, dict(shared), execution, run=run, budget=budget, least=min_records)
+    if budget is not None:
+        # the tasks the budget leaves out are accounted for now; the fallback batches get what the jobs leave
+        write_budget_stopped(store, pending, batch_of, budget, run or execution)
+        write_budget_report(store, budget, batch_of)
     return {
         "inference_jobs": [job.as_state() for job in jobs],
         "inference_poll_seconds": settings.batch_poll_seconds,
         "inference_max_polls": settings.batch_max_polls or max_polls(settings.batch_poll_seconds),
     }
+
+
+def _batch_budget(shared: Mapping[str, Any]) -> BatchBudget | None:
+    """limits.max_cost_usd at tier batch, counted at each model's batch price; None without a budget."""
+    pacing = shared.get("pacing") or {}
+    if pacing.get("max_cost_usd") is None:
+        return None
+    prices = pacing.get("prices")
+    return BatchBudget(
+        float(pacing["max_cost_usd"]),
+        lambda model: rates_of(usage_key(model, "batch"), prices),
+        int((shared.get("inference") or {}).get("max_tokens", 512)),
+    )
 
 
 def _batch_maker(
@@ -348,6 +376,15 @@ def _batch_items(
         yield out
 
 
+def _pacing_plan(job: Job, tier: TierChoice, map_concurrency: int, tasks: int) -> dict[str, Any]:
+    """What every batch is paced and budgeted to; at tier batch with a budget, the on-demand batches are the jobs'
+    fallback and take the budget the jobs leave (batch_inference.fallback_budget)."""
+    plan = plan_pacing(job, map_concurrency, tasks, run=uuid.uuid4().hex)
+    if tier.tier == "batch" and plan.get("max_cost_usd") is not None:
+        plan["after_batch_jobs"] = True
+    return plan
+
+
 def _tier(job: Job, every_task: list[dict[str, Any]], pending: list[dict[str, Any]]) -> TierChoice:
     """The job's tier (an unsupported one refused), then what this run buys its pending tasks at."""
     choice = choose_tier(job, every_task)
@@ -415,6 +452,7 @@ def run_subtask(
     prices = (batch.get("pacing") or {}).get("prices")
     # the batch's part of the budget is by the tasks it will ask (not the done stubs it carries)
     asking = len(pending_task_ids(batch))
+    batch, asking = _after_batch_jobs(store, batch, index, asking)
     # the budget prices a call as its usage is priced: at the service tier it is bought at (flex, priority)
     tier = service_tier(batch)
     gate_for = batch_gates(
@@ -436,6 +474,19 @@ def run_subtask(
         report = batch_report(gate_for.gates, saved, started, time.time())  # type: ignore[attr-defined]
         store.put_json(layout.pacing_name(index), report)
     return outcome.as_event()
+
+
+def _after_batch_jobs(store: RunStore, batch: dict[str, Any], index: int, asking: int) -> tuple[dict[str, Any], int]:
+    """A fallback batch of a tier-batch run with a budget: the budget is what the batch inference jobs left, shared
+    by the tasks they left (the batch's part by its own); other batches as they are."""
+    plan = batch.get("pacing") or {}
+    if not plan.get("after_batch_jobs"):
+        return batch, asking
+    left = fallback_budget(store)
+    if left is None:
+        return batch, asking
+    pacing = {**plan, "max_cost_usd": float(left["left_usd"]), "tasks": max(1, int(left["tasks"]))}
+    return {**batch, "pacing": pacing}, int(left["batches"].get(str(index), 0))
 
 
 def _saved_pacing(store: RunStore, index: int) -> dict[str, Any] | None:

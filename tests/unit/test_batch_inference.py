@@ -202,3 +202,37 @@ def test_an_input_larger_than_an_upload_part_is_streamed_whole(store: RunStore) 
     assert all(line["modelInput"]["messages"][0]["content"][0]["text"].startswith(f"ticket {n} ") for n, line in enumerate(lines))
     # and the task list the join reads holds no prompt
     assert all("prompt" not in e["task"] for e in store.get_json(bi.folder(0) + "tasks.json")["records"])
+
+
+def test_a_budget_admits_tasks_in_order_and_a_model_under_the_minimum_records_gets_no_job(store: RunStore) -> None:
+    from fanout_core.catalog import Rates
+
+    # Given two models' tasks, the second model's dearer, and a budget for about six records of the first
+    tasks = [task(n) for n in range(8)] + [task(n, "sim") for n in range(8, 12)]
+    shared = {"inference": {"max_tokens": 40}}
+    rates = {MODEL: Rates(1.0, 2.0, 1.0, 1.0), "sim": Rates(50.0, 50.0, 50.0, 50.0)}
+    line = len(bi._line(task(0), shared, "R0000000000"))
+    budget = bi.BatchBudget(6.5 * (line * 1.0 + 40 * 2.0) / 1e6, rates.get, 40)
+    # When the inputs are written with a minimum of 3 records a job
+    jobs = bi.write_inference_jobs(store, tasks, [0] * 12, shared, "exec", budget=budget, least=lambda model: 3)
+    # Then the first six tasks go into the first model's job, in order, and everything after is left out
+    assert [(j.model, j.records) for j in jobs] == [(MODEL, 6)]
+    assert budget.refused == list(range(6, 12))
+    assert budget.held_usd <= budget.limit_usd
+    # and with a budget that lets only two of the first model's in, that model gets no job and its hold goes back
+    small = bi.BatchBudget(2.5 * (line * 1.0 + 40 * 2.0) / 1e6, rates.get, 40)
+    assert bi.write_inference_jobs(store, tasks, [0] * 12, shared, "exec", budget=small, least=lambda model: 3) == []
+    assert small.refused == list(range(2, 12)) and small.held_usd == 0.0
+
+
+def test_the_tasks_a_budget_left_out_are_failed_records_that_say_why(store: RunStore) -> None:
+    from fanout_core.catalog import Rates
+
+    tasks = [{**task(n), "key": f"k{n}"} for n in range(4)]
+    budget = bi.BatchBudget(0.0, lambda model: Rates(1.0, 1.0, 1.0, 1.0), 10)
+    assert bi.write_inference_jobs(store, tasks, [0, 0, 1, 1], {}, "exec", budget=budget) == []
+    assert bi.write_budget_stopped(store, tasks, [0, 0, 1, 1], budget, "run-1") == 4
+    records = store.finished_records(0) + store.finished_records(1)
+    assert sorted(r["key"] for r in records) == ["k0", "k1", "k2", "k3"]
+    assert all(r["status"] == "failed" and r["stopped"] == "budget" and r["run"] == "run-1" for r in records)
+    assert all("limits.max_cost_usd" in r["error"] and r["attempts"] == 0 and "tier" not in r for r in records)
