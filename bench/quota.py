@@ -19,8 +19,13 @@ the quota learned (nothing given).
 
 Figures: wall time over the quota floor ((net tokens served - bucket size)
 / refill rate, from what the endpoint served) and the share of requests
-refused. Medians over repeats, measured side by side.
-Run: ``.venv/bin/python -m bench.quota [--repeats N] [--quick]``.
+refused. Each cell is the median over ``--repeats`` runs (3 by default,
+as ``make bench`` runs it), with the lowest and highest beside it; each
+repeat runs every mode once, one after another, so the modes are measured
+side by side under the same load. ``--size`` scales every job (0.5: a
+floor of about 11 s instead of 29 s) for a quicker look while developing;
+below about 0.2 a job fits in the bucket and has no floor to compare with.
+Run: ``.venv/bin/python -m bench.quota [--repeats N] [--size F] [--modes given,learned] [--quick]``.
 """
 
 from __future__ import annotations
@@ -134,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one run of the base quota only")
     parser.add_argument("--modes", default="fixed,given,learned")
+    parser.add_argument("--size", type=float, default=1.0, help="scale every job's items (and so its floor; >= 0.2)")
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.size <= 0:
+        parser.error("--repeats must be at least 1 and --size above 0")
     repeats = 1 if args.quick else args.repeats
     scales = [1.0] if args.quick else [1.0, 4.0, 0.25]
     modes = args.modes.split(",")
@@ -142,27 +150,34 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for scale in scales:
             tokens = int(BASE_TOKENS * scale)
-            items = round(BASE_ITEMS * scale)
+            items = max(1, round(BASE_ITEMS * scale * args.size))
             runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
             for _ in range(repeats):
                 for mode in modes:  # side by side: each repeat runs every mode once
                     runs[mode].append(run_once(mode, tokens, items, Path(tmp)))
             rows.append((tokens, items, runs))
+    print("$ python -m bench.quota " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(
         f"(f) quota pacing: minute scaled to {WINDOW_SECONDS:g} s, {LATENCY_S * 1000:.0f} ms per call, {VOTES} votes "
-        f"per item, max_concurrency {CONCURRENCY}; medians of {repeats} runs"
+        f"per item, max_concurrency {CONCURRENCY}; median of {repeats} run(s) per cell, [lowest-highest]"
     )
-    print(f"{'quota (tokens/window)':<22} {'items':>5}  {'mode':<8} {'wall/floor':>10} {'refused':>8} {'floor s':>8}  target  ok")
+    print(
+        f"{'quota (tokens/window)':<22} {'items':>5}  {'mode':<8} {'wall/floor':>10} {'[range]':<13} "
+        f"{'refused':>7} {'[range]':<13} {'floor s':>7}  {'target':<17} {'met':<4} ok"
+    )
     for tokens, items, runs in rows:
         for mode, done in runs.items():
-            ratio = statistics.median(r["ratio"] for r in done)
-            refused = statistics.median(r["refused"] for r in done)
+            ratios = [r["ratio"] for r in done]
+            refusals = [r["refused"] for r in done]
+            ratio, refused = statistics.median(ratios), statistics.median(refusals)
             floor = statistics.median(r["floor"] for r in done)
             whole = all(r["ok"] == r["tasks"] and r["answered_twice"] == 0 for r in done)
             target = TARGETS.get(mode)
             aim = f"<= {target[0]:.2f}x, <= {target[1]:.0%}" if target else "-"
+            met = "-" if target is None else ("yes" if ratio <= target[0] and refused <= target[1] else "NO")
             print(
-                f"{tokens:<22,} {items:>5}  {mode:<8} {ratio:>9.2f}x {refused:>8.1%} {floor:>8.1f}  {aim:<17} "
+                f"{tokens:<22,} {items:>5}  {mode:<8} {ratio:>9.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]{'':<2} "
+                f"{refused:>7.1%} [{min(refusals):.1%}-{max(refusals):.1%}]{'':<1} {floor:>7.1f}  {aim:<17} {met:<4} "
                 f"{'all tasks once' if whole else 'MISSING OR TWICE'}"
             )
     return 0
