@@ -571,7 +571,12 @@ def _stage_tasks(
 
     def noting(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for record in records:
-            if is_second_pass(str(record.get("slot", ""))) and record.get("status") in FINISHED:
+            # a task the budget stopped was never asked: a re-run (with a larger budget) asks it
+            if (
+                is_second_pass(str(record.get("slot", "")))
+                and record.get("status") in FINISHED
+                and record.get("stopped") != "budget"
+            ):
                 tasks.finished.add(str(record.get("key") or record["task_id"]))  # (a key is never a task id)
             yield record
 
@@ -620,6 +625,8 @@ def _write_stage(job: Job, store: RunStore, number: int, tasks: _StageTasks, cap
         "output_schema": job.output_schema,
         "answer_field": job.aggregate.field,
         "stage": stage,
+        # paced to the model's quota as the first pass's batches are, within the budget the run has left
+        "pacing": _stage_pacing(job, store, batching.map_concurrency, tasks.count),
     }
     reading = tasks.read()
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -652,6 +659,19 @@ def _write_stage(job: Job, store: RunStore, number: int, tasks: _StageTasks, cap
         "map_concurrency": batching.map_concurrency,
         "counts": {"tasks": tasks.count, "batches": len(ranges)},
     }
+
+
+def _stage_pacing(job: Job, store: RunStore, map_concurrency: int, tasks: int) -> dict[str, Any]:
+    """A second-pass stage's pacing plan: the job's quota split over the stage's parallel batches and, with
+    limits.max_cost_usd, the budget less what this run spent so far (the first pass's batches and batch inference
+    jobs, and the stages before), so a second-pass call starts only while it fits."""
+    plan = plan_pacing(job, map_concurrency, tasks, run=uuid.uuid4().hex)
+    if plan.get("max_cost_usd") is not None:
+        # Plan removed every earlier run's pacing reports: those left are this run's (fanout_core.pacing)
+        reports = [store.get_json(name) for name in store.names(layout.PACING_DIR)]
+        spent = float(pacing_figures(reports).get("budget", {}).get("spent_usd", 0.0))
+        plan["max_cost_usd"] = max(0.0, float(plan["max_cost_usd"]) - spent)
+    return plan
 
 
 def _second_pass_mode(job: Job, batching: Batching) -> str:
@@ -859,6 +879,8 @@ def _aggregate_to_files(
     if tier is not None:
         head["tier"] = tier
     head.update(figures or {})  # the quota's pace and the budget (fanout_core.pacing)
+    if head.get("reason") == "budget" and head.get("status") == "complete":
+        head["status"] = "partial"  # every task answered, but the budget stopped a second-pass call (a judge's, ...)
     _write_result(folder / "result.json", head, listed)
     listed.unlink()
     (folder / "report.md").write_text(report.markdown(head), encoding="utf-8")
