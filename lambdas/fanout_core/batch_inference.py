@@ -17,9 +17,15 @@ What each part follows in the Bedrock User Guide:
   ``successRecordCount``, ``errorRecordCount``, ``inputTokenCount``,
   ``outputTokenCount``). With Converse jobs ``modelOutput`` is a Converse
   response body.
-- "Amazon Bedrock endpoints and quotas" (general/latest/gr/bedrock.html):
-  minimum records per batch inference job (100), records per job and per
-  input file per job (50,000), input file size (1 GB), job size (5 GB).
+- The batch inference quotas: batch-inference-data.html names them
+  ("Minimum number of records per batch inference job", "Records per input
+  file per batch inference job", "Records per batch inference job", and the
+  input file and job sizes) and sends the reader to the Amazon Bedrock
+  service quotas for their values ("Amazon Bedrock endpoints and quotas",
+  general/latest/gr/bedrock.html, is not among the pages checked). The
+  figures used here, 100 minimum records, 50,000 records per job and per
+  file, 1 GB a file and 5 GB a job, are the commonly cited defaults, not
+  figures read on an AWS page; an account's may differ (Service Quotas).
   Each job here has one input file, so a job holds at most 50,000 records
   and 1 GB; a model's tasks are split into as many even jobs as that needs.
 - CreateModelInvocationJob (API reference): ``jobName`` and
@@ -74,11 +80,18 @@ from fanout_core.providers.bedrock import converse_request, output_of
 from fanout_core.store import RunStore, parse_s3_uri
 from fanout_core.validation import SchemaCheck, SchemaUnusable
 
-# "Amazon Bedrock endpoints and quotas": the defaults of the batch inference quotas
+# the batch inference quotas' usual defaults (batch-inference-data.html names the quotas but gives no figures: see
+# the module's docstring)
 MAX_RECORDS_PER_JOB = 50_000
 MAX_INPUT_FILE_BYTES = 1_000_000_000
-# an execution's history holds 25,000 events: each job's poll loop costs about 11 a round (see the ASL's
-# RunInferenceJobs), so at most this many jobs, each polled for at most INFERENCE_MAX_HOURS, fit with room
+# "Avoid reaching the history quota" (Step Functions Developer Guide, bp-history-limit.html): a hard quota of 25,000
+# entries in an execution's event history. Each job's poll loop costs about 11 a round (Wait, GetInferenceJob,
+# CountInferencePoll and CheckInferenceJob: the ASL's RunInferenceJobs), so at most this many jobs, each polled for
+# at most INFERENCE_MAX_HOURS, fit with room; the polls of a run get at most POLL_HISTORY_EVENTS of the 25,000, the
+# rest is for Plan, the join, the on-demand Map, the second pass and Aggregate
+HISTORY_EVENTS = 25_000
+EVENTS_PER_POLL = 11
+POLL_HISTORY_EVENTS = 20_000
 MAX_JOBS = 20
 INFERENCE_MAX_HOURS = 30
 # one poll every half hour keeps a job's loop at 60 rounds over its 24 h (FANOUT_BATCH_POLL_SECONDS overrides)
@@ -410,9 +423,55 @@ def _split(sizes: list[int], max_records: int, max_bytes: int) -> list[list[int]
         count += 1
 
 
-def max_polls(poll_seconds: int) -> int:
-    """Polls of a job before it is stopped and its tasks called on-demand: INFERENCE_MAX_HOURS of them."""
-    return max(1, math.ceil(INFERENCE_MAX_HOURS * 3600 / max(poll_seconds, 60)))
+def max_polls(poll_seconds: int, hours: float = INFERENCE_MAX_HOURS) -> int:
+    """Polls of a job before it is stopped and its tasks called on-demand: ``hours`` of them (INFERENCE_MAX_HOURS)."""
+    return max(1, math.ceil(hours * 3600 / max(poll_seconds, 60)))
+
+
+@dataclass(frozen=True)
+class PollPlan:
+    """How the state machine watches a run's batch inference jobs: the interval, the looks, and why they changed."""
+
+    poll_seconds: int
+    max_polls: int
+    note: str | None = None  # set when the settings would have passed the execution history quota
+
+    def as_plan(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"inference_poll_seconds": self.poll_seconds, "inference_max_polls": self.max_polls}
+        if self.note:
+            out["inference_poll_note"] = self.note
+        return out
+
+
+def poll_plan(poll_seconds: int, given_polls: int | None, jobs: int, deadline_hours: float | None = None) -> PollPlan:
+    """The poll interval and looks for ``jobs`` jobs, kept within the execution history quota.
+
+    The looks cover INFERENCE_MAX_HOURS, or ``deadline_hours`` when it is shorter (limits.deadline_hours: a job
+    still running then is stopped and its tasks called on-demand). When every job's looks at about EVENTS_PER_POLL
+    events each would pass POLL_HISTORY_EVENTS, an interval of a minute or more (FANOUT_BATCH_POLL_SECONDS) is
+    raised to the least that covers the window in the looks that fit; a shorter one (the local runtime's 0: its jobs
+    end at once) and a given count of looks (FANOUT_BATCH_MAX_POLLS) keep the interval and get fewer looks.
+    """
+    hours = min(INFERENCE_MAX_HOURS, deadline_hours) if deadline_hours else INFERENCE_MAX_HOURS
+    polls = given_polls or max_polls(poll_seconds, hours)
+    fit = max(1, POLL_HISTORY_EVENTS // (EVENTS_PER_POLL * max(1, jobs)))
+    if polls <= fit:
+        return PollPlan(poll_seconds, polls)
+    needed = polls * EVENTS_PER_POLL * jobs
+    why = (
+        f"{jobs} batch inference job(s) looked at {polls} times each would take about {needed:,} execution history "
+        f"events, past the {POLL_HISTORY_EVENTS:,} fanout leaves for them of the {HISTORY_EVENTS:,} an execution may "
+        "have (Step Functions, 'Avoid reaching the history quota')"
+    )
+    if given_polls is None and poll_seconds >= 60:
+        raised = math.ceil(hours * 3600 / fit)
+        return PollPlan(
+            raised,
+            max_polls(raised, hours),
+            f"{why}: FANOUT_BATCH_POLL_SECONDS {poll_seconds} is raised to {raised} so the looks still cover {hours:g} h",
+        )
+    setting = "FANOUT_BATCH_MAX_POLLS" if given_polls else "the looks"
+    return PollPlan(poll_seconds, fit, f"{why}: {setting} is cut to {fit}; a job still running after them is called on-demand")
 
 
 # -- joining the outputs ------------------------------------------------------------------------------------

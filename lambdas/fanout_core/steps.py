@@ -25,7 +25,7 @@ from fanout_core.batch_inference import (
     BatchBudget,
     fallback_budget,
     join_outputs,
-    max_polls,
+    poll_plan,
     recover_outputs,
     write_budget_report,
     write_budget_stopped,
@@ -196,7 +196,7 @@ def _plan_run(
     store.put_json(layout.MANIFEST_FILE, ranges)
     if rerun:
         store.delete_prefix(layout.INFERENCE_DIR)  # an earlier run's batch jobs: their outputs are records already
-    inference = _inference_jobs(store, tier, tasks, batches, make(0, []), execution, settings, run)
+    inference = _inference_jobs(store, tier, tasks, batches, make(0, []), execution, settings, run, job.limits.deadline_hours)
     summary = {
         "job_id": job.job_id,
         "run_uri": store.uri,
@@ -212,7 +212,7 @@ def _plan_run(
         "map_concurrency": batching.map_concurrency,
         "max_concurrency": concurrency,
         # which tier the calls are bought at and why, with the estimate next to on-demand's
-        "tier": tier.as_plan(),
+        "tier": {**tier.as_plan(), **_poll_note(inference)},
         **inference,
         # escalation, a judge or a synthesis: the state machine plans a second pass after the first Map
         "second_pass": has_second_pass(job),
@@ -239,6 +239,7 @@ def _inference_jobs(
     execution: str,
     settings: Settings,
     run: str | None = None,
+    deadline_hours: float | None = None,
 ) -> dict[str, Any]:
     """At tier batch: the Bedrock batch inference jobs' input written, and what the state machine needs to run them."""
     if tier.tier != "batch":
@@ -259,11 +260,15 @@ def _inference_jobs(
         # the tasks the budget leaves out are accounted for now; the fallback batches get what the jobs leave
         write_budget_stopped(store, pending, batch_of, budget, run or execution)
         write_budget_report(store, budget, batch_of)
-    return {
-        "inference_jobs": [job.as_state() for job in jobs],
-        "inference_poll_seconds": settings.batch_poll_seconds,
-        "inference_max_polls": settings.batch_max_polls or max_polls(settings.batch_poll_seconds),
-    }
+    # the jobs' poll loops kept within the execution history quota (a too short interval is raised, with a note)
+    polls = poll_plan(settings.batch_poll_seconds, settings.batch_max_polls, len(jobs), deadline_hours)
+    return {"inference_jobs": [job.as_state() for job in jobs], **polls.as_plan()}
+
+
+def _poll_note(inference: Mapping[str, Any]) -> dict[str, str]:
+    """Why the batch jobs' polling differs from the settings, for the tier block result.json shows."""
+    note = inference.get("inference_poll_note")
+    return {"poll_note": str(note)} if note else {}
 
 
 def _batch_budget(shared: Mapping[str, Any]) -> BatchBudget | None:

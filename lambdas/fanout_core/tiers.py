@@ -12,7 +12,8 @@
   only for the models that page lists (models.json ``service_tiers``);
 - ``auto``: batch when every model of the job has at least the minimum
   records of a batch job ("Minimum number of records per batch inference
-  job" in "Amazon Bedrock endpoints and quotas": 100 by default) and
+  job", named in batch-inference-data.html; 100 is its usual default, not a
+  figure the stored AWS pages give) and
   ``limits.deadline_hours`` leaves the up to 24 hours a batch job can take
   (its ``timeoutDurationInHours`` defaults to 24, the least it takes);
   on-demand otherwise.
@@ -36,7 +37,11 @@ from fanout_core.errors import InvalidJob
 # what a batch job may take: Bedrock's default (and least) timeoutDurationInHours
 BATCH_HOURS = 24
 DEFAULT_MIN_RECORDS = 100
-# the simulator rehearses the tiers at the factors Bedrock's price list has for them
+# the simulator rehearses the tiers at the factors models.json gives them. Batch at half the on-demand price is the
+# pricing page's figure; for flex and priority the docs give none: service-tiers-inference.html says only "a pricing
+# discount" (Flex) and "a price premium over standard on-demand pricing" (Priority), aws.amazon.com/bedrock/service-
+# tiers "Discounted standard model rate" / "Standard rate + premium". 0.5 and 1.75 are fanout's assumption, to be
+# replaced per model with the price list's figures (a job's own "prices" are exact)
 SIMULATED_FACTORS = {"batch": 0.5, "flex": 0.5, "priority": 1.75}
 PAID_TIERS = ("batch", "flex", "priority")
 

@@ -136,8 +136,7 @@ def _pacing_reports(job_id: str) -> dict[str, dict[str, Any]]:
     s3 = boto3.client("s3", region_name=REGION)
     listed = s3.list_objects_v2(Bucket=RESULTS_BUCKET, Prefix=f"runs/{job_id}/pacing/").get("Contents", [])
     return {
-        o["Key"].rsplit("/", 1)[1]: json.loads(s3.get_object(Bucket=RESULTS_BUCKET, Key=o["Key"])["Body"].read())
-        for o in listed
+        o["Key"].rsplit("/", 1)[1]: json.loads(s3.get_object(Bucket=RESULTS_BUCKET, Key=o["Key"])["Body"].read()) for o in listed
     }
 
 

@@ -236,3 +236,33 @@ def test_the_tasks_a_budget_left_out_are_failed_records_that_say_why(store: RunS
     assert sorted(r["key"] for r in records) == ["k0", "k1", "k2", "k3"]
     assert all(r["status"] == "failed" and r["stopped"] == "budget" and r["run"] == "run-1" for r in records)
     assert all("limits.max_cost_usd" in r["error"] and r["attempts"] == 0 and "tier" not in r for r in records)
+
+
+def test_the_default_polling_of_the_most_jobs_fits_the_execution_history() -> None:
+    plan = bi.poll_plan(bi.DEFAULT_POLL_SECONDS, None, bi.MAX_JOBS)
+    assert plan.note is None and plan.poll_seconds == bi.DEFAULT_POLL_SECONDS
+    assert plan.max_polls * bi.EVENTS_PER_POLL * bi.MAX_JOBS <= bi.POLL_HISTORY_EVENTS < bi.HISTORY_EVENTS
+    assert plan.max_polls * plan.poll_seconds >= bi.INFERENCE_MAX_HOURS * 3600
+
+
+def test_a_poll_interval_too_short_for_the_history_is_raised_to_cover_the_window_and_says_why() -> None:
+    # Given an interval of a minute for the most jobs a run polls: 1,800 looks each, far past the history quota
+    assert bi.max_polls(60) * bi.EVENTS_PER_POLL * bi.MAX_JOBS > bi.HISTORY_EVENTS
+    plan = bi.poll_plan(60, None, bi.MAX_JOBS)
+    # Then the interval is raised to the least whose looks fit, and they still cover the window
+    assert plan.poll_seconds > 60
+    assert plan.max_polls * bi.EVENTS_PER_POLL * bi.MAX_JOBS <= bi.POLL_HISTORY_EVENTS
+    assert plan.max_polls * plan.poll_seconds >= bi.INFERENCE_MAX_HOURS * 3600
+    assert bi.poll_plan(plan.poll_seconds - 1, None, bi.MAX_JOBS).poll_seconds == plan.poll_seconds  # the least
+    assert plan.note is not None and "FANOUT_BATCH_POLL_SECONDS 60 is raised" in plan.note and "25,000" in plan.note
+    # and with limits.deadline_hours the looks cover the deadline
+    assert bi.poll_plan(bi.DEFAULT_POLL_SECONDS, None, 1, deadline_hours=24).max_polls == 24 * 3600 // 1800
+
+
+def test_looks_given_or_at_a_local_interval_keep_the_interval_and_are_cut_to_fit() -> None:
+    local = bi.poll_plan(0, None, 3)
+    assert local.poll_seconds == 0 and local.max_polls * bi.EVENTS_PER_POLL * 3 <= bi.POLL_HISTORY_EVENTS
+    given = bi.poll_plan(1800, 5_000, 2)
+    assert given.poll_seconds == 1800 and given.max_polls * bi.EVENTS_PER_POLL * 2 <= bi.POLL_HISTORY_EVENTS
+    assert given.note is not None and "FANOUT_BATCH_MAX_POLLS is cut" in given.note
+    assert bi.poll_plan(0, 3, 1) == bi.PollPlan(0, 3)

@@ -169,3 +169,35 @@ def test_an_unknown_tier_or_a_bad_deadline_is_refused_with_the_field_named() -> 
     with pytest.raises(InvalidJob) as refused:
         job_of(1, tier="auto", deadline_hours=0)
     assert str(refused.value).startswith("limits.deadline_hours:")
+
+
+def test_plan_raises_a_poll_interval_that_would_pass_the_execution_history_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import boto3
+    from moto import mock_aws
+
+    from fanout_core import batch_inference, steps
+    from fanout_core.settings import Settings
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    # Given a batch job of two models (two batch jobs) and an interval of a minute
+    job = {
+        "job_id": "polls",
+        "pattern": "voting",
+        "models": ["sim:seed=1", "sim:seed=2"],
+        "prompt": "Classify: {text}",
+        "items": [{"id": f"t-{n}", "text": f"ticket {n}"} for n in range(100)],
+        "limits": {"tier": "batch"},
+    }
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="results")
+        plan = steps.plan(job, "exec-1", s3=s3, settings=Settings(results_bucket="results", batch_poll_seconds=60))
+    # Then the plan polls the two jobs at an interval whose looks fit the history, and its tier block says why
+    jobs = len(plan["inference_jobs"])
+    assert jobs == 2
+    assert plan["inference_poll_seconds"] > 60
+    assert plan["inference_max_polls"] * batch_inference.EVENTS_PER_POLL * jobs <= batch_inference.POLL_HISTORY_EVENTS
+    assert "execution history" in plan["tier"]["poll_note"]
