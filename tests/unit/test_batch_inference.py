@@ -266,3 +266,27 @@ def test_looks_given_or_at_a_local_interval_keep_the_interval_and_are_cut_to_fit
     assert given.poll_seconds == 1800 and given.max_polls * bi.EVENTS_PER_POLL * 2 <= bi.POLL_HISTORY_EVENTS
     assert given.note is not None and "FANOUT_BATCH_MAX_POLLS is cut" in given.note
     assert bi.poll_plan(0, 3, 1) == bi.PollPlan(0, 3)
+
+
+def test_a_fallback_batch_in_its_own_lambda_has_its_share_of_what_the_jobs_left(store: RunStore) -> None:
+    from fanout_core import steps
+    from fanout_core.catalog import Rates
+    from fanout_core.pacing import PacingSettings, batch_gates
+
+    # Given a run whose jobs left 0.6 USD of a 1 USD budget, for 30 tasks, 10 of them in batch 2
+    budget = bi.BatchBudget(1.0, lambda model: Rates(1.0, 1.0, 1.0, 1.0), 10)
+    assert budget.admit(0, "sim", 100)  # the rates the jobs are held at: 1 USD per 1M tokens
+    bi.write_budget_report(store, budget, [0] * 20 + [2] * 10)
+    bi._settle_budget(store, bi.JoinOutcome(tokens={"sim": [400_000, 0]}), [(0, 20), (2, 10)])
+    batch = {"index": 2, "pacing": {"run": "r", "max_cost_usd": 1.0, "tasks": 300, "after_batch_jobs": True}}
+
+    # When the fallback batch 2 builds its gates in its own Lambda (nothing shared)
+    shaped, asking = steps._after_batch_jobs(store, batch, 2, asking=99)
+    gate = batch_gates(shaped, asking, PacingSettings(shared=False), None, lambda model: None)("sim")
+
+    # Then its budget is its tasks' share of what the jobs left
+    assert asking == 10
+    assert gate.budget is not None and gate.budget.limit == pytest.approx(0.6 * 10 / 30)
+    # and a batch of a run without batch jobs keeps its plan
+    plain = {"index": 2, "pacing": {"run": "r", "max_cost_usd": 1.0, "tasks": 300}}
+    assert steps._after_batch_jobs(store, plain, 2, asking=99) == (plain, 99)
