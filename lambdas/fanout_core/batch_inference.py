@@ -66,7 +66,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +74,7 @@ from botocore.exceptions import ClientError
 
 from fanout_core import layout
 from fanout_core.catalog import Rates, info
-from fanout_core.contracts import pending_tasks
+from fanout_core.contracts import Record, Status, new_record, pending_tasks
 from fanout_core.providers.base import ModelRequest, schema_in_system
 from fanout_core.providers.bedrock import converse_request, output_of
 from fanout_core.store import RunStore, parse_s3_uri
@@ -300,8 +300,7 @@ def write_budget_stopped(store: RunStore, tasks: list[dict[str, Any]], batch_of:
     try:
         for position in budget.refused:
             task = tasks[position]
-            record = _record(_stub(task), "failed", None, message, {})
-            record.pop("tier", None)  # never asked: bought at no tier
+            record = new_record(task, "failed", None, message, model=task["model"], attempts=0)  # bought at no tier
             record["stopped"] = "budget"
             if task.get("key"):
                 record["key"] = task["key"]
@@ -591,7 +590,7 @@ def _pending_batches(store: RunStore, plan: dict[str, Any]) -> list[tuple[int, i
     return out
 
 
-def _ident(task_or_record: dict[str, Any]) -> str:
+def _ident(task_or_record: Mapping[str, Any]) -> str:
     return str(task_or_record.get("key") or task_or_record["task_id"])
 
 
@@ -615,7 +614,7 @@ def _output_lines(store: RunStore, output_uri: str) -> Iterator[dict[str, Any]]:
                     yield line
 
 
-def _stamped(record: dict[str, Any], task: dict[str, Any], run: Any) -> dict[str, Any]:
+def _stamped(record: Record, task: dict[str, Any], run: Any) -> Record:
     """A joined record as RunBatch writes one: its request key and run; one the on-demand fallback asks again (an
     error, a cut-off or out-of-schema answer) marked ``fallback``, so it is not taken for a final record."""
     if task.get("key"):
@@ -627,69 +626,59 @@ def _stamped(record: dict[str, Any], task: dict[str, Any], run: Any) -> dict[str
     return record
 
 
-def record_from_output(task: dict[str, Any], line: dict[str, Any], check: SchemaCheck | None) -> dict[str, Any]:
+def record_from_output(task: dict[str, Any], line: dict[str, Any], check: SchemaCheck | None) -> Record:
     """The task record of one output line: ok, or failed / invalid (called again on-demand)."""
     output = line.get("modelOutput")
     if not isinstance(output, dict):
         given = line.get("error")
         error: dict[str, Any] = given if isinstance(given, dict) else {}
         code, message = error.get("errorCode", "error"), str(error.get("errorMessage", "no modelOutput"))[:500]
-        return _record(task, "failed", None, f"batch inference: {code}: {message}; called on-demand", {})
+        return _bought(task, "failed", None, f"batch inference: {code}: {message}; called on-demand", {})
     reported = output.get("usage")
     usage: dict[str, Any] = reported if isinstance(reported, dict) else {}
     spent = {"input_tokens": int(usage.get("inputTokens", 0) or 0), "output_tokens": int(usage.get("outputTokens", 0) or 0)}
     synthetic = bool((output.get("additionalModelResponseFields") or {}).get("synthetic"))
     if output.get("stopReason") == "max_tokens":
         note = "truncated: the batch answer was cut off at max_tokens; called on-demand"
-        return _record(task, "invalid", None, note, spent, synthetic=synthetic, truncated=True)
+        return _bought(task, "invalid", None, note, spent, synthetic=synthetic, truncated=True)
     answer = output_of(output, check is not None)
     problem: str | None = None
     if check is not None:
         if check.unusable is not None:
-            return _record(task, "failed", None, check.unusable, spent, synthetic=synthetic)
+            return _bought(task, "failed", None, check.unusable, spent, synthetic=synthetic)
         try:
             problem = check(answer)
         except SchemaUnusable as exc:
-            return _record(task, "failed", None, str(exc), spent, synthetic=synthetic)
+            return _bought(task, "failed", None, str(exc), spent, synthetic=synthetic)
     if problem is not None:
-        return _record(task, "invalid", answer, f"{problem}; called on-demand", spent, synthetic=synthetic)
-    record = _record(task, "ok", answer, None, spent, synthetic=synthetic)
+        return _bought(task, "invalid", answer, f"{problem}; called on-demand", spent, synthetic=synthetic)
+    record = _bought(task, "ok", answer, None, spent, synthetic=synthetic)
     if check is not None:
         record["checked"] = check.digest
     return record
 
 
-def _record(
+def _bought(
     task: dict[str, Any],
-    status: str,
+    status: Status,
     output: Any,
     error: str | None,
     usage: dict[str, int],
     *,
     synthetic: bool = False,
     truncated: bool = False,
-) -> dict[str, Any]:
-    """A record as RunBatch writes one (fanout_core.runner._record), bought at tier batch."""
-    record: dict[str, Any] = {
-        "task_id": task["task_id"],
-        "item_id": task["item_id"],
-        "slot": task["slot"],
-        "status": status,
-        "output": output,
-        "error": error,
-        "model": task["model"],
-        "usage": {"input_tokens": usage.get("input_tokens", 0), "output_tokens": usage.get("output_tokens", 0)},
-        "latency_ms": 0.0,
+) -> Record:
+    """A record as RunBatch writes one (contracts.new_record), bought at tier batch."""
+    return new_record(
+        task,
+        status,
+        output,
+        error,
+        model=task["model"],
         # a record that came back from the job was one billed call; an error line was not billed
-        "attempts": 1 if usage else 0,
-        "tier": "batch",
-    }
-    if task["kind"] == "vote":
-        record["vote"] = int(task["slot"][1:])
-    else:
-        record["section"] = task["slot"]
-    if synthetic:
-        record["synthetic"] = True
-    if truncated:
-        record["truncated"] = True
-    return record
+        attempts=1 if usage else 0,
+        usage=usage,
+        tier="batch",
+        synthetic=synthetic,
+        truncated=truncated,
+    )

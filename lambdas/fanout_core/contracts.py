@@ -106,7 +106,15 @@ class Record(TypedDict, total=False):
     checked: str
     stop: str  # a skipped vote: the stopping rule that skipped it (planning.rule_digest)
     truncated: bool
-    throttled: int
+    throttled: int  # attempts the model refused with a throttling error
+    quota_wait_ms: float  # how long the task's calls waited for the model's quota (fanout_core.pacing)
+    tier: str  # the service tier the calls were priced at (fanout_core.tiers), when not the default
+    stopped: str  # "budget": not called, limits.max_cost_usd would have been passed
+    fallback: bool  # a tier-batch answer the on-demand fallback asks again (not a final record)
+    kind: str  # a second-pass task's kind: escalation, judge or synthesis
+    reasked_truncated: int  # a truncated answer was asked again with this max_tokens
+    repaired: bool  # an answer that missed the schema was asked once more: whether the repair fits
+    repair_error: str  # why that repair has no answer
 
 
 class PlanCounts(TypedDict):
@@ -140,6 +148,54 @@ class PlanSummary(TypedDict, total=False):
     second_pass: bool  # escalation, a judge or a synthesis follows the first Map
     counts: PlanCounts
     warnings: list[str]
+
+
+def new_record(
+    task: Mapping[str, Any],
+    status: Status,
+    output: Any,
+    error: str | None,
+    *,
+    model: str,
+    attempts: int,
+    latency_ms: float = 0.0,
+    usage: Mapping[str, int] | None = None,
+    tier: str | None = None,
+    synthetic: bool = False,
+    truncated: bool = False,
+) -> Record:
+    """A task's record, as RunBatch (fanout_core.runner) and tier batch (fanout_core.batch_inference) write one.
+
+    ``model`` is the spec the task asked for (what weights and prices are keyed by); ``attempts`` the calls it
+    was billed for. A vote's record says its number, a section's its name, a second-pass task's its kind.
+    """
+    spent = usage or {}
+    record: Record = {
+        "task_id": task["task_id"],
+        "item_id": task["item_id"],
+        "slot": task["slot"],
+        "status": status,
+        "output": output,
+        "error": error,
+        "model": model,
+        "usage": {"input_tokens": spent.get("input_tokens", 0), "output_tokens": spent.get("output_tokens", 0)},
+        "latency_ms": latency_ms,
+        "attempts": attempts,
+    }
+    if tier is not None:
+        record["tier"] = tier
+    kind = task["kind"]
+    if kind == "vote":
+        record["vote"] = int(task["slot"][1:])
+    elif kind == "section":
+        record["section"] = task["slot"]
+    else:
+        record["kind"] = kind  # a second-pass task: escalation, judge or synthesis
+    if synthetic:
+        record["synthetic"] = True
+    if truncated:
+        record["truncated"] = True
+    return record
 
 
 def vote_slot(kind: Kind, slot: str) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from fanout_core.catalog import cache_plan, info
-from fanout_core.contracts import ANSWERED, done_stubs, expand
+from fanout_core.contracts import ANSWERED, Record, Status, Usage, done_stubs, expand, new_record
 from fanout_core.documents import converse_documents
 from fanout_core.errors import BatchIncomplete, ModelThrottled
 from fanout_core.pacing import BudgetSpent, Gate, NoTimeLeft
@@ -60,7 +60,7 @@ _JITTER = random.Random()
 
 
 class RecordSink(Protocol):
-    def add(self, record: dict[str, Any]) -> None: ...
+    def add(self, record: Record) -> None: ...
 
     def close(self) -> None: ...
 
@@ -70,7 +70,7 @@ class BatchStore(Protocol):
 
     def completed(self, batch_index: int) -> set[str]: ...
 
-    def finished_records(self, batch_index: int) -> list[dict[str, Any]]: ...
+    def finished_records(self, batch_index: int) -> list[Record]: ...
 
     def writer(self, batch_index: int) -> RecordSink: ...
 
@@ -162,7 +162,7 @@ def run_batch(
     done = {_ident(r) for r in earlier} | set(reused)
     stop_digest = rule_digest(batch.get("stop"))
 
-    def stamp(record: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    def stamp(record: Record, task: dict[str, Any]) -> Record:
         if task.get("key"):
             record["key"] = task["key"]
         if run:
@@ -179,7 +179,7 @@ def run_batch(
     sharing = _cached_spans(tasks, batch.get("system"))
     tier = _service_tier(batch)
 
-    def run_one(task: dict[str, Any]) -> tuple[str, int, int, int, dict[str, Any] | None]:
+    def run_one(task: dict[str, Any]) -> tuple[str, int, int, int, Record | None]:
         """(outcome, model calls, input tokens, output tokens, record) of one task."""
         if _ident(task) in done:
             return ("skipped", 0, 0, 0, None)
@@ -210,7 +210,7 @@ def run_batch(
 
     counts: Counter[str] = Counter()
 
-    def tally(results: Iterable[tuple[str, int, int, int, dict[str, Any] | None]]) -> list[dict[str, Any]]:
+    def tally(results: Iterable[tuple[str, int, int, int, Record | None]]) -> list[Record]:
         records = []
         for outcome, calls, tokens_in, tokens_out, record in results:
             counts[outcome] += 1
@@ -301,7 +301,7 @@ class _Workers:
         return results
 
 
-_Result = tuple[str, int, int, int, "dict[str, Any] | None"]
+_Result = tuple[str, int, int, int, "Record | None"]
 
 
 _NOTE_LOCK = threading.Lock()
@@ -320,10 +320,10 @@ def _ident(task_or_record: Mapping[str, Any]) -> str:
 class _StampingSink:
     """The batch's writer, each record stamped with its request key and run first."""
 
-    def __init__(self, sink: RecordSink, stamp: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]) -> None:
+    def __init__(self, sink: RecordSink, stamp: Callable[[Record, dict[str, Any]], Record]) -> None:
         self.sink, self.stamp = sink, stamp
 
-    def add(self, record: dict[str, Any], task: dict[str, Any]) -> None:
+    def add(self, record: Record, task: dict[str, Any]) -> None:
         self.sink.add(self.stamp(record, task))
 
     def close(self) -> None:
@@ -331,7 +331,7 @@ class _StampingSink:
 
 
 def _known_votes(
-    batch: Mapping[str, Any], tasks: list[dict[str, Any]], earlier: Iterable[dict[str, Any]], reused: Mapping[str, Any]
+    batch: Mapping[str, Any], tasks: list[dict[str, Any]], earlier: Iterable[Record], reused: Mapping[str, Any]
 ) -> dict[str, dict[int, str | None]]:
     """Each item's answered votes, whichever invocation answered them: this batch's earlier invocations (a retry)
     and earlier runs of the job (the batch file's done stubs)."""
@@ -354,7 +354,7 @@ def _run_stopping(
     known: dict[str, dict[int, str | None]],
     done: set[str],
     run: Callable[[list[dict[str, Any]]], list[_Result]],
-    tally: Callable[[Iterable[_Result]], list[dict[str, Any]]],
+    tally: Callable[[Iterable[_Result]], list[Record]],
     writer: _StampingSink,
     counts: Counter[str],
 ) -> None:
@@ -380,7 +380,7 @@ def _run_stopping(
             if step.stop:
                 for task in left:
                     note = f"not asked: the votes already given settle the answer ({rule.method} stopping)"
-                    writer.add(_record(task, "skipped", None, note, 0, time.monotonic(), model=task["model"]), task)
+                    writer.add(new_record(task, "skipped", None, note, model=task["model"], attempts=0), task)
                     counts["stopped_early"] += 1
                 del waiting[item_id]
                 continue
@@ -410,7 +410,7 @@ def reask_budget(model: str, max_tokens: int) -> int | None:
     return budget if budget > max_tokens else None
 
 
-def _cut_off(extra: dict[str, Any], max_tokens: int) -> str:
+def _cut_off(extra: Record, max_tokens: int) -> str:
     reasked = extra.get("reasked_truncated")
     return f"twice (last budget {reasked})" if reasked else f"({max_tokens}, the model's output limit)"
 
@@ -440,7 +440,7 @@ def _call(
     span: tuple[int, int] | None = None,
     budget: Budget = Budget(),
     gate: Gate | None = None,
-) -> tuple[dict[str, Any], int]:
+) -> tuple[Record, int]:
     """One task: the call with its retries, validation, and one repair request when the output misses the schema.
 
     A cut-off answer (the model stopped at max_tokens) is asked again once,
@@ -453,7 +453,7 @@ def _call(
     """
     if validator is not None and validator.unusable is not None:
         # a schema that cannot check outputs fails its tasks before any call is paid for
-        return _record(task, "failed", None, validator.unusable, 0, time.monotonic(), model=task["model"]), 0
+        return new_record(task, "failed", None, validator.unusable, model=task["model"], attempts=0), 0
     inference = batch.get("inference") or {}
     # a second-pass task (a judge's, a synthesis) may set its own schema, max_tokens and temperature
     own_schema = "output_schema" in task
@@ -474,7 +474,7 @@ def _call(
     )
     started = time.monotonic()
     calls = _Calls(gate=gate)
-    extra: dict[str, Any] = {}
+    extra: Record = {}
     try:
         reply = _invoke(provider, request, policy, sleep, calls, budget)
         larger = reask_budget(task["model"], request.max_tokens)
@@ -485,26 +485,24 @@ def _call(
     except _OutOfTime:
         raise _OutOfTime(calls.attempts) from None
     except ModelError as exc:
-        record = _record(task, "failed", None, f"{exc.code}: {exc.message}", calls.attempts, started, model=task["model"])
-        _spent(record, calls)
+        record = _asked(task, "failed", None, f"{exc.code}: {exc.message}", calls, started)
         if isinstance(exc, BudgetSpent):
             record["stopped"] = "budget"  # not called: the job's budget would have been passed
         return record, calls.attempts
     if reply.truncated:
         calls.add_usage(reply)
-        record = _record(
+        record = _asked(
             task,
             "invalid",
             None,
             f"truncated: the answer was cut off at max_tokens {_cut_off(extra, request.max_tokens)}; "
             "raise inference.max_tokens or ask for a shorter answer",
-            calls.attempts,
+            calls,
             started,
-            model=task["model"],
             synthetic=reply.synthetic,
         )
-        _spent(record, calls)
-        record.update(extra, truncated=True)
+        record.update(extra)
+        record["truncated"] = True
         return record, calls.attempts
     try:
         error = _problem(validator, reply.output)
@@ -535,18 +533,15 @@ def _call(
             extra["repaired"] = second is None
             reply, error = repaired, second
     calls.add_usage(reply)
-    record = _record(
+    record = _asked(
         task,
         "ok" if error is None else "invalid",
         reply.output,
         error,
-        calls.attempts,
+        calls,
         started,
-        model=task["model"],  # the spec asked for: what weights and prices are keyed by
-        usage=(calls.input_tokens, calls.output_tokens),
         synthetic=reply.synthetic,
     )
-    _spent(record, calls)
     record.update(extra)
     if validator is not None:
         record["checked"] = validator.digest
@@ -559,12 +554,11 @@ def _service_tier(batch: dict[str, Any]) -> str | None:
 
 
 def _unusable(
-    task: dict[str, Any], reply: ModelReply, calls: _Calls, started: float, exc: SchemaUnusable, extra: dict[str, Any]
-) -> dict[str, Any]:
+    task: dict[str, Any], reply: ModelReply, calls: _Calls, started: float, exc: SchemaUnusable, extra: Record
+) -> Record:
     """The record of a task whose output the schema could not check: failed, with what its calls cost."""
     calls.add_usage(reply)
-    record = _record(task, "failed", None, str(exc), calls.attempts, started, model=task["model"], synthetic=reply.synthetic)
-    _spent(record, calls)
+    record = _asked(task, "failed", None, str(exc), calls, started, synthetic=reply.synthetic)
     record.update(extra)
     return record
 
@@ -586,16 +580,16 @@ class _Calls:
         self.cache_read += reply.cache_read_tokens
         self.cache_write += reply.cache_write_tokens
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> Usage:
         """A record's usage: tokens of every billed call of the task; cache tokens only when there were any."""
-        spent = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        spent: Usage = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
         if self.cache_read or self.cache_write:
             spent["cache_read_input_tokens"] = self.cache_read
             spent["cache_write_input_tokens"] = self.cache_write
         return spent
 
 
-def _spent(record: dict[str, Any], calls: _Calls) -> None:
+def _spent(record: Record, calls: _Calls) -> None:
     """What the task's calls cost: tokens, and how many were throttled (progress shows them while a run goes)."""
     record["usage"] = calls.usage()
     if calls.throttled:
@@ -681,36 +675,26 @@ def _repair_prompt(prompt: str, output: Any, error: str) -> str:
     )
 
 
-def _record(
+def _asked(
     task: dict[str, Any],
-    status: str,
+    status: Status,
     output: Any,
     error: str | None,
-    attempts: int,
+    calls: _Calls,
     started: float,
     *,
-    model: str,
-    usage: tuple[int, int] = (0, 0),
     synthetic: bool = False,
-) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "task_id": task["task_id"],
-        "item_id": task["item_id"],
-        "slot": task["slot"],
-        "status": status,
-        "output": output,
-        "error": error,
-        "model": model,
-        "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
-        "latency_ms": round((time.monotonic() - started) * 1000, 1),
-        "attempts": attempts,
-    }
-    if task["kind"] == "vote":
-        record["vote"] = int(task["slot"][1:])
-    elif task["kind"] == "section":
-        record["section"] = task["slot"]
-    else:
-        record["kind"] = task["kind"]  # a second-pass task: escalation, judge or synthesis
-    if synthetic:
-        record["synthetic"] = True
+) -> Record:
+    """The record of a task that was asked (contracts.new_record), with its calls' attempts, time and tokens."""
+    record = new_record(
+        task,
+        status,
+        output,
+        error,
+        model=task["model"],  # the spec asked for: what weights and prices are keyed by
+        attempts=calls.attempts,
+        latency_ms=round((time.monotonic() - started) * 1000, 1),
+        synthetic=synthetic,
+    )
+    _spent(record, calls)
     return record

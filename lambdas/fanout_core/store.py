@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fanout_core import layout
-from fanout_core.contracts import FINAL_STATUSES
+from fanout_core.contracts import FINAL_STATUSES, Record
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -109,7 +109,7 @@ class RunStore:
         """Task ids with a final record from an earlier invocation of this batch (a retry or a redrive)."""
         return {r["task_id"] for r in self.finished_records(batch_index)}
 
-    def finished_records(self, batch_index: int) -> list[dict[str, Any]]:
+    def finished_records(self, batch_index: int) -> list[Record]:
         """The records behind ``completed``: early stopping decides from their answers. A batch inference answer
         marked ``fallback`` (an error, a cut-off or out-of-schema answer) is not final: the on-demand calls ask it."""
         records = self._read_records(self._keys(layout.batch_records_dir(batch_index)))
@@ -149,7 +149,7 @@ class RunStore:
         """Every task record of the run (of every attempt), streamed."""
         return self._read_records(self.record_keys())
 
-    def _read_records(self, keys: Iterator[str], threads: int = 16) -> Iterator[dict[str, Any]]:
+    def _read_records(self, keys: Iterator[str], threads: int = 16) -> Iterator[Any]:
         """Records of the given chunk files, fetched concurrently, a window of files at a time."""
         with ThreadPoolExecutor(max_workers=threads) as pool:
             while True:
@@ -172,7 +172,7 @@ class RecordWriter:
     def __init__(self, s3: Any, bucket: str, prefix: str, flush_records: int, flush_seconds: float) -> None:
         self.s3, self.bucket, self.prefix = s3, bucket, prefix
         self.flush_records, self.flush_seconds = flush_records, flush_seconds
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[Record] = []
         self._lock = threading.Lock()
         self._sequence = 0
         self._last_flush = time.monotonic()
@@ -181,7 +181,7 @@ class RecordWriter:
         self._late = threading.Lock()  # held by the timer's write, so close waits for it
         self.written = 0
 
-    def add(self, record: dict[str, Any]) -> None:
+    def add(self, record: Record) -> None:
         with self._lock:
             self._pending.append(record)
             due = len(self._pending) >= self.flush_records or time.monotonic() - self._last_flush >= self.flush_seconds
@@ -216,7 +216,7 @@ class RecordWriter:
                 with self._lock:
                     self._pending[:0] = chunk[1]
 
-    def _take(self) -> tuple[int, list[dict[str, Any]]] | None:
+    def _take(self) -> tuple[int, list[Record]] | None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -227,7 +227,7 @@ class RecordWriter:
         self._last_flush = time.monotonic()
         return self._sequence, records
 
-    def _put(self, sequence: int, records: list[dict[str, Any]]) -> None:
+    def _put(self, sequence: int, records: list[Record]) -> None:
         body = b"".join(_dumps(r) + b"\n" for r in records)
         self.s3.put_object(
             Bucket=self.bucket, Key=f"{self.prefix}-{sequence:05d}.jsonl", Body=body, ContentType="application/x-ndjson"
