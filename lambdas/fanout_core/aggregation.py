@@ -20,7 +20,7 @@ from __future__ import annotations
 import marshal
 import statistics
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from rapidfuzz import fuzz
 
 from fanout_core.answers import answer_at, normalise
 from fanout_core.calibration import by_model, calibration
+from fanout_core.contracts import Record
 from fanout_core.job import Job
 from fanout_core.memory import collector_paused
 from fanout_core.planning import slots
@@ -62,13 +63,13 @@ PART_TASKS = 50_000
 def aggregate(
     job: Job,
     items: list[dict[str, Any]],
-    records: Iterable[dict[str, Any]],
+    records: Iterable[Record],
     *,
     batch_errors: dict[str, str] | None = None,
     on_votes: OnVotes | None = None,
 ) -> dict[str, Any]:
     """The result.json document for a job (cost is added by the caller)."""
-    job_level: dict[str, dict[str, Any]] = {}
+    job_level: dict[str, Any] = {}
     with collector_paused():
         part = _aggregate_part(job, items, _divert(records, job_level), batch_errors, on_votes)
         totals = _Totals(job, len(items))
@@ -81,7 +82,7 @@ def aggregate(
 def aggregate_stream(
     job: Job,
     items: list[dict[str, Any]],
-    records: Iterable[dict[str, Any]],
+    records: Iterable[Record],
     on_item: Callable[[dict[str, Any]], None],
     *,
     batch_errors: dict[str, str] | None = None,
@@ -98,7 +99,7 @@ def aggregate_stream(
     per_item = max(1, len(slots(job)))
     part_items = max(1, part_tasks // per_item)
     totals = _Totals(job, len(items))
-    job_level: dict[str, dict[str, Any]] = {}
+    job_level: dict[str, Any] = {}
     material = _job_material(job, [])
     records = _divert(records, job_level)
 
@@ -128,7 +129,7 @@ def aggregate_stream(
     return totals.result(None)
 
 
-def _divert(records: Iterable[dict[str, Any]], job_level: dict[str, dict[str, Any]]) -> Iterable[dict[str, Any]]:
+def _divert(records: Iterable[Record], job_level: dict[str, Any]) -> Iterable[Record]:
     """The records, less the second-pass ones of the whole job (its synthesis), which go to ``job_level`` by slot."""
     rank = _STATUS_RANK.get
     for record in records:
@@ -152,7 +153,7 @@ def _job_material(job: Job, out_items: list[dict[str, Any]]) -> Material | None:
     return material
 
 
-def _spill(records: Iterable[dict[str, Any]], items: list[dict[str, Any]], part_items: int, folder: Path) -> list[Path]:
+def _spill(records: Iterable[Record], items: list[dict[str, Any]], part_items: int, folder: Path) -> list[Path]:
     """Each record appended to the spill file of its item's part; records of unknown items are left out.
 
     The spill files are this aggregation's own scratch, read back once by ``_read_spill``: each record is
@@ -168,7 +169,7 @@ def _spill(records: Iterable[dict[str, Any]], items: list[dict[str, Any]], part_
         for record in records:
             where = position.get(record.get("item_id", ""))
             if where is not None:
-                blob = dumps(record)
+                blob = dumps(record)  # type: ignore[arg-type]  # a record holds JSON values only
                 files[where // part_items].write(len(blob).to_bytes(4, "little") + blob)
     finally:
         for file in files:
@@ -176,7 +177,7 @@ def _spill(records: Iterable[dict[str, Any]], items: list[dict[str, Any]], part_
     return paths
 
 
-def _read_spill(path: Path) -> Iterable[dict[str, Any]]:
+def _read_spill(path: Path) -> Iterable[Record]:
     """The records of one spill file, in the order they were spilled (the file is one part: read whole)."""
     body = memoryview(path.read_bytes())
     loads = marshal.loads
@@ -236,7 +237,7 @@ class _Totals:
                     self.scored_outs.append(out)
                     self.scored_votes.append(mine_votes)
 
-    def finish(self, job_level: dict[str, dict[str, Any]], material: Material | None) -> None:
+    def finish(self, job_level: dict[str, Any], material: Material | None) -> None:
         """The job's synthesis from its record (its usage counted with the rest), when the job has one."""
         for record in job_level.pop("\x00all", {"records": []})["records"]:
             _count_usage(self.by_model, record)
@@ -298,16 +299,16 @@ class _Totals:
 def _aggregate_part(
     job: Job,
     items: list[dict[str, Any]],
-    records: Iterable[dict[str, Any]],
+    records: Iterable[Record],
     batch_errors: dict[str, str] | None,
     on_votes: OnVotes | None = None,
 ) -> _Part:
     item_slots = slots(job)
     wanted = {item["id"] for item in items}
     known_slots = set(item_slots)
-    by_task: dict[tuple[str, str], dict[str, Any]] = {}
+    by_task: dict[tuple[str, str], Record] = {}
     # the second pass's records (escalated votes, judge verdicts, per-item syntheses), by item then slot
-    second: dict[str, dict[str, dict[str, Any]]] = {}
+    second: dict[str, dict[str, Record]] = {}
     # usage counts every record read, a task's duplicates included: those calls were made and paid for
     by_model: dict[str, list[int]] = {}
     synthetic = False
@@ -348,7 +349,7 @@ def _aggregate_part(
 
     check = SchemaCheck(job.output_schema) if job.output_schema else None
     counts = dict.fromkeys(("ok", "invalid", "failed", "skipped"), 0)
-    per_item: list[list[dict[str, Any]]] = []
+    per_item: list[list[Record]] = []
     digest = check.digest if check is not None else None
     find = by_task.get
     for item in items:
@@ -400,9 +401,9 @@ OnVotes = Callable[[ItemVotes], None]
 def _voting_item(
     job: Job,
     item: dict[str, Any],
-    outcomes: list[dict[str, Any]],
+    outcomes: list[Record],
     first: list[Vote],
-    second: dict[str, dict[str, Any]],
+    second: dict[str, Record],
     check: SchemaCheck | None,
     part: _Part,
     on_votes: OnVotes | None,
@@ -431,8 +432,8 @@ def _voting_item(
 
 
 def _escalated_outcomes(
-    job: Job, item_id: str, second: dict[str, dict[str, Any]], check: SchemaCheck | None, batch_errors: dict[str, str]
-) -> list[dict[str, Any]]:
+    job: Job, item_id: str, second: dict[str, Record], check: SchemaCheck | None, batch_errors: dict[str, str]
+) -> list[Record]:
     """The item's escalated votes as outcomes (checked against the schema as first votes are); a missing one failed,
     with its batch's error when the batch failed for good."""
     assert job.aggregate.escalate is not None
@@ -451,9 +452,7 @@ def _escalated_outcomes(
     return outcomes
 
 
-def _escalation_summary(
-    job: Job, first: list[Vote], added: list[Vote], extra: list[dict[str, Any]], part: _Part
-) -> dict[str, Any]:
+def _escalation_summary(job: Job, first: list[Vote], added: list[Vote], extra: list[Record], part: _Part) -> dict[str, Any]:
     """What result.json says of an escalated item: its first-pass answer, the escalated votes, what they cost."""
     assert job.aggregate.escalate is not None
     # the answer the first votes gave (under judge, their majority: the judge is asked after escalation)
@@ -500,7 +499,7 @@ def _escalation_summary(
 
 
 def _verdict(
-    job: Job, item: dict[str, Any], votes: list[Vote], second: dict[str, dict[str, Any]], batch_errors: dict[str, str]
+    job: Job, item: dict[str, Any], votes: list[Vote], second: dict[str, Record], batch_errors: dict[str, str]
 ) -> JudgeVerdict | None:
     """The judge's verdict from its record: the one asked about exactly these candidates."""
     offered = candidates(votes)
@@ -525,14 +524,14 @@ def _verdict(
     return JudgeVerdict(best - 1, str(output.get("reason", "")), spec)
 
 
-def _attach_synthesis(job: Job, out: dict[str, Any], second: dict[str, dict[str, Any]]) -> None:
+def _attach_synthesis(job: Job, out: dict[str, Any], second: dict[str, Record]) -> None:
     assert job.synthesis is not None
     material = Material(job.synthesis.max_input_chars)
     material.add(out)
     out["synthesis"] = synthesis_block(job, second.get(synthesis_slot(synthesis_prompt(job, material.text()))), material)
 
 
-def _count_usage(by_model: dict[str, list[int]], record: dict[str, Any]) -> None:
+def _count_usage(by_model: dict[str, list[int]], record: Mapping[str, Any]) -> None:
     name = str(record.get("model") or "unknown")
     if "tier" in record:
         name = usage_key(name, record["tier"])
@@ -556,7 +555,7 @@ def _model_usage(m: list[int]) -> dict[str, int]:
 def vote_item(
     job: Job,
     item: dict[str, Any],
-    outcomes: list[dict[str, Any]],
+    outcomes: list[Record],
     verdict: JudgeVerdict | None = None,
     votes: list[Vote] | None = None,
     weigh: Callable[[Vote], float] | None = None,
@@ -589,7 +588,7 @@ def _matches(answer: Any, expected: Any) -> bool:
     return normalise(answer) == normalise(expected)
 
 
-def section_item(job: Job, item: dict[str, Any], outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+def section_item(job: Job, item: dict[str, Any], outcomes: list[Record]) -> dict[str, Any]:
     """Per-section outputs for an item, plus the deduplicated list when ``aggregate.dedupe`` asks for it."""
     out: dict[str, Any] = {"id": item["id"], "sections": {}}
     for record in outcomes:
@@ -636,7 +635,7 @@ def merge_findings(sources: list[tuple[str, Any]], key: str, threshold: int, blo
     return merged
 
 
-def _attach_status(out: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
+def _attach_status(out: dict[str, Any], outcomes: list[Record]) -> None:
     ok = sum(1 for r in outcomes if r["status"] == "ok")
     done = ok + sum(1 for r in outcomes if r["status"] == "skipped")
     out["status"] = "ok" if done == len(outcomes) else ("failed" if ok == 0 else "partial")

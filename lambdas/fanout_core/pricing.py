@@ -9,6 +9,7 @@ plain input price.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fanout_core.catalog import Rates, base_model_id, info
@@ -47,7 +48,7 @@ def price_of(model: str, overrides: dict[str, Any] | None = None) -> tuple[float
     return None if rates is None else (rates.input, rates.output)
 
 
-def usage_cost(usage: dict[str, Any], rates: Rates) -> tuple[float, float]:
+def usage_cost(usage: Mapping[str, Any], rates: Rates) -> tuple[float, float]:
     """(cost, saving from the cache) in USD of one model's usage."""
     tokens_in = usage.get("input_tokens", 0) or 0
     read = usage.get("cache_read_input_tokens", 0) or 0

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from fanout_core.contracts import Record
 from fanout_core.job import DEFAULT_JUDGE_PROMPT, Job
 from fanout_core.pricing import rates_of, usage_cost
 from fanout_core.templating import render
@@ -215,7 +216,7 @@ def synthesis_task(job: Job, owner: str, material: Material, default_model: str)
     }
 
 
-def synthesis_block(job: Job, record: dict[str, Any] | None, material: Material) -> dict[str, Any]:
+def synthesis_block(job: Job, record: Record | None, material: Material) -> dict[str, Any]:
     """A synthesis as result.json shows it, from its record (or why there is none)."""
     assert job.synthesis is not None
     spec = str((record or {}).get("model") or job.model or "")
@@ -256,13 +257,11 @@ def _whole(piece: str) -> bool:
     return True
 
 
-def done_slots(records: Iterable[dict[str, Any]]) -> set[str]:
+def done_slots(records: Iterable[Record]) -> set[str]:
     return {r["slot"] for r in records if r.get("status") in ("ok", "skipped")}
 
 
-def noting_earlier_escalation(
-    records: Iterable[dict[str, Any]], run: str | None, earlier: dict[str, list[int]]
-) -> Iterator[dict[str, Any]]:
+def noting_earlier_escalation(records: Iterable[Record], run: str | None, earlier: dict[str, list[int]]) -> Iterator[Record]:
     """The records, noting in ``earlier`` (by model: calls, input and output tokens) the escalated votes another
     run made: result.json's usage.escalation is what this run spent, as its usage is."""
     for record in records:

@@ -39,6 +39,7 @@ from fanout_core.contracts import (
     BatchItem,
     Kind,
     PlanSummary,
+    Record,
     TaskStub,
     batch_file,
     batch_item,
@@ -574,7 +575,7 @@ def _stage_tasks(
     """The stage's tasks, from the items as aggregated so far, less those a finished record answers already."""
     tasks = _StageTasks(folder)
 
-    def noting(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def noting(records: Iterator[Record]) -> Iterator[Record]:
         for record in records:
             # a task the budget stopped was never asked: a re-run (with a larger budget) asks it
             if (
@@ -811,12 +812,12 @@ def _this_run(usage: dict[str, Any], reused: int, spent: dict[str, int], earlier
 
 
 def _current_records(
-    records: Iterable[dict[str, Any]],
+    records: Iterable[Record],
     keys: set[str],
     run: str | None,
     earlier: dict[str, list[int]] | None = None,
     second: set[str] | None = None,
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[Record]:
     """The records whose request is one of the job's (``keys``; a second pass's, one of ``second``, the requests its
     stages planned this run, when known). What the records
     another run made had cost is added up in ``earlier`` by usage key: this run's usage leaves it out."""
@@ -844,7 +845,7 @@ def _current_records(
 def _aggregate_to_files(
     job: Job,
     items: list[dict[str, Any]],
-    records: Iterable[dict[str, Any]],
+    records: Iterable[Record],
     errors: dict[str, str],
     folder: Path,
     prices: dict[str, Any],

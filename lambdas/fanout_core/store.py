@@ -145,11 +145,11 @@ class RunStore:
             for obj in page.get("Contents", []):
                 yield obj["Key"]
 
-    def iter_records(self) -> Iterator[dict[str, Any]]:
+    def iter_records(self) -> Iterator[Record]:
         """Every task record of the run (of every attempt), streamed."""
         return self._read_records(self.record_keys())
 
-    def _read_records(self, keys: Iterator[str], threads: int = 16) -> Iterator[Any]:
+    def _read_records(self, keys: Iterator[str], threads: int = 16) -> Iterator[Record]:
         """Records of the given chunk files, fetched concurrently, a window of files at a time."""
         with ThreadPoolExecutor(max_workers=threads) as pool:
             while True:

@@ -23,6 +23,7 @@ from fractions import Fraction
 from typing import Any
 
 from fanout_core.answers import answer_at, normalise
+from fanout_core.contracts import Record
 from fanout_core.job import Job
 from fanout_core.validation import canonical
 
@@ -47,7 +48,7 @@ class JudgeVerdict:
     usage: tuple[int, int, int] = (0, 0, 0)  # model calls, input tokens, output tokens
 
 
-def valid_votes(job: Job, outcomes: list[dict[str, Any]]) -> list[Vote]:
+def valid_votes(job: Job, outcomes: list[Record]) -> list[Vote]:
     """The ok votes of an item that carry an answer, in vote order."""
     votes = []
     field = job.aggregate.field
