@@ -61,7 +61,9 @@ class BatchItem(TypedDict):
 
 
 class BatchFile(TypedDict, total=False):
-    """``runs/<job_id>/batches/<n>.json``."""
+    """``runs/<job_id>/batches/<n>.json``: a first-pass batch holds ``items`` (``batch_file``), a second-pass batch
+    (fanout_core.second_pass) its ``stage`` and ``tasks``, each prompt rendered from first-pass answers
+    (``stage_batch``)."""
 
     job_id: str
     index: int
@@ -76,6 +78,10 @@ class BatchFile(TypedDict, total=False):
     vote_weights: list[float]
     pacing: dict[str, Any]  # the quota, budget and planned share the batch's calls are paced to (fanout_core.pacing)
     items: list[BatchItem]
+    stage: str
+    # a second-pass task: as Task, with a kind of its own (escalation, judge, synthesis) and, for a judge or a
+    # synthesis, its own output_schema, max_tokens and temperature
+    tasks: list[dict[str, Any]]
 
 
 class Usage(TypedDict, total=False):
@@ -216,6 +222,13 @@ def batch_file(
     batch: BatchFile = {"job_id": job_id, "index": index, "kind": kind, "templates": dict(templates)}
     batch.update(shared or {})  # type: ignore[typeddict-item]
     batch["items"] = list(items)
+    return batch
+
+
+def stage_batch(index: int, tasks: Iterable[dict[str, Any]], shared: Mapping[str, Any]) -> BatchFile:
+    """A second-pass batch file: the fields its tasks share, and the tasks themselves."""
+    batch: BatchFile = {**shared, "index": index}  # type: ignore[typeddict-item]
+    batch["tasks"] = list(tasks)
     return batch
 
 

@@ -45,6 +45,7 @@ from fanout_core.contracts import (
     batch_item,
     expand,
     pending_task_ids,
+    stage_batch,
 )
 from fanout_core.costs import plan_costs
 from fanout_core.documents import attach_documents
@@ -639,9 +640,7 @@ def _write_stage(job: Job, store: RunStore, number: int, tasks: _StageTasks, cap
         pending: list[Any] = []
         for r in ranges:
             chunk = [task for _, task in zip(range(r["end"] - r["start"]), reading, strict=False)]
-            pending.append(
-                pool.submit(store.put_json, store.batch_name(r["index"]), {**shared, "index": r["index"], "tasks": chunk})
-            )
+            pending.append(pool.submit(store.put_json, store.batch_name(r["index"]), stage_batch(r["index"], chunk, shared)))
             if len(pending) >= 32:  # a bounded number of batch files in memory at once
                 pending.pop(0).result()
         for future in pending:

@@ -14,7 +14,9 @@ import pytest
 from moto import mock_aws
 
 from fanout_core import batch_inference as bi
+from fanout_core.contracts import expand
 from fanout_core.store import RunStore
+from tests.factories import batch_for
 
 SCHEMA = {"type": "object", "required": ["label"], "properties": {"label": {"enum": ["yes", "no"]}}}
 BUCKET = "results"
@@ -93,6 +95,16 @@ def test_a_model_without_json_schema_output_gets_the_schema_in_its_system_prompt
     assert bi.record_from_output(task(0, tool_model), {"modelOutput": converse_reply('{"label": "yes"}')}, None)["status"] == "ok"
 
 
+def planned(store: RunStore, tasks: list[dict[str, Any]], ranges: list[dict[str, int]], shared: dict[str, Any]) -> list[Any]:
+    """The batch files Plan would write for ``tasks`` cut at ``ranges``; the tasks as RunBatch expands them."""
+    expanded = []
+    for r in ranges:
+        batch = batch_for(tasks[r["start"] : r["end"]], index=r["index"], **shared)
+        store.put_json(store.batch_name(r["index"]), batch)
+        expanded.extend(expand(batch))
+    return expanded
+
+
 def converse_reply(text: str, stop: str = "end_turn", tokens: tuple[int, int] = (30, 4)) -> dict[str, Any]:
     return {
         "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
@@ -103,11 +115,9 @@ def converse_reply(text: str, stop: str = "end_turn", tokens: tuple[int, int] = 
 
 def test_outputs_are_joined_by_record_id_and_whatever_is_not_ok_falls_back(store: RunStore) -> None:
     # Given a planned run of 6 tasks in 2 batches, one inference job over all of them
-    tasks = [task(n) for n in range(6)]
     shared = {"inference": {"max_tokens": 20}, "output_schema": SCHEMA, "answer_field": "label"}
     ranges = [{"index": 0, "start": 0, "end": 3}, {"index": 1, "start": 3, "end": 6}]
-    for r in ranges:
-        store.put_json(store.batch_name(r["index"]), {**shared, "index": r["index"], "tasks": tasks[r["start"] : r["end"]]})
+    tasks = planned(store, [task(n) for n in range(6)], ranges, shared)
     store.put_json("batches.json", ranges)
     (job,) = bi.write_inference_jobs(store, tasks, [0, 0, 0, 1, 1, 1], shared, "exec")
     store.put_json("plan.json", {"mode": "inline", "counts": {"batches": 2}, "tier": {"tier": "batch"},
@@ -145,10 +155,8 @@ def test_outputs_are_joined_by_record_id_and_whatever_is_not_ok_falls_back(store
 
 
 def test_a_distributed_run_rewrites_its_batch_list_to_the_batches_left(store: RunStore) -> None:
-    tasks = [task(n) for n in range(4)]
     ranges = [{"index": 0, "start": 0, "end": 2}, {"index": 1, "start": 2, "end": 4}]
-    for r in ranges:
-        store.put_json(store.batch_name(r["index"]), {"index": r["index"], "tasks": tasks[r["start"] : r["end"]]})
+    tasks = planned(store, [task(n) for n in range(4)], ranges, {})
     store.put_json("batches.json", ranges)
     (job,) = bi.write_inference_jobs(store, tasks, [0, 0, 1, 1], {}, "exec")
     store.put_json("plan.json", {"mode": "distributed", "counts": {"batches": 2}, "inference_jobs": [job.as_state()]})
@@ -165,8 +173,7 @@ def test_a_distributed_run_rewrites_its_batch_list_to_the_batches_left(store: Ru
 
 def test_outputs_an_earlier_run_never_joined_are_recovered_once(store: RunStore) -> None:
     # Given an earlier run whose batch job wrote its output but whose execution stopped before the join
-    tasks = [task(n) for n in range(3)]
-    store.put_json(store.batch_name(0), {"index": 0, "tasks": tasks})
+    tasks = planned(store, [task(n) for n in range(3)], [{"index": 0, "start": 0, "end": 3}], {})
     (job,) = bi.write_inference_jobs(store, tasks, [0, 0, 0], {}, "exec")
     plan = {"mode": "inline", "counts": {"batches": 1}, "tier": {"tier": "batch"}, "inference_jobs": [job.as_state()]}
     store.put_json("plan.json", plan)

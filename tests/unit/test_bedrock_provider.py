@@ -15,6 +15,7 @@ from fanout_core.errors import ModelThrottled
 from fanout_core.providers.base import ModelError, ModelRequest
 from fanout_core.providers.bedrock import BedrockProvider, client_config, converse_request
 from fanout_core.runner import RetryPolicy, run_batch
+from tests.factories import batch_for
 from tests.fakes import MemoryRunStore
 
 MODEL = "us.amazon.nova-lite-v1:0"
@@ -127,15 +128,7 @@ def batch(n: int) -> dict[str, Any]:
         }
         for k in range(n)
     ]
-    return {
-        "index": 0,
-        "job_id": "j",
-        "system": None,
-        "inference": {"max_tokens": 32},
-        "output_schema": SCHEMA,
-        "answer_field": "label",
-        "tasks": tasks,
-    }
+    return dict(batch_for(tasks, system=None, inference={"max_tokens": 32}, output_schema=SCHEMA, answer_field="label"))
 
 
 def run(store: MemoryRunStore, provider: BedrockProvider, tasks: int) -> Any:
@@ -401,8 +394,8 @@ def section_batch(model: str, sections: tuple[str, ...] = ("competitors", "custo
         }
         for name in sections
     ]
-    return {"index": 0, "job_id": "j", "system": "You are an analyst.", "inference": {"max_tokens": 32},
-            "output_schema": None, "answer_field": None, "tasks": tasks}  # fmt: skip
+    shared = {"system": "You are an analyst.", "inference": {"max_tokens": 32}, "output_schema": None, "answer_field": None}
+    return dict(batch_for(tasks, **shared))
 
 
 def test_an_items_first_section_writes_the_cache_before_its_siblings_read_it(client: Any) -> None:

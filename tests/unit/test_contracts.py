@@ -14,6 +14,7 @@ from fanout_core.providers.base import ModelError, ModelReply, ModelRequest
 from fanout_core.runner import RetryPolicy, run_batch
 from fanout_core.steps import first_run_batches
 from fanout_core.validation import SchemaCheck
+from tests.factories import batch_for
 from tests.fakes import MemoryRunStore
 
 DECLARED = Record.__required_keys__ | Record.__optional_keys__
@@ -133,3 +134,23 @@ def test_every_field_runbatch_and_tier_batch_write_is_declared_in_the_record_con
     assert {r["status"] for r in bought} == {"ok", "invalid", "failed"}
     for record in [*written, *bought]:
         assert set(record) <= DECLARED, set(record) - DECLARED
+
+
+@pytest.mark.parametrize("pattern", ["voting", "sectioning"])
+def test_the_test_batch_factory_builds_the_batch_plan_writes(pattern: str) -> None:
+    # Given a job's batch as Plan writes it, and its tasks without their request keys
+    data: dict[str, Any] = {"job_id": "j", "pattern": pattern, "system": "be brief", "inference": {"max_tokens": 9}}
+    if pattern == "voting":
+        data.update(votes=3, prompt="Label: {text}", output_schema=SCHEMA, aggregate={"field": "label"})
+    else:
+        data.update(sections=[{"name": "risks", "prompt": "Risks: {text}"}, {"name": "upside", "prompt": "Up: {text}"}])
+    job = parse_job({**data, "items": [{"id": f"i{n}", "text": f"t{n}", "expected": "yes"} for n in range(3)]})
+    (planned,) = first_run_batches(job, job.items or [], "sim")
+    tasks = [{k: v for k, v in t.items() if k != "key"} for t in expand(planned)]
+    shared = {k: v for k, v in planned.items() if k not in ("job_id", "index", "kind", "templates", "items")}
+
+    # When tests.factories builds a batch of those tasks
+    built = batch_for(tasks, **shared)
+
+    # Then RunBatch expands it to the same tasks, with the same prompts and request keys
+    assert expand(built) == expand(planned)

@@ -19,6 +19,7 @@ from fanout.cli import _print_summary, main
 from fanout_core.providers.base import ModelError, ModelRequest
 from fanout_core.providers.openai_compat import OpenAICompatibleProvider
 from fanout_core.runner import run_batch
+from tests.factories import batch_for, vote_tasks
 from tests.fakes import MemoryRunStore
 
 SCHEMA = {"type": "object", "required": ["label"], "properties": {"label": {"enum": ["positive", "negative"]}}}
@@ -128,11 +129,7 @@ def test_a_server_that_is_down_fails_at_once_naming_its_url() -> None:
 def test_a_batch_against_a_server_that_is_down_makes_one_attempt_per_task() -> None:
     # Given 20 tasks for a server that is down
     provider = OpenAICompatibleProvider(f"http://127.0.0.1:{closed_port()}/v1", "m", timeout=5)
-    tasks = [
-        {"task_id": f"i{n}#v1", "item_id": f"i{n}", "slot": "v1", "kind": "vote", "model": "openai", "prompt": "p"}
-        for n in range(20)
-    ]
-    batch = {"index": 0, "job_id": "j", "output_schema": SCHEMA, "answer_field": "label", "tasks": tasks}
+    batch = dict(batch_for(vote_tasks(20, "openai", prompt="p"), output_schema=SCHEMA, answer_field="label"))
     store = MemoryRunStore()
 
     # When the batch runs, with retry sleeps that would add up to minutes

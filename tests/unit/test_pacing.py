@@ -14,6 +14,7 @@ from fanout_core.errors import BatchIncomplete
 from fanout_core.pacing import Budget, BudgetSpent, Gate, Pacer, Quota, output_burndown
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest
 from fanout_core.runner import RetryPolicy, run_batch
+from tests.factories import batch_for, vote_tasks
 from tests.fakes import MemoryRunStore
 
 
@@ -207,16 +208,7 @@ class Quoted:
 
 
 def batch_of(tasks: int, max_tokens: int = 64) -> dict[str, Any]:
-    return {
-        "index": 0,
-        "job_id": "j",
-        "inference": {"max_tokens": max_tokens},
-        "output_schema": None,
-        "tasks": [
-            {"task_id": f"i{n}#v1", "item_id": f"i{n}", "slot": "v1", "kind": "vote", "model": MODEL, "prompt": f"item {n}"}
-            for n in range(tasks)
-        ],
-    }
+    return dict(batch_for(vote_tasks(tasks, MODEL), inference={"max_tokens": max_tokens}, output_schema=None))
 
 
 MODEL = "bedrock:amazon.nova-lite-v1:0"

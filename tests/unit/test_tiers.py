@@ -18,6 +18,7 @@ from fanout_core.providers.base import ModelRequest
 from fanout_core.providers.bedrock import BedrockProvider, client_config
 from fanout_core.runner import run_batch
 from fanout_core.tiers import choose_tier, for_this_run, min_records, tier_factor
+from tests.factories import batch_for
 from tests.fakes import MemoryRunStore
 
 CLAUDE = "bedrock:us.anthropic.claude-haiku-4-5-20251001-v1:0"
@@ -135,12 +136,8 @@ def test_flex_calls_send_the_service_tier_and_their_records_say_it() -> None:
         "usage": {"inputTokens": 5, "outputTokens": 2, "totalTokens": 7},
         "metrics": {"latencyMs": 10},
     }
-    batch = {
-        "index": 0,
-        "tier": "flex",
-        "inference": {"max_tokens": 32},
-        "tasks": [{"task_id": "a#v1", "item_id": "a", "slot": "v1", "kind": "vote", "model": NOVA_PRO, "prompt": "hi"}],
-    }
+    task = {"task_id": "a#v1", "item_id": "a", "slot": "v1", "kind": "vote", "model": NOVA_PRO, "prompt": "hi"}
+    batch = dict(batch_for([task], tier="flex", inference={"max_tokens": 32}))
     store = MemoryRunStore()
     with Stubber(client) as stub:
         stub.add_response(

@@ -12,6 +12,7 @@ from fanout_core.providers.base import ModelReply, ModelRequest
 from fanout_core.providers.simulator import Simulator, fill
 from fanout_core.runner import RetryPolicy, run_batch
 from fanout_core.validation import SchemaCheck, SchemaRefused, check_output_schema, strict_json
+from tests.factories import batch_for, vote_tasks
 from tests.fakes import MemoryRunStore
 
 CATASTROPHIC = r"^(\[sim\] |[a-z]|[a-z]+| )*!$"
@@ -127,11 +128,7 @@ class _Counting:
 
 def test_a_schema_plan_would_refuse_fails_only_its_tasks_at_run_time_without_a_call() -> None:
     # Given a batch file whose schema refers outside itself (as a batch file written past Plan could)
-    tasks = [
-        {"task_id": f"i{n}#v1", "item_id": f"i{n}", "slot": "v1", "kind": "vote", "model": "fake", "prompt": "p"}
-        for n in range(3)
-    ]
-    batch = {"index": 0, "tasks": tasks, "output_schema": obj(x={"$ref": "http://127.0.0.1:9/x.json"})}
+    batch = dict(batch_for(vote_tasks(3, "fake", prompt="p"), output_schema=obj(x={"$ref": "http://127.0.0.1:9/x.json"})))
     store, provider = MemoryRunStore(), _Counting()
 
     # When the batch runs

@@ -19,6 +19,7 @@ from fanout_core.runner import run_batch
 from fanout_core.second_pass import judge_task
 from fanout_core.stopping import rule_for, vote_weights
 from fanout_core.voting import valid_votes
+from tests.factories import batch_for
 from tests.fakes import MemoryRunStore
 
 LABELS = ["positive", "neutral", "negative"]
@@ -204,16 +205,9 @@ def batch_of(job: Job, items: int) -> dict[str, Any]:
     from fanout_core.planning import expand_tasks
 
     tasks = expand_tasks(job, [{"id": f"i{n}", "text": "x", "expected": LABELS[n % 3]} for n in range(items)], "sim")
-    return {
-        "index": 0,
-        "job_id": "j",
-        "system": None,
-        "inference": {"max_tokens": 8},
-        "output_schema": LABEL,
-        "answer_field": "label",
-        **({"stop": rule.to_batch(), "vote_weights": vote_weights(job, "sim")} if (rule := rule_for(job)) else {}),
-        "tasks": tasks,
-    }
+    stopping = {"stop": rule.to_batch(), "vote_weights": vote_weights(job, "sim")} if (rule := rule_for(job)) else {}
+    shared = {"system": None, "inference": {"max_tokens": 8}, "output_schema": LABEL, "answer_field": "label"}
+    return dict(batch_for(tasks, **shared, **stopping))
 
 
 def test_early_stop_skips_the_remaining_votes_of_items_whose_first_votes_agree() -> None:
@@ -235,7 +229,7 @@ def test_early_stop_skips_the_remaining_votes_of_items_whose_first_votes_agree()
     assert len(skipped) == saved and all(r["slot"] in ("v4", "v5") for r in skipped)
 
     # and the result counts them as saved calls, not failures
-    items = [{"id": t["item_id"], "text": "x"} for t in batch["tasks"][::5]]
+    items = [{"id": entry["item"]["id"], "text": "x"} for entry in batch["items"]]
     result = aggregate(job, items, list(store.records.values()))
     assert result["status"] == "complete"
     assert result["counts"]["skipped"] == saved and result["counts"]["failed"] == 0
