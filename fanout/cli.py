@@ -33,6 +33,7 @@ from fanout import commands as commands_elsewhere
 from fanout.errors import FanoutError
 from fanout.files import local_items_path
 from fanout_core import layout
+from fanout_core.contracts import PlanSummary, Result
 from fanout_core.errors import InvalidJob
 from fanout_core.job import Job, check_items, parse_job
 from fanout_core.loading import decode_json, parse_item_file
@@ -210,7 +211,7 @@ class LoadedJob:
 class LocalRun:
     """What a finished local run left in ``target``: result.json as read back, and run.json's figures."""
 
-    result: dict[str, Any]
+    result: Result
     figures: dict[str, Any]
     target: Path
 
@@ -529,9 +530,9 @@ def _run_locked(
         copied = _copy_outputs(s3, RESULTS_BUCKET, job_id, target)
         if not copied:
             raise FanoutError(f"the run failed: {execution.error}: {execution.cause}")
-        result = json.loads((target / "result.json").read_text())
+        result: Result = json.loads((target / "result.json").read_text())
         plan = s3.get_object(Bucket=RESULTS_BUCKET, Key=layout.plan_key(job_id))["Body"].read()
-        plan_doc = json.loads(plan)
+        plan_doc: PlanSummary = json.loads(plan)
         run_figures = {
             "mode": plan_doc["mode"],
             "batches": plan_doc["counts"]["batches"],
@@ -614,7 +615,7 @@ def _batch_line(joined: Any) -> str:
     return f"; {joined.get('answered', 0)} tasks answered by batch jobs, {joined.get('fallback', 0)} called on-demand"
 
 
-def _print_summary(result: dict[str, Any], figures: dict[str, Any], target: Path) -> None:
+def _print_summary(result: Result, figures: dict[str, Any], target: Path) -> None:
     counts, usage = result["counts"], result["usage"]
     cost = usage.get("estimated_cost_usd")
     lines = [

@@ -14,6 +14,7 @@ from typing import Any
 
 from fanout.errors import FanoutError
 from fanout_core import layout
+from fanout_core.contracts import Result
 from fanout_core.errors import InvalidJob
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
@@ -117,12 +118,12 @@ def _finished(connection: Any, described: dict[str, Any], job_id: str, out: Path
     if target is None:
         print(f"error: the execution ended {state}: {described.get('error')}: {described.get('cause')}", file=sys.stderr)
         return EXIT_FAILED
-    result = json.loads((target / "result.json").read_text())
+    result: Result = json.loads((target / "result.json").read_text())
     _print_result(result, target, f"execution {described['name']}: {state}; {figures}")
-    return {"complete": EXIT_OK, "partial": EXIT_PARTIAL}.get(result.get("status"), EXIT_FAILED)
+    return {"complete": EXIT_OK, "partial": EXIT_PARTIAL}.get(result.get("status", "failed"), EXIT_FAILED)
 
 
-def _print_result(result: dict[str, Any], target: Path, first: str) -> None:
+def _print_result(result: Result, target: Path, first: str) -> None:
     counts, usage = result["counts"], result["usage"]
     cost = usage.get("estimated_cost_usd")
     print(first)
@@ -172,7 +173,7 @@ def _results(connection: Any, args: argparse.Namespace) -> int:
         raise FanoutError(
             f"job_id: no results for {args.job_id!r} yet (fanout status {args.job_id} says how the run is going)", "job_id"
         )
-    result = json.loads((target / "result.json").read_text())
+    result: Result = json.loads((target / "result.json").read_text())
     _print_result(result, target, f"downloaded s3://{connection.target.results_bucket}/{layout.result_prefix(args.job_id)}")
     return EXIT_OK
 

@@ -156,6 +156,73 @@ class PlanSummary(TypedDict, total=False):
     warnings: list[str]
 
 
+ResultStatus = Literal["complete", "partial", "failed"]
+
+
+class ResultCounts(TypedDict, total=False):
+    items: int
+    tasks: int
+    ok: int
+    invalid: int
+    failed: int
+    skipped: int  # votes not asked because the first ones settled the answer (only when there are some)
+
+
+class EscalationUsage(TypedDict, total=False):
+    items: int
+    model_calls: int
+    input_tokens: int
+    output_tokens: int
+    estimated_cost_usd: float | None
+
+
+class ResultUsage(TypedDict, total=False):
+    """What this run's calls were (records reused from earlier runs cost nothing again)."""
+
+    model_calls: int
+    input_tokens: int
+    output_tokens: int
+    estimated_cost_usd: float | None
+    calls_saved: int
+    requests_reused: int
+    by_model: dict[str, dict[str, Any]]
+    escalation: EscalationUsage
+
+
+class Result(TypedDict, total=False):
+    """``results/<job_id>/result.json`` (Aggregate writes it; the CLI, ``serve`` and ``fanout results`` read it)."""
+
+    job_id: str
+    pattern: str
+    status: ResultStatus
+    strategy: str | None
+    counts: ResultCounts
+    items: list[dict[str, Any]]  # one per item, in input order (also results.jsonl, one a line)
+    usage: ResultUsage
+    synthesis: dict[str, Any]
+    tie_break: str
+    synthetic: bool  # some outputs came from the simulator
+    evaluation: dict[str, Any]  # accuracy against the items' expected answers
+    tier: dict[str, Any]  # the tier the calls were bought at and why (plan.json's)
+    pacing: dict[str, Any]  # the quota's pace: throttled requests, tokens per minute, the quota wait
+    budget: dict[str, Any]  # limits.max_cost_usd: the budget, what was spent, the tasks it left uncalled
+    reason: str  # "budget": limits.max_cost_usd stopped some calls
+
+
+class AggregateSummary(TypedDict):
+    """What Aggregate returns to the state machine: the execution's output."""
+
+    job_id: str | None
+    status: ResultStatus
+    counts: ResultCounts
+    tasks_skipped: int
+    usage: ResultUsage
+    result_uri: str
+    results_uri: str
+    report_uri: str
+    message: str
+
+
 def new_record(
     task: Mapping[str, Any],
     status: Status,

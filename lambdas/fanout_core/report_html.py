@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fanout_core.contracts import Result
 from fanout_core.report import number_signal
 
 LOW_CONFIDENCE = 0.6
@@ -33,7 +34,7 @@ CSP = (
 )
 
 
-def report_html(result: dict[str, Any], items: Iterable[dict[str, Any]] | None = None) -> str:
+def report_html(result: Result, items: Iterable[dict[str, Any]] | None = None) -> str:
     """The page of ``result``; ``items`` (read once, e.g. streamed from results.jsonl) stands for ``result["items"]``."""
     data = page_data(result, result.get("items", []) if items is None else items)
     title = html.escape(f"fanout report: {result.get('job_id', '')}")
@@ -62,7 +63,7 @@ def _attribute(value: str) -> str:
     return html.escape(value, quote=False).replace('"', "&quot;")
 
 
-def page_data(result: dict[str, Any], items: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def page_data(result: Result, items: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """What the page shows, computed here so the script only lays it out.
 
     ``items`` is read once and never held: the histogram, calibration and failures are tallied as it goes,

@@ -35,11 +35,13 @@ from fanout_core.catalog import check_job_models
 from fanout_core.contracts import (
     ANSWERED,
     FINAL_STATUSES,
+    AggregateSummary,
     BatchFile,
     BatchItem,
     Kind,
     PlanSummary,
     Record,
+    Result,
     TaskStub,
     batch_file,
     batch_item,
@@ -698,7 +700,7 @@ def _run_name(event: Mapping[str, Any]) -> str | None:
     return str(name) if name else None
 
 
-def run_aggregate(event: dict[str, Any], *, s3: Any, scratch_dir: str | None = None) -> dict[str, Any]:
+def run_aggregate(event: dict[str, Any], *, s3: Any, scratch_dir: str | None = None) -> AggregateSummary:
     """Aggregate every record of the run into result.json, results.jsonl, report.md and report.html; return a summary.
 
     Aggregate calls no model: judge verdicts, escalated votes and syntheses
@@ -855,7 +857,7 @@ def _aggregate_to_files(
     earlier: dict[str, list[int]] | None = None,
     escalated_before: dict[str, list[int]] | None = None,
     figures: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Result:
     """result.json, results.jsonl and report.md written in ``folder`` as the items are built; returns result.json's head."""
     report = Report(job.pattern, job.strategy)
     listed = folder / "items.part"
@@ -889,7 +891,7 @@ def _aggregate_to_files(
     _write_result(folder / "result.json", head, listed)
     listed.unlink()
     (folder / "report.md").write_text(report.markdown(head), encoding="utf-8")
-    return head
+    return cast(Result, head)  # built field by field above (aggregation._Totals.result): the shape contracts.Result names
 
 
 def _write_result(path: Path, head: dict[str, Any], item_list: Path) -> None:

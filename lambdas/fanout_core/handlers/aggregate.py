@@ -1,3 +1,4 @@
+from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -10,7 +11,7 @@ from fanout_core.observability import correlate, count, logger, metrics, tracer
 @logger.inject_lambda_context(log_event=False, clear_state=True)
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Mapping[str, Any]:
     correlate(event["job_id"], event.get("execution"))
     if event.get("step") == "second_pass":
         # which judge, escalation and synthesis calls come next, written as batches for the second Map
