@@ -368,6 +368,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
     undo_conditional_writes = moto_patches.atomic_conditional_writes()
     undo_stops = moto_patches.stopped_executions_stay_stopped()
     undo_casing = moto_patches.aws_sdk_member_casing()
+    undo_s3_urls = moto_patches.cache_s3_urls()
     # the interpreter logs every caught task error at ERROR; the CLI reports failures itself
     moto_logger.setLevel(logging.CRITICAL)
     config: Any = {
@@ -394,6 +395,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
                         gc.unfreeze()
                     runtime.uninstall()
     finally:
+        undo_s3_urls()
         undo_casing()
         undo_stops()
         undo_conditional_writes()

@@ -64,13 +64,25 @@ def request_key(
     """The fingerprint of one request: what was asked (model spec, system, rendered prompt, inference settings,
     schema, the vote or section), of which item. A record made for the same key answers the same request, so a
     re-run, or a changed job under the same job_id, reuses it; any change to one of these asks again."""
-    body = json.dumps(
-        [item_id, slot, model, system, prompt, dict(inference), output_schema],
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-        default=str,
-    )
+    return keyed(item_id, slot, model, _key_json(prompt), key_settings(system, inference, output_schema))
+
+
+def _key_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def key_settings(system: str | None, inference: Mapping[str, Any], output_schema: Mapping[str, Any] | None) -> tuple[str, str]:
+    """The parts of a request key that a job's tasks share (system; inference and schema), encoded once for all."""
+    return _key_json(system), f"{_key_json(dict(inference))},{_key_json(output_schema)}"
+
+
+def keyed(item_id: str, slot: str, model: str, prompt_json: str, settings: tuple[str, str]) -> str:
+    """``request_key`` from its shared parts already encoded (``key_settings``, the prompt's ``_key_json``).
+
+    The same bytes as the JSON list ``[item_id, slot, model, system, prompt, inference, schema]`` encoded whole:
+    a list is its elements' encodings joined by the separator, so the key of every record ever written holds.
+    """
+    body = f"[{_key_json(item_id)},{_key_json(slot)},{_key_json(model)},{settings[0]},{prompt_json},{settings[1]}]"
     return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
@@ -119,13 +131,16 @@ def item_tasks(job: Job, index: int, item: dict[str, Any], default_model: str) -
     templates = templates_of(job)
     kind: Kind = "section" if job.pattern == "sectioning" else "vote"
     inference = job.inference.model_dump()
+    shared = key_settings(job.system, inference, job.output_schema)  # encoded once for the item's tasks
     rendered: dict[str, str] = {}
+    encoded: dict[str, str] = {}
     tasks: list[Task] = []
     for n, slot in enumerate(slots(job)):
         which = vote_slot(kind, slot)
         prompt = rendered.get(which)
         if prompt is None:
             prompt = rendered[which] = render(templates[which], item)
+            encoded[which] = _key_json(prompt)
             size = len(prompt.encode("utf-8", "surrogatepass"))
             if size > limit:
                 raise InvalidJob(
@@ -142,7 +157,7 @@ def item_tasks(job: Job, index: int, item: dict[str, Any], default_model: str) -
             "kind": kind,
             "model": model,
             "prompt": prompt,
-            "key": request_key(item["id"], slot, model, job.system, prompt, inference, job.output_schema),
+            "key": keyed(item["id"], slot, model, encoded[which], shared),
             "expected": item.get("expected"),
         }
         # a PDF or office item (fanout_core.documents): Bedrock is sent the file itself as well

@@ -301,3 +301,38 @@ class _Body:
             return b""
         self._read = True
         return self._body
+
+
+def test_the_s3_url_table_is_built_once_per_setting_until_undone(aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given moto's S3 backend, which reloads moto.s3.urls on every request unpatched
+    from moto.s3 import models
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[ACCOUNT]["aws"]
+    reloads: list[str] = []
+    reload = models.reload
+    monkeypatch.setattr(models, "reload", lambda module: reloads.append(module.__name__) or reload(module))
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="url-table")
+    undo = moto_patches.cache_s3_urls()
+    try:
+        # When objects are written and read with the patch
+        before = len(reloads)
+        for n in range(5):
+            s3.put_object(Bucket="url-table", Key=f"k{n}", Body=b"x")
+            assert s3.get_object(Bucket="url-table", Key=f"k{n}")["Body"].read() == b"x"
+        # Then the table was built at most once for the ten requests, and is the one moto builds
+        assert len(reloads) - before <= 2  # one build reloads the module for urls and url_bases
+        assert backend.urls is backend.urls
+        # And a changed setting gets a table of its own, with the custom endpoint in it
+        monkeypatch.setenv("MOTO_S3_CUSTOM_ENDPOINTS", "https://s3.fanout.test")
+        assert any("fanout" in url for url in backend.urls)
+        monkeypatch.delenv("MOTO_S3_CUSTOM_ENDPOINTS")
+        assert not any("fanout" in url for url in backend.urls)
+    finally:
+        undo()
+    # When undone, each request reloads the module again
+    before = len(reloads)
+    s3.put_object(Bucket="url-table", Key="after", Body=b"x")
+    assert len(reloads) - before >= 1
+    assert backend.urls is not backend.urls
