@@ -12,8 +12,10 @@ tests/unit/test_moto_patches.py has one test per entry here.
 - ``name_nameless_executions``: a StartExecution without a name gets a UUID, as in Step Functions.
 - ``atomic_conditional_writes``: a conditional PutObject checks and writes in one step, as in S3.
 - ``stopped_executions_stay_stopped``: an execution stopped while a Map runs ends ABORTED, as in Step Functions.
-- ``execution_status``: an execution's status without serialising its input (DescribeExecution does).
+- ``execution_status`` / ``execution_status_reader``: an execution's status without serialising its input
+  (DescribeExecution does); the reader looks the execution up once for a poll loop.
 - ``new_objects``: the bodies of new (or rewritten) objects under a prefix, read from moto's S3 backend.
+- ``reuse_lambda_clients``: the interpreter builds a new boto3 client for every Lambda task it runs.
 - ``cache_s3_urls``: moto re-imports its S3 URL table on every S3 request; it changes only with two settings.
 - ``aws_sdk_member_casing``: an aws-sdk task's PascalCase parameters reach the SDK by their member names, and
   its response comes back PascalCase, as in Step Functions (for services whose members are camelCase: Bedrock).
@@ -153,6 +155,41 @@ def atomic_conditional_writes() -> Undo:
     return undo
 
 
+def reuse_lambda_clients() -> Undo:
+    """moto's interpreter builds a boto3 client (~8 ms: the service model, endpoint rules, the session's handlers
+    copied) for every Lambda task it runs, one per batch. Until undone, one client per region is built and reused:
+    the client holds the session's handlers as they were when it was built, so the undo drops them all and the next
+    runtime (its own before-send hook) builds its own."""
+    check_version()
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    build = lambda_eval_utils.boto_client_for
+    if getattr(build, "_fanout_reused", False):
+        return lambda: None
+    clients: dict[tuple[Any, ...], Any] = {}
+    lock = threading.Lock()
+
+    def reused(region: str, service: str, state_credentials: Any = None) -> Any:
+        from moto.core.models import botocore_stubber
+        from moto.settings import moto_server_port
+
+        key = (region, service, botocore_stubber.enabled, moto_server_port())  # what the client is built from
+        with lock:
+            client = clients.get(key)
+            if client is None:
+                client = clients[key] = build(region, service, state_credentials)
+        return client
+
+    reused._fanout_reused = True  # type: ignore[attr-defined]
+    lambda_eval_utils.boto_client_for = reused
+
+    def undo() -> None:
+        lambda_eval_utils.boto_client_for = build
+        clients.clear()
+
+    return undo
+
+
 def cache_s3_urls() -> Undo:
     """moto's S3 backend reloads ``moto.s3.urls`` (an ``importlib.reload``) and rebuilds its URL table on every S3
     request, so that a changed ``MOTO_S3_CUSTOM_ENDPOINTS`` is seen: about 1 ms of each ~7 ms local PutObject.
@@ -220,12 +257,23 @@ def execution_status(account: str, region: str, execution_arn: str) -> str:
     DescribeExecution would do, but moto serialises the whole execution input
     into every answer: polled through a long run, that is quadratic in the job.
     """
+    return execution_status_reader(account, region, execution_arn)()
+
+
+def execution_status_reader(account: str, region: str, execution_arn: str) -> Callable[[], str]:
+    """``execution_status`` of one execution as a function to poll: the execution is looked up once (moto builds
+    its account's backend and checks the ARN on every lookup, ~0.8 ms), then each call reads its status as it
+    changes in place."""
     check_version()
     from moto.stepfunctions.parser.models import stepfunctions_parser_backends
 
     execution = stepfunctions_parser_backends[account][region].describe_execution(execution_arn)
-    status = getattr(execution, "exec_status", None) or execution.status
-    return str(getattr(status, "value", status))
+
+    def status() -> str:
+        found = getattr(execution, "exec_status", None) or execution.status
+        return str(getattr(found, "value", found))
+
+    return status
 
 
 def new_objects(account: str, bucket_name: str, prefix: str, seen: dict[str, Any]) -> Iterator[tuple[str, bytes]]:

@@ -227,9 +227,10 @@ class LocalRuntime:
         sfn = boto3.client("stepfunctions", region_name=REGION)
         started = time.monotonic()
         seen, quick = self._generation, 0
+        # not DescribeExecution: moto serialises the whole execution input into each answer
+        status_of = moto_patches.execution_status_reader(ACCOUNT, REGION, execution_arn)
         while True:
-            # not DescribeExecution: moto serialises the whole execution input into each answer
-            status = moto_patches.execution_status(ACCOUNT, REGION, execution_arn)
+            status = status_of()
             if on_poll is not None:
                 on_poll()
             if status != "RUNNING":
@@ -369,6 +370,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
     undo_stops = moto_patches.stopped_executions_stay_stopped()
     undo_casing = moto_patches.aws_sdk_member_casing()
     undo_s3_urls = moto_patches.cache_s3_urls()
+    undo_lambda_clients = moto_patches.reuse_lambda_clients()
     # the interpreter logs every caught task error at ERROR; the CLI reports failures itself
     moto_logger.setLevel(logging.CRITICAL)
     config: Any = {
@@ -395,6 +397,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
                         gc.unfreeze()
                     runtime.uninstall()
     finally:
+        undo_lambda_clients()
         undo_s3_urls()
         undo_casing()
         undo_stops()

@@ -336,3 +336,52 @@ def test_the_s3_url_table_is_built_once_per_setting_until_undone(aws: None, monk
     s3.put_object(Bucket="url-table", Key="after", Body=b"x")
     assert len(reloads) - before >= 1
     assert backend.urls is not backend.urls
+
+
+def test_the_status_reader_follows_one_execution_to_its_end_without_looking_it_up_again(
+    aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an execution that waits a moment, and a reader made while it runs
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    waiting = json.dumps({"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 1, "End": True}}})
+    machine = sfn.create_state_machine(name="w", definition=waiting, roleArn=f"arn:aws:iam::{ACCOUNT}:role/r")["stateMachineArn"]
+    arn = sfn.start_execution(stateMachineArn=machine, name="e-wait", input="{}")["executionArn"]
+    status_of = moto_patches.execution_status_reader(ACCOUNT, REGION, arn)
+    assert status_of() == "RUNNING"
+
+    # When it is polled while the backend refuses any further lookup
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    def no_lookup(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the reader looked the execution up again")
+
+    monkeypatch.setattr(StepFunctionsParserBackend, "describe_execution", no_lookup)
+    deadline = time.monotonic() + 10
+    while (status := status_of()) == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    monkeypatch.undo()
+
+    # Then it saw the end DescribeExecution reports
+    assert status == sfn.describe_execution(executionArn=arn)["status"] == "SUCCEEDED"
+
+
+def test_the_interpreter_reuses_one_lambda_client_per_region_until_undone(aws: None) -> None:
+    # Given the interpreter's client factory for Lambda tasks, patched
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    original = lambda_eval_utils.boto_client_for
+    undo = moto_patches.reuse_lambda_clients()
+    try:
+        # When it is asked for clients, as it is once per Lambda task
+        first = lambda_eval_utils.boto_client_for(region=REGION, service="lambda", state_credentials=None)
+        again = lambda_eval_utils.boto_client_for(region=REGION, service="lambda", state_credentials=None)
+        elsewhere = lambda_eval_utils.boto_client_for(region="eu-west-1", service="lambda", state_credentials=None)
+        # Then one client serves a region's tasks, built as moto builds it, and another region gets its own
+        assert first is again and elsewhere is not first
+        assert first.meta.region_name == REGION and elsewhere.meta.region_name == "eu-west-1"
+        assert first.meta.config.retries["total_max_attempts"] == 1
+    finally:
+        undo()
+    # And once undone, moto's own factory builds a new client per task again
+    assert lambda_eval_utils.boto_client_for is original
+    assert original(REGION, "lambda") is not original(REGION, "lambda")
