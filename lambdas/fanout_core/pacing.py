@@ -66,8 +66,31 @@ MEASURE_SPAN_SECONDS = 0.5
 # before the first refusal (nothing known yet) this many calls go at once, one more after each reply (a slow start,
 # so the first wave does not empty a small quota many times over)
 FIRST_CALLS = 16
-# refusals this common before a cut, and as common after it, are taken as the service's faults, not the pace's
+# Is it the pace? Every cut is a trial: the calls sent after it say whether it helped. A quota's refusals track the
+# send rate (a pace under the refill rate is hardly refused); a service that refuses at random refuses as often at any
+# pace. A trial judges after this many answers to calls sent at the cut pace:
+TRIAL_CALLS = 16
+# refusals this common in a trial are not the pace's when the calls answered did not rise with the cut: a quota
+# answers 1/c times as large a share at c times the pace; answers that rose less than halfway to that are not a quota's
+# (judged on cuts to at most DEEP_CUT of the pace before)
 RANDOM_SHARE = 0.2
+DEEP_CUT = 0.8
+# The first refusal's trial does not wait for calls at the cut pace when they would take more than PROBE_AFTER_SECONDS
+# to judge it (a pace cut to a tiny quota would take minutes): while calls wait for the bucket, one call at a time
+# goes past it as a probe. A quota's empty bucket
+# refuses probes one after another once what the calls in flight gave back is spent: this many refused in a row (or
+# this many probes in all) end the probing. Once the service has answered more than a bucket refilling at
+# BEYOND_QUOTA times the cut pace could have (with what the calls in flight gave back), while it still refuses some
+# calls, its refusals are not a quota's.
+PROBE_AFTER_SECONDS = 3.0
+PROBE_RUN = 5
+PROBE_MAX = 64
+BEYOND_QUOTA = 3.0
+PROBE_MIN_REFUSALS = 2
+# the refusals since the service was judged random are watched over this many calls: a share this far above the one
+# judged (a quota now binds as well) makes the pace learn again
+WATCH_CALLS = 32
+WATCH_RISE = 0.3
 # our bucket counts as full this much under the service's
 FULL_MARGIN = 0.03
 # the pace never falls under this share of its first figure
@@ -118,6 +141,7 @@ class Ticket:
     prompt_chars: int
     at: float
     input_tokens: int = 0  # the estimated input part of ``tokens`` (the rest is max_tokens)
+    probe: bool = False  # sent past the bucket to test a cut (the first refusal's trial)
 
 
 class NoTimeLeft(Exception):
@@ -147,6 +171,13 @@ class Pacer:
         self.requests = 0.0 if learned_rate is not None else (self.request_capacity or 0.0)
         self.hold_until = 0.0
         self.last_cut = -math.inf
+        # the current trial of a cut (None: none running): see TRIAL_CALLS
+        self.trial: _Trial | None = None
+        # answers to the latest calls (True: refused), probes left out: the share of refusals before a cut
+        self.outcomes: deque[bool] = deque(maxlen=WATCH_CALLS)
+        # the service was judged to refuse at random: no pace, the callers back off (see holds_refusals)
+        self.random = False
+        self.random_share = 0.0
         self.taken = 0.0  # tokens taken from the bucket so far, less what was given back
         self.refusals: deque[tuple[float, float]] = deque(maxlen=256)  # (time, tokens used by replies so far)
         self.used = 0.0  # tokens the service counted for the calls answered so far
@@ -156,10 +187,6 @@ class Pacer:
         self.outstanding_input = 0
         self.slow_start = FIRST_CALLS
         self.attempts = 0
-        self.cut_attempts = self.cut_refused = 0
-        self.share_before = 1.0
-        self.pace_before: float | None = None
-        self.calm_until = -math.inf
         self.chars_per_token = FIRST_CHARS_PER_TOKEN
         # what the batch reports
         self.throttled = 0
@@ -178,6 +205,13 @@ class Pacer:
     @property
     def learned(self) -> bool:
         return self.ceiling is None
+
+    @property
+    def holds_refusals(self) -> bool:
+        """Whether a refused call waits for this bucket to admit it again (the bucket is the backoff); False once the
+        service's refusals were judged random: then a refused call backs off as an unpaced one does."""
+        with self.lock:
+            return not self.random
 
     def reservation(self, request: ModelRequest, model: str) -> tuple[int, int]:
         """(tokens to reserve, prompt characters) for a request: its estimated input plus max_tokens, as Bedrock counts."""
@@ -205,7 +239,8 @@ class Pacer:
                 now = self.clock.now()
                 self._refill(now)
                 wait = self._wait(tokens, now)
-                if wait <= 0:
+                probe = wait > 0 and self._may_probe(now)
+                if wait <= 0 or probe:
                     self.attempts += 1
                     self.outstanding += 1
                     self.outstanding_input += input_tokens
@@ -215,7 +250,10 @@ class Pacer:
                     self.taken += tokens
                     waited = now - asked
                     self.waited += waited
-                    return Ticket(tokens, waited, prompt_chars, now, input_tokens)
+                    if probe:
+                        assert self.trial is not None
+                        self.trial.probing = True
+                    return Ticket(tokens, waited, prompt_chars, now, input_tokens, probe)
             self.clock.sleep(min(wait, MAX_NAP_SECONDS))
             napped = True
 
@@ -241,10 +279,25 @@ class Pacer:
                 self.chars_per_token = min(self.chars_per_token, ticket.prompt_chars / reply.input_tokens)
             if reply.rate_limit and reply.rate_limit.get("remaining_tokens") is not None:
                 self.level = min(self.level, float(reply.rate_limit["remaining_tokens"]))
+            if not ticket.probe:
+                self.outcomes.append(False)
+            trial = self.trial
+            if trial is not None:
+                if ticket.at >= trial.at:
+                    trial.answered(ticket, refused=False, used=used)
+                else:  # a call sent before the cut gave back what it did not use: the service's bucket got that too
+                    trial.given_back += ticket.tokens - used
+                self._judge(now)
+            if self.random:
+                return
+            if self.trial is not None:  # a trial is judged at the cut pace: it does not rise meanwhile
+                self.last_increase = now
+                return
             self._increase(now)
 
     def refused(self, ticket: Ticket, retry_after: float | None = None) -> None:
-        """The service refused the call (throttled): it took nothing, its bucket is empty; learn from it."""
+        """The service refused the call (throttled): it took nothing. A quota's refusal says its bucket is empty: the
+        pace is cut to what it refills, and the cut is put on trial; refusals judged random cut nothing."""
         with self.lock:
             now = self.clock.now()
             self._refill(now)
@@ -257,11 +310,24 @@ class Pacer:
                 self.hold_until = max(self.hold_until, now + retry_after)
             measured = self._measure(now)
             self.refusals.append((now, self.used))
+            if not ticket.probe:
+                self.outcomes.append(True)
+            trial = self.trial
+            if trial is not None and ticket.at >= trial.at:
+                trial.answered(ticket, refused=True, used=0)
+            if self.random:
+                self._watch(now, measured)
+                return
+            if trial is not None:
+                # refusals during a trial are its evidence, not new cuts (else refusals that come whatever the pace
+                # would cut it again and again); a quota's still empties the mirror
+                if not ticket.probe:
+                    self.level = min(self.level, 0.0)
+                self._judge(now)
+                return
             span = self._span()
-            before = self.rate
-            if self._cuts_did_not_help(now, span):
-                pass  # refusals that come whatever the pace are not the quota's: the pace stays
-            elif self.rate is None:
+            before, first = self.rate, self.rate is None
+            if self.rate is None:
                 # the first refusal: the service's bucket, full at the start, is empty; what was taken since is a
                 # window's quota plus what refilled meanwhile (exact when the window is right and the quota all ours)
                 elapsed = max(now - self.started, 1e-3)
@@ -273,12 +339,15 @@ class Pacer:
                 self.rate = measured * PACE_MARGIN
             elif measured is None and now - self.last_cut >= span / 2:
                 self.rate *= DECREASE
-            if self.rate is not None and before is not None and self.rate < before:
-                self._cut(now, before)
             assert self.rate is not None
             self.rate = max(self.rate, self.floor_rate, 1e-3)
             if self.ceiling is not None:
                 self.rate = min(self.rate, self.ceiling)
+            if before is not None and self.rate < before:
+                # the calls a trial needs, at what a call uses (so far), at the cut pace: long enough to probe?
+                per_call = self.used / self.calls if self.calls else float(ticket.tokens)
+                probes = first and TRIAL_CALLS * per_call / self.rate > PROBE_AFTER_SECONDS
+                self._cut(now, before, probes=probes)
             # the service's bucket is empty now (it refuses rather than go below zero); the replies in flight will
             # give back to both what they did not use
             self.level = 0.0
@@ -291,6 +360,8 @@ class Pacer:
             self.taken -= ticket.tokens
             self.outstanding -= 1
             self.outstanding_input -= ticket.input_tokens
+            if ticket.probe and self.trial is not None and ticket.at >= self.trial.at:
+                self.trial.probing = False  # it said nothing of the quota: the next call may probe
 
     def state(self) -> dict[str, Any]:
         """What a later run of the batch starts from, and what the batch reports."""
@@ -329,31 +400,73 @@ class Pacer:
             wait = max(wait, (1 - self.requests) / self.request_rate + 1e-6)
         return wait
 
-    def _cut(self, now: float, before: float) -> None:
-        """Remember a cut: the pace before it and the share of calls refused up to it."""
-        attempts, refused = self.attempts - self.cut_attempts, self.throttled - self.cut_refused
-        self.share_before = refused / attempts if attempts else 1.0
-        self.pace_before, self.last_cut = before, now
-        self.cut_attempts, self.cut_refused = self.attempts, self.throttled
+    def _cut(self, now: float, before: float | None, probes: bool = False) -> None:
+        """Put a cut on trial: the calls sent after it are its evidence (the first refusal's trial also probes)."""
+        self.last_cut = now
+        assert self.rate is not None
+        share = sum(self.outcomes) / len(self.outcomes) if len(self.outcomes) >= TRIAL_CALLS else None
+        if before is None or self.rate > DEEP_CUT * before:
+            share = None  # too shallow a cut to tell a quota by
+        cut = self.rate / before if before else 1.0
+        self.trial = _Trial(at=now, rate=self.rate, share_before=share, cut=cut, probes=probes)
 
-    def _cuts_did_not_help(self, now: float, span: float) -> bool:
-        """Whether the calls since the last cut were refused about as often as before it: a service that refuses at
-        random (not for the pace) is not slowed down for it. The pace goes back to what it was, and is not cut again
-        for a while."""
-        if now < self.calm_until:
-            return True
-        if self.pace_before is None or now - self.last_cut < span:
-            return False
-        attempts = self.attempts - self.cut_attempts
-        if attempts < 40 or self.share_before < RANDOM_SHARE:
-            return False
-        share = (self.throttled - self.cut_refused) / attempts
-        if share < self.share_before:
-            return False
-        self.rate = max(self.rate or 0.0, self.pace_before)
-        self.pace_before = None
-        self.calm_until = now + 10 * span
-        return True
+    def _may_probe(self, now: float) -> bool:
+        trial = self.trial
+        return (
+            trial is not None
+            and trial.probes
+            and not trial.probing
+            and trial.probe_run < PROBE_RUN
+            and trial.probes_sent < PROBE_MAX
+            and now >= self.hold_until
+        )
+
+    def _judge(self, now: float) -> None:
+        """The trial's verdict, once its evidence suffices: the refusals are the quota's (the cut stands, the trial
+        ends) or not (random: no pace, refused calls back off)."""
+        trial = self.trial
+        assert trial is not None
+        answered, refused = trial.calls + trial.probes_sent, trial.refused + trial.probes_refused
+        # what a bucket refilling at BEYOND_QUOTA times the cut pace, empty at the cut, could have served since
+        most = BEYOND_QUOTA * trial.rate * (now - trial.at) + trial.given_back + 2 * trial.largest
+        beyond = trial.used > most
+        if beyond and refused >= PROBE_MIN_REFUSALS and refused / answered >= RANDOM_SHARE / 2:
+            self._random(now, refused / answered)
+        elif trial.calls >= TRIAL_CALLS:
+            share = trial.refused / trial.calls
+            if trial.share_before is not None and share >= RANDOM_SHARE:
+                answered_before = 1 - trial.share_before
+                quota_would = min(1.0, answered_before / trial.cut)  # a quota's answered share at the cut pace
+                if 1 - share <= answered_before + (quota_would - answered_before) / 2:
+                    self._random(now, share)
+                    return
+            self.trial = None  # the cut helped: the refusals are the quota's
+
+    def _random(self, now: float, share: float) -> None:
+        """The refusals come whatever the pace: stop pacing (a learned pace has no limit, a given one its ceiling)
+        and let refused calls back off; the refusals go on being watched (_watch)."""
+        self.random, self.random_share, self.trial = True, share, None
+        self.rate = self.ceiling
+        self.outcomes.clear()
+        self.last_increase = now
+
+    def _watch(self, now: float, measured: float | None) -> None:
+        """Refusals judged random grown much more common (a quota binds too): learn the pace again, from the rate the
+        service served between refusals, on trial."""
+        if len(self.outcomes) < WATCH_CALLS:
+            return
+        share = sum(self.outcomes) / len(self.outcomes)
+        if share < max(0.5, self.random_share + WATCH_RISE):
+            return
+        self.random = False
+        if measured:
+            self.rate = measured * PACE_MARGIN if self.ceiling is None else min(measured * PACE_MARGIN, self.ceiling)
+            self.floor_rate = self.rate * FLOOR_SHARE
+            self.level = 0.0
+            self._cut(now, None)
+        else:  # nothing to measure from: as at the start, the next refusal sets the pace
+            self.rate, self.started, self.taken = self.ceiling, now, 0.0
+            self.level = (self.capacity or 0.0) * (1 - FULL_MARGIN)
 
     def _full(self) -> float:
         assert self.capacity is not None
@@ -383,6 +496,38 @@ class Pacer:
         self.rate += self.rate * INCREASE_PER_SECOND * (1 + max(0.0, quiet - 5 * span) / span) * elapsed
         if self.ceiling is not None:
             self.rate = min(self.rate, self.ceiling)
+
+
+@dataclass
+class _Trial:
+    """A cut on trial: what the calls sent after it got."""
+
+    at: float
+    rate: float  # the pace it was cut to
+    share_before: float | None  # refusals among the calls just before it (None: too few, or too shallow a cut)
+    cut: float  # the pace after it over the pace before
+    probes: bool = False  # probes may go past the bucket
+    probing: bool = False  # a probe is out
+    calls: int = 0  # calls sent after the cut (probes aside) answered or refused
+    refused: int = 0
+    probes_sent: int = 0  # probes answered or refused
+    probes_refused: int = 0
+    probe_run: int = 0  # probes refused in a row, the latest last
+    used: float = 0.0  # tokens the service counted for the calls sent since the cut (probes too)
+    given_back: float = 0.0  # what calls sent before the cut gave back since
+    largest: int = 0  # the largest reservation since the cut
+
+    def answered(self, ticket: Ticket, refused: bool, used: float) -> None:
+        self.largest = max(self.largest, ticket.tokens)
+        self.used += used
+        if ticket.probe:
+            self.probing = False
+            self.probes_sent += 1
+            self.probes_refused += refused
+            self.probe_run = self.probe_run + 1 if refused else 0
+        else:
+            self.calls += 1
+            self.refused += refused
 
 
 class BudgetSpent(ModelError):

@@ -641,7 +641,8 @@ def _invoke(
                 exc.kind == "timeout" and timeouts <= policy.timeout_retries
             )
             if retry:
-                paced = gate is not None and gate.pacer is not None and exc.kind == "throttled"
+                # the gate's bucket is the backoff, unless its pacer judged the refusals random (fanout_core.pacing)
+                paced = gate is not None and gate.pacer is not None and gate.pacer.holds_refusals and exc.kind == "throttled"
                 if not paced:
                     pause = policy.delay(tries, jitter)
                     if not budget.can_sleep(pause):

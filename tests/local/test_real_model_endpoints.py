@@ -56,9 +56,6 @@ def test_bedrock_converse_endpoint_with_throttling_and_503s(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dummy_aws: None
 ) -> None:
     # Given a Converse endpoint that throttles 30% and fails 10% of requests with 503
-    # random refusals are no quota: with pacing's learned mode such a job runs several times slower than with plain
-    # backoff (a known limit, README "Pacing to the model's quota"); this test is about retries and billing, unpaced
-    monkeypatch.setenv("FANOUT_PACING", "off")
     script = Script(answer=scripted_label, throttle_rate=0.3, unavailable_rate=0.1, seed=5)
     with fake_server(script, "bedrock") as (url, served):
         monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", url)
@@ -109,9 +106,6 @@ def test_bedrock_converse_endpoint_with_throttling_and_503s(
 
 def test_openai_compatible_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given an OpenAI-compatible server that throttles some requests
-    # random refusals are no quota: with pacing's learned mode such a job runs several times slower than with plain
-    # backoff (a known limit, README "Pacing to the model's quota"); this test is about retries and billing, unpaced
-    monkeypatch.setenv("FANOUT_PACING", "off")
     script = Script(answer=scripted_label, throttle_rate=0.2, unavailable_rate=0.1, seed=9)
     with fake_server(script, "openai") as (url, served):
         job = voting_job(f"openai:{url}/v1#llama3.2", items=12, votes=3, concurrency=4)

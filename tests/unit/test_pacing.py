@@ -3,6 +3,7 @@ waiting is not an attempt, and the budget admits no call that could pass it."""
 
 from __future__ import annotations
 
+import random
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +116,8 @@ def test_a_learned_quota_is_found_within_seconds_with_few_refusals() -> None:
     assert service.refused / (service.served + service.refused) <= 0.10
     floor = (600 * 40 - 6000) / 1000
     assert clock.t <= floor * 1.25
+    # and those refusals were taken as the quota's (the pacer goes on holding refused calls for its bucket)
+    assert pacer.holds_refusals
 
 
 def test_a_learned_pace_goes_down_after_refusals_and_back_up_after_they_stop() -> None:
@@ -128,6 +131,53 @@ def test_a_learned_pace_goes_down_after_refusals_and_back_up_after_they_stop() -
     service.capacity, service.rate, service.level = 24000, 4000, 24000
     drive(pacer, service, 2000)
     assert pacer.rate is not None and pacer.rate > found * 1.5
+
+
+class RandomService:
+    """A service without a quota that refuses a constant share of calls at random (a faulty server, not a bucket)."""
+
+    def __init__(self, share: float, seed: int = 3) -> None:
+        self.rng, self.share = random.Random(seed), share
+        self.refused = self.served = 0
+
+    def call(self, reserve: int, used: int) -> bool:
+        if self.rng.random() < self.share:
+            self.refused += 1
+            return False
+        self.served += 1
+        return True
+
+
+def test_random_refusals_at_a_constant_share_are_told_from_a_quota_and_the_pace_does_not_collapse() -> None:
+    # Given a service that refuses 30% of calls whatever the pace, and a pacer not told any quota
+    clock = FakeClock()
+    service = RandomService(0.3)
+    pacer = Pacer(Quota(window_seconds=60.0), clock)
+    # When 300 calls go through it one after another (each refused call tried again)
+    drive(pacer, service, 300)  # type: ignore[arg-type]
+    # Then the refusals are judged random: no pace is kept and refused calls back off instead of waiting for a bucket
+    assert not pacer.holds_refusals
+    assert pacer.rate is None
+    # and the calls hardly waited: a pace cut to the first refusal's quota (what it took over a 60 s window, a few
+    # calls a minute) would have made these 300 calls wait for hours of the fake clock
+    assert clock.t < 1.0
+    assert service.refused / (service.refused + service.served) == pytest.approx(0.3, abs=0.06)
+
+
+def test_a_quota_too_small_to_judge_by_its_own_pace_is_probed_and_still_learned_as_a_quota() -> None:
+    # Given Bedrock's one-minute window and a quota of six calls' reservations a minute: a trial at the cut pace would
+    # take minutes, so the first refusal's cut is probed past the bucket
+    clock = FakeClock()
+    service = Service(clock, 600, window=60.0)
+    pacer = Pacer(Quota(window_seconds=60.0), clock)
+    # When 120 calls go through it
+    drive(pacer, service, 120)
+    # Then the probes found an empty bucket: the refusals are the quota's (refused calls still wait for the bucket),
+    # few calls were refused, and the run is near the quota's floor
+    assert pacer.holds_refusals
+    assert service.refused / (service.served + service.refused) <= 0.10
+    floor = (120 * 40 - 600) / 10
+    assert clock.t <= floor * 1.25
 
 
 def test_a_given_quota_is_learned_below_its_ceiling_when_the_service_refuses() -> None:
