@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -67,8 +67,16 @@ def request_key(
     return keyed(item_id, slot, model, _key_json(prompt), key_settings(system, inference, output_schema))
 
 
+# one encoder for every key part: json.dumps with options builds a new encoder on each call
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+# what that encoder does with a string (JSONEncoder.encode's own shortcut for one), called directly
+_encode_string = json.encoder.encode_basestring
+
+
 def _key_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    if type(value) is str:
+        return _encode_string(value)
+    return _KEY_ENCODER.encode(value)
 
 
 def key_settings(system: str | None, inference: Mapping[str, Any], output_schema: Mapping[str, Any] | None) -> tuple[str, str]:
@@ -107,8 +115,9 @@ def expand_tasks(job: Job, items: list[dict[str, Any]], default_model: str) -> l
     An item's votes share one rendered prompt (one string, not one copy per vote).
     """
     tasks: list[Task] = []
+    make = _task_maker(job, default_model)
     for index, item in enumerate(items):
-        tasks.extend(item_tasks(job, index, item, default_model))
+        tasks.extend(make(index, item))
         if len(tasks) > job.limits.max_tasks:
             break
     if len(tasks) > job.limits.max_tasks:
@@ -122,49 +131,62 @@ def expand_tasks(job: Job, items: list[dict[str, Any]], default_model: str) -> l
 
 def task_keys(job: Job, items: list[dict[str, Any]], default_model: str) -> set[str]:
     """The request key of every task of the job (their prompts rendered one item at a time, none kept)."""
-    return {task["key"] for index, item in enumerate(items) for task in item_tasks(job, index, item, default_model)}
+    make = _task_maker(job, default_model)
+    return {task["key"] for index, item in enumerate(items) for task in make(index, item)}
 
 
 def item_tasks(job: Job, index: int, item: dict[str, Any], default_model: str) -> list[Task]:
     """The tasks of one item, in slot order."""
+    return _task_maker(job, default_model)(index, item)
+
+
+def _task_maker(job: Job, default_model: str) -> Callable[[int, dict[str, Any]], list[Task]]:
+    """``item_tasks`` for one job: what every item's tasks share (templates, slots and their models, the encoded
+    settings of the request key) worked out once, not once per item."""
     limit = job.limits.max_prompt_bytes
     templates = templates_of(job)
     kind: Kind = "section" if job.pattern == "sectioning" else "vote"
-    inference = job.inference.model_dump()
-    shared = key_settings(job.system, inference, job.output_schema)  # encoded once for the item's tasks
-    rendered: dict[str, str] = {}
-    encoded: dict[str, str] = {}
-    tasks: list[Task] = []
-    for n, slot in enumerate(slots(job)):
-        which = vote_slot(kind, slot)
-        prompt = rendered.get(which)
-        if prompt is None:
-            prompt = rendered[which] = render(templates[which], item)
-            encoded[which] = _key_json(prompt)
-            size = len(prompt.encode("utf-8", "surrogatepass"))
-            if size > limit:
-                raise InvalidJob(
-                    f"items[{index}]: the prompt for item '{item['id']}' ({slot}) is {size} bytes, "
-                    f"over limits.max_prompt_bytes ({limit}); shorten the item or raise the limit",
-                    f"items[{index}]",
-                )
-        model = job.vote_model(n, default_model) if job.pattern == "voting" else job.model or default_model
-        task: Task = {
-            "task_id": f"{item['id']}#{slot}",
-            "item_id": item["id"],
-            "item_index": index,
-            "slot": slot,
-            "kind": kind,
-            "model": model,
-            "prompt": prompt,
-            "key": keyed(item["id"], slot, model, encoded[which], shared),
-            "expected": item.get("expected"),
-        }
-        # a PDF or office item (fanout_core.documents): Bedrock is sent the file itself as well
-        if isinstance(item.get("document"), dict):
-            task["document"] = item["document"]
-        tasks.append(task)
-    return tasks
+    shared = key_settings(job.system, job.inference.model_dump(), job.output_schema)
+    per_slot = [
+        (slot, vote_slot(kind, slot), job.vote_model(n, default_model) if job.pattern == "voting" else job.model or default_model)
+        for n, slot in enumerate(slots(job))
+    ]
+
+    def make(index: int, item: dict[str, Any]) -> list[Task]:
+        item_id = item["id"]
+        rendered: dict[str, tuple[str, str]] = {}
+        tasks: list[Task] = []
+        for slot, which, model in per_slot:
+            found = rendered.get(which)
+            if found is None:
+                prompt = render(templates[which], item)
+                found = rendered[which] = (prompt, _key_json(prompt))
+                size = len(prompt.encode("utf-8", "surrogatepass"))
+                if size > limit:
+                    raise InvalidJob(
+                        f"items[{index}]: the prompt for item '{item_id}' ({slot}) is {size} bytes, "
+                        f"over limits.max_prompt_bytes ({limit}); shorten the item or raise the limit",
+                        f"items[{index}]",
+                    )
+            prompt, prompt_json = found
+            task: Task = {
+                "task_id": f"{item_id}#{slot}",
+                "item_id": item_id,
+                "item_index": index,
+                "slot": slot,
+                "kind": kind,
+                "model": model,
+                "prompt": prompt,
+                "key": keyed(item_id, slot, model, prompt_json, shared),
+                "expected": item.get("expected"),
+            }
+            # a PDF or office item (fanout_core.documents): Bedrock is sent the file itself as well
+            if isinstance(item.get("document"), dict):
+                task["document"] = item["document"]
+            tasks.append(task)
+        return tasks
+
+    return make
 
 
 def pack_items(pending_per_item: Iterable[tuple[int, int]], batch_size: int) -> list[list[tuple[int, int, int]]]:
