@@ -2,8 +2,10 @@
 
 The state machine's ``aws-sdk:bedrock:createModelInvocationJob`` /
 ``getModelInvocationJob`` / ``stopModelInvocationJob`` tasks reach botocore
-through moto's interpreter; a ``before-send`` hook on the default session
-answers them here. A created job runs its records at once through the
+through moto's interpreter, and Plan's ``list_model_invocation_jobs`` /
+``stop_model_invocation_job`` (an earlier run's jobs still running) go
+through boto3; a ``before-send`` hook on the default session answers them
+here. A created job runs its records at once through the
 job's provider (the simulator by default, or Bedrock's Converse for a
 ``bedrock:`` model) and writes Bedrock's output layout to (moto) S3: under
 the job's output URI, a folder named by the job id holding
@@ -16,9 +18,10 @@ Settings (environment), to rehearse what Bedrock can do to a job:
 
 - ``FANOUT_LOCAL_BATCH_JOB_STATUS``: ``Failed`` (no output at all),
   ``Expired`` or ``Stopped`` (the first half of the records answered, the
-  rest not), ``InProgress`` (the job never ends and writes nothing, until
-  StopModelInvocationJob stops it); unset: ``Completed``, or
-  ``PartiallyCompleted`` when some records failed;
+  rest not), ``InProgress`` (the job writes nothing and does not end while
+  the setting says so, until StopModelInvocationJob stops it; looked at
+  once the setting is gone, it runs its records then: a slow job); unset:
+  ``Completed``, or ``PartiallyCompleted`` when some records failed;
 - ``FANOUT_LOCAL_BATCH_RECORD_ERROR_RATE``: the share of records (picked by
   recordId, the same in every run) answered with an error line.
 
@@ -42,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from botocore.awsrequest import AWSResponse
 
@@ -52,7 +55,7 @@ from fanout_core.providers.bedrock import TOOL_NAME
 
 STATUS_SETTING = "FANOUT_LOCAL_BATCH_JOB_STATUS"
 RECORD_ERRORS_SETTING = "FANOUT_LOCAL_BATCH_RECORD_ERROR_RATE"
-OPERATIONS = ("CreateModelInvocationJob", "GetModelInvocationJob", "StopModelInvocationJob")
+OPERATIONS = ("CreateModelInvocationJob", "GetModelInvocationJob", "StopModelInvocationJob", "ListModelInvocationJobs")
 _THREADS = 16
 _ATTEMPTS = 6
 
@@ -67,6 +70,8 @@ class _Job:
     records: int = 0
     errors: int = 0
     submitted: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    params: dict[str, Any] = field(default_factory=dict)  # the CreateModelInvocationJob request
+    held: str | None = None  # the job id of a job held InProgress, whose records have not run
 
 
 class LocalBatchJobs:
@@ -79,6 +84,7 @@ class LocalBatchJobs:
         self.jobs: dict[str, _Job] = {}
         self.created: list[dict[str, Any]] = []  # the CreateModelInvocationJob requests, as sent
         self.stopped: list[str] = []  # the jobs StopModelInvocationJob named
+        self.listed: list[dict[str, Any]] = []  # the ListModelInvocationJobs requests, as sent
         self._lock = threading.Lock()
 
     def install(self, session: Any) -> None:
@@ -90,9 +96,12 @@ class LocalBatchJobs:
             session.events.unregister(f"before-send.bedrock.{operation}", self._route)
 
     def _route(self, request: Any, **_: Any) -> AWSResponse:
-        path = request.url.split("/model-invocation-job", 1)[1]
+        url = urlsplit(request.url)
+        path = url.path.split("/model-invocation-job", 1)[1]
         try:
-            if not path.strip("/"):
+            if path.startswith("s"):  # /model-invocation-jobs: ListModelInvocationJobs
+                body = self.list({k: v[0] for k, v in parse_qs(url.query).items()})
+            elif not path.strip("/"):
                 body = self.create(json.loads(request.body or b"{}"))
             elif path.endswith("/stop"):
                 body = self.stop(unquote(path[1:-5]))
@@ -114,7 +123,7 @@ class LocalBatchJobs:
                     return {"jobArn": job.arn}  # the same clientRequestToken: the job it created
             job_id = uuid.uuid4().hex[:12]
             arn = f"arn:aws:bedrock:{self.region}:{self.account}:model-invocation-job/{job_id}"
-            job = self.jobs[arn] = _Job(arn, params["jobName"], params["modelId"], "InProgress")
+            job = self.jobs[arn] = _Job(arn, params["jobName"], params["modelId"], "InProgress", params=params)
             self.created.append(params)
         self._run(job, job_id, params)
         return {"jobArn": arn}
@@ -123,14 +132,29 @@ class LocalBatchJobs:
         job = self.jobs.get(arn)
         if job is None:
             raise _Refused("ResourceNotFoundException", f"no model invocation job {arn}", 404)
+        if job.held is not None and job.status == "InProgress" and os.environ.get(STATUS_SETTING) != "InProgress":
+            held, job.held = job.held, None
+            self._run(job, held, job.params)  # a slow job: it runs its records now
         job.looked += 1
         status = "InProgress" if job.looked == 1 and job.status != "Stopped" else job.status
+        return {**self._summary(job), "status": status}
+
+    def list(self, params: dict[str, str]) -> dict[str, Any]:
+        """ListModelInvocationJobs: the jobs whose name contains ``nameContains`` (one page: a local run has few)."""
+        self.listed.append(params)
+        part = params.get("nameContains", "")
+        return {"invocationJobSummaries": [self._summary(job) for job in self.jobs.values() if part in job.name]}
+
+    def _summary(self, job: _Job) -> dict[str, Any]:
         return {
             "jobArn": job.arn,
             "jobName": job.name,
             "modelId": job.model_id,
-            "status": status,
+            "roleArn": job.params.get("roleArn", ""),
+            "status": job.status,
             "submitTime": job.submitted,
+            "inputDataConfig": job.params.get("inputDataConfig", {}),
+            "outputDataConfig": job.params.get("outputDataConfig", {}),
             "totalRecordCount": job.records,
             "errorRecordCount": job.errors,
         }
@@ -139,7 +163,7 @@ class LocalBatchJobs:
         job = self.jobs.get(arn)
         if job is None:
             raise _Refused("ResourceNotFoundException", f"no model invocation job {arn}", 404)
-        job.status = "Stopped"
+        job.status, job.held = "Stopped", None
         self.stopped.append(arn)
         return {}
 
@@ -152,7 +176,10 @@ class LocalBatchJobs:
         hints = _hints(s3, bucket, key)
         ending = os.environ.get(STATUS_SETTING) or ""
         job.records = len(lines)
-        if ending in ("Failed", "InProgress"):
+        if ending == "InProgress":
+            job.status, job.held = ending, job_id
+            return
+        if ending == "Failed":
             job.status = ending
             return
         answered = lines if ending not in ("Expired", "Stopped") else lines[: len(lines) // 2]

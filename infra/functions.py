@@ -44,6 +44,15 @@ LEASE_HOLDERS = (
     "plan asks whether the execution that holds a job_id's lease still runs; the grant names this state machine, "
     "the execution's name is chosen per start"
 )
+EARLIER_BATCH_JOBS = (
+    "plan stops the batch inference jobs an earlier run of a job_id left running; a job's id is chosen by Bedrock "
+    "when it is created, the grant names this account and region"
+)
+LIST_BATCH_JOBS = (
+    "plan finds an earlier run's batch inference jobs by name; ListModelInvocationJobs lists the account's jobs and "
+    "names no job ARN to scope it to (an action without a resource type takes '*', Service Authorization "
+    "Reference); read-only"
+)
 RESULT_FILES = "results are written to results/<job_id>/; the job id is chosen per job at run time"
 MODEL_ANY_REGION = (
     "a cross-region inference profile sends each call to its foundation model in any region of its geography; "
@@ -123,9 +132,16 @@ class Functions(Construct):
         # state machine only, built from its fixed name: a reference to the state machine would be circular
         holders = f"arn:{Aws.PARTITION}:states:{Aws.REGION}:{Aws.ACCOUNT_ID}:execution:{self._config.name_prefix}:*"
         fn.add_to_role_policy(iam.PolicyStatement(actions=["states:DescribeExecution"], resources=[holders]))
+        # tier batch: the batch inference jobs an earlier run of the job_id left running are found by name, and those
+        # this run does not adopt are stopped (fanout_core.batch_inference.settle_earlier_jobs)
+        jobs = f"arn:{Aws.PARTITION}:bedrock:{Aws.REGION}:{Aws.ACCOUNT_ID}:model-invocation-job/*"
+        fn.add_to_role_policy(iam.PolicyStatement(actions=["bedrock:ListModelInvocationJobs"], resources=["*"]))
+        fn.add_to_role_policy(iam.PolicyStatement(actions=["bedrock:StopModelInvocationJob"], resources=[jobs]))
         suppress_wildcards(
             _role(fn),
             {
+                "*": LIST_BATCH_JOBS,
+                nag_reads(jobs): EARLIER_BATCH_JOBS,
                 nag_reads(holders): LEASE_HOLDERS,
                 template_arn(self._input_bucket, "/*"): INPUT_ANY_KEY,
                 template_arn(self._results_bucket, "/" + layout.RUNS_ANY): RUN_DATA,

@@ -6,8 +6,9 @@ What each part follows in the Bedrock User Guide:
   one JSON object a line, ``{"recordId": ..., "modelInput": {...}}``, in a
   file ending ``.jsonl``; with ``modelInvocationType`` ``Converse`` the
   model input is a Converse request body (without ``modelId``, which the job
-  names). The order of the output is not guaranteed to be the input's, so
-  outputs are joined to tasks by ``recordId``, never by position.
+  names). The stored copies differ on the output's order (one says it
+  matches the input's, batch-inference-data.html in en_us); outputs are
+  joined to tasks by ``recordId``, never by position, which holds either way.
 - "View the results of a batch inference job" (batch-inference-results.html):
   Bedrock writes, under the job's output S3 URI, a folder named by the job
   id holding ``<input file>.jsonl.out`` (one line per record: ``recordId``,
@@ -16,7 +17,8 @@ What each part follows in the Bedrock User Guide:
   ``manifest.json.out`` (``totalRecordCount``, ``processedRecordCount``,
   ``successRecordCount``, ``errorRecordCount``, ``inputTokenCount``,
   ``outputTokenCount``). With Converse jobs ``modelOutput`` is a Converse
-  response body.
+  response body. Each job's output URI ends in its own name
+  (``job_output_uri``), so two runs' jobs of one folder write apart.
 - The batch inference quotas: batch-inference-data.html names them
   ("Minimum number of records per batch inference job", "Records per input
   file per batch inference job", "Records per batch inference job", and the
@@ -26,6 +28,11 @@ What each part follows in the Bedrock User Guide:
   figures used here, 100 minimum records, 50,000 records per job and per
   file, 1 GB a file and 5 GB a job, are the commonly cited defaults, not
   figures read on an AWS page; an account's may differ (Service Quotas).
+  The code example (batch-inference-example.html) says the minimum is per
+  model ("Minimum number of records per batch inference job for ${Model}"),
+  as models.json's ``min_records`` is; no page read gives a figure for the
+  jobs in progress at once either (the state machine's RunInferenceJobs
+  creates at most 10 at a time and retries ServiceQuotaExceededException).
   Each job here has one input file, so a job holds at most 50,000 records
   and 1 GB; a model's tasks are split into as many even jobs as that needs.
 - CreateModelInvocationJob (API reference): ``jobName`` and
@@ -70,11 +77,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from fanout_core import layout
 from fanout_core.catalog import Rates, info
 from fanout_core.contracts import Record, Status, new_record, pending_tasks
+from fanout_core.observability import logger
 from fanout_core.providers.base import ModelRequest, schema_in_system
 from fanout_core.providers.bedrock import converse_request, output_of
 from fanout_core.store import RunStore, parse_s3_uri
@@ -134,6 +142,12 @@ class InferenceJob:
         }
 
 
+def job_output_uri(bucket: str, where: str, name: str) -> str:
+    """A job's output URI: its folder's output/, then the job's own name. Bedrock writes <job id>/ in it; a job of an
+    earlier run in the same folder, stopped but still writing, writes under its own name, never joined here."""
+    return f"s3://{bucket}/{where}output/{name}/"
+
+
 def model_id_of(spec: str) -> str:
     """The ``modelId`` a job names: the Bedrock model or inference profile id; the simulator's spec as it is."""
     return spec.removeprefix("bedrock:")
@@ -156,7 +170,9 @@ def model_input(task: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
     system = batch.get("system")
     if schema is not None and not native:
         # a batch job of the Converse invocation type refuses a record with toolConfig (400), while structured output
-        # is supported ("Process multiple prompts with batch inference", batch-inference.html): a model without
+        # is supported ("Process multiple prompts with batch inference", batch-inference.html; an older stored copy
+        # says batch inference supports neither tool calling nor structured output, so a model whose JSON-schema
+        # output format is not confirmed gets no outputConfig here either): a model without
         # Converse's JSON-schema output format is asked for the schema in its system prompt, its answer read as JSON
         system, schema = schema_in_system(system, schema), None
     request = ModelRequest(
@@ -233,9 +249,11 @@ def write_inference_jobs(
     run: str | None = None,
     budget: BatchBudget | None = None,
     least: Callable[[str], int] | None = None,
+    first_index: int = 0,
 ) -> list[InferenceJob]:
     """Write each job's input JSONL and task list; return the jobs. ``batch_of[i]`` is task i's batch index.
-    ``run`` (the execution's name) is what the joined records say made their calls.
+    ``run`` (the execution's name) is what the joined records say made their calls. The jobs' folders are numbered
+    from ``first_index`` (the folders below it hold jobs of an earlier run this one adopts).
 
     A model's tasks are split into the fewest even jobs that keep every job within the record and size quotas.
     With ``budget``, only the tasks it admits go into jobs (the others are in ``budget.refused``); with
@@ -263,7 +281,7 @@ def write_inference_jobs(
     for model in sorted(by_model):
         positions = by_model[model]
         for chunk in _split([sizes[p] for p in positions], max_records, max_bytes):
-            index = len(jobs)
+            index = first_index + len(jobs)
             where = store.prefix + folder(index)
             picked = [positions[at] for at in chunk]
             lines = (_line(tasks[p], shared, record_id(n)) for n, p in enumerate(picked))
@@ -275,14 +293,15 @@ def write_inference_jobs(
             # that made the calls goes with the records joined from the outputs
             hints = {"answer_field": shared.get("answer_field"), "output_schema": shared.get("output_schema")}
             store.put_json(folder(index) + TASKS_NAME, {**hints, "run": run or execution, "records": listed})
+            name = job_name(store.job_id, execution, index)
             jobs.append(
                 InferenceJob(
                     index=index,
                     model=model,
-                    job_name=job_name(store.job_id, execution, index),
+                    job_name=name,
                     model_id=model_id_of(model),
                     input_uri=f"s3://{store.bucket}/{where}{INPUT_NAME}",
-                    output_uri=f"s3://{store.bucket}/{where}output/",
+                    output_uri=job_output_uri(store.bucket, where, name),
                     records=len(chunk),
                 )
             )
@@ -568,6 +587,144 @@ def recover_outputs(store: RunStore) -> int:
     plan["tier"] = {**tier, "batch_inference": {**outcome.as_dict(), "jobs": "recovered by the next run's Plan"}}
     store.put_json(layout.PLAN_FILE, plan)
     return outcome.answered
+
+
+# -- an earlier run's jobs still running ---------------------------------------------------------------------
+#
+# An execution stopped, failed or timed out while its batch inference jobs ran leaves them running, and billing: Step
+# Functions stops no job for it. The next run of the job_id (its Plan) looks each of them up by the name the earlier
+# plan gave it (ListModelInvocationJobs, nameContains) and, for a job still running:
+#
+# - adopts it when every record of it is a request this run puts into a batch job (the same request keys, so the
+#   same model input): the run waits for that job instead of creating another, and joins its output. Without
+#   limits.max_cost_usd only: what a job bought before this run started is not known to the budget;
+# - stops it otherwise (StopModelInvocationJob: "You're only charged for tokens that were already processed", Stop a
+#   batch inference job, batch-inference-stop.html): its tasks are asked again, by this run's jobs or on-demand.
+#
+# A job that ended is not looked up: its output, if any, is joined by recover_outputs before this.
+
+# the statuses of a job that may still run and bill (ModelInvocationJobStatus, GetModelInvocationJob); Stopping is
+# on its way to Stopped, so it is neither adopted nor stopped again
+RUNNING = ("Submitted", "Validating", "Scheduled", "InProgress")
+
+
+@dataclass(frozen=True)
+class EarlierJob:
+    """A batch inference job an earlier run of the job_id created, as its plan listed it, and what Bedrock says of it."""
+
+    job: dict[str, Any]  # InferenceJob.as_state() of the earlier plan
+    arn: str
+    status: str
+    keys: tuple[str, ...]  # the request key of each of its records, from its tasks file
+
+    @property
+    def running(self) -> bool:
+        return self.status in RUNNING
+
+
+def earlier_jobs(store: RunStore, bedrock: Callable[[], Any] | None) -> list[EarlierJob]:
+    """The batch inference jobs the job_id's earlier plan listed, each with its ARN and status as Bedrock has them.
+
+    Read before the run's files are rewritten. With no ``bedrock`` (a Bedrock control-plane client factory), no
+    earlier jobs, or a look-up Bedrock refuses, nothing is found: the run creates its own jobs, as before."""
+    try:
+        plan = store.get_json(layout.PLAN_FILE)
+    except (ClientError, ValueError):
+        return []
+    jobs = plan.get("inference_jobs") if isinstance(plan, dict) else None
+    if not jobs or bedrock is None:
+        return []
+    found: list[EarlierJob] = []
+    try:
+        client = bedrock()
+        paginator = client.get_paginator("list_model_invocation_jobs")
+        for job in jobs:
+            name = str(job["job_name"])
+            summaries = [
+                summary
+                for page in paginator.paginate(nameContains=name)
+                for summary in page.get("invocationJobSummaries", [])
+                if summary.get("jobName") == name
+            ]
+            if not summaries:
+                continue
+            summary = summaries[0]
+            found.append(EarlierJob(dict(job), str(summary["jobArn"]), str(summary.get("status", "")), _job_keys(store, job)))
+    except (ClientError, BotoCoreError, KeyError, TypeError, ValueError) as exc:
+        logger.warning("earlier batch inference jobs not looked up", extra={"error": type(exc).__name__})
+        return []
+    return found
+
+
+def _job_keys(store: RunStore, job: Mapping[str, Any]) -> tuple[str, ...]:
+    try:
+        listed = store.get_json(folder(int(job["index"])) + TASKS_NAME)["records"]
+    except (ClientError, KeyError, TypeError, ValueError):
+        return ()  # its tasks file is gone: nothing tells what it answers, so it is never adopted
+    return tuple(str(entry["task"].get("key") or "") for entry in listed)
+
+
+@dataclass
+class Settled:
+    """What became of an earlier run's jobs that still ran: adopted by this run, or stopped."""
+
+    adopted: list[EarlierJob] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)  # ARNs
+    not_stopped: list[str] = field(default_factory=list)  # ARNs whose StopModelInvocationJob Bedrock refused
+
+    def as_plan(self) -> dict[str, Any]:
+        return {
+            "adopted": [job.arn for job in self.adopted],
+            "stopped": list(self.stopped),
+            **({"not_stopped": list(self.not_stopped)} if self.not_stopped else {}),
+        }
+
+
+def settle_earlier_jobs(
+    earlier: list[EarlierJob], wanted: Mapping[str, str] | None, bedrock: Callable[[], Any] | None
+) -> Settled:
+    """Adopt each running job whose every record is a request of ``wanted`` (request key -> model spec: what this
+    run puts into batch jobs; None: adopt none), each key in one job at most; stop the other running jobs."""
+    settled = Settled()
+    claimed: set[str] = set()
+    for job in earlier:
+        if not job.running:
+            continue
+        keys = set(job.keys)
+        if wanted is not None and keys and all(k in wanted for k in keys) and not keys & claimed:
+            models = {wanted[k] for k in keys}
+            if len(models) == 1 and model_id_of(models.pop()) == job.job.get("model_id"):
+                settled.adopted.append(job)
+                claimed |= keys
+                continue
+        try:
+            assert bedrock is not None  # a job was found, so there is a client
+            bedrock().stop_model_invocation_job(jobIdentifier=job.arn)
+            settled.stopped.append(job.arn)
+        except (ClientError, BotoCoreError) as exc:
+            # ended meanwhile (ValidationException / ConflictException), or refused: nothing more to do here
+            logger.warning("earlier batch inference job not stopped", extra={"error": type(exc).__name__})
+            settled.not_stopped.append(job.arn)
+    return settled
+
+
+def adopt_jobs(
+    store: RunStore, adopted: list[EarlierJob], where: Mapping[str, tuple[int, dict[str, Any]]], run: str
+) -> list[dict[str, Any]]:
+    """The plan entries of the adopted jobs (with their ARNs: the state machine waits for them, creates nothing),
+    their tasks files rewritten for this run: each record under the batch this run puts its task in (``where``:
+    request key -> (batch index, task)), so the join writes it where the fallback and Aggregate look."""
+    entries = []
+    for job in adopted:
+        index = int(job.job["index"])
+        tasks_file = store.get_json(folder(index) + TASKS_NAME)
+        records = []
+        for entry in tasks_file["records"]:
+            batch, task = where[str(entry["task"]["key"])]
+            records.append({"record_id": entry["record_id"], "batch": batch, "task": _stub(task)})
+        store.put_json(folder(index) + TASKS_NAME, {**tasks_file, "run": run, "records": records})
+        entries.append({**job.job, "job_arn": job.arn})
+    return entries
 
 
 def _job_statuses(statuses: Any) -> list[dict[str, Any]] | str:

@@ -23,10 +23,15 @@ from fanout_core import layout
 from fanout_core.aggregation import ItemVotes, aggregate_stream
 from fanout_core.batch_inference import (
     BatchBudget,
+    Settled,
+    adopt_jobs,
+    earlier_jobs,
     fallback_budget,
+    folder,
     join_outputs,
     poll_plan,
     recover_outputs,
+    settle_earlier_jobs,
     write_budget_report,
     write_budget_stopped,
     write_inference_jobs,
@@ -114,11 +119,14 @@ def plan(
     settings: Settings,
     execution_arn: str | None = None,
     sfn: Any = None,
+    bedrock: Callable[[], Any] | None = None,
 ) -> PlanSummary:
     """Check the job, expand and batch its tasks, write the run files; return the small plan the Map reads.
 
     The run's lease on its job_id names ``execution_arn``; with ``sfn`` (a Step Functions client) a lease whose
     holder no longer runs is taken over at once (fanout_core.lease).
+    With ``bedrock`` (a Bedrock control-plane client factory), the batch inference jobs
+    an earlier run of the job_id left running are adopted or stopped (batch_inference.settle_earlier_jobs).
     """
     source = job_source(event_input)
     if source is not None:
@@ -141,7 +149,9 @@ def plan(
     if holder is not None:
         raise InvalidJob(holder.refusal(job.job_id, now), "job_id")
     try:
-        summary = _plan_run(job, items, every_task, store, settings, execution_arn or execution_name, execution_name)
+        summary = _plan_run(
+            job, items, every_task, store, settings, execution_arn or execution_name, execution_name, bedrock=bedrock
+        )
     except BaseException:
         _lease(store).release(execution_arn or execution_name)  # a plan that did not finish leaves the job_id free
         raise
@@ -159,11 +169,16 @@ def _plan_run(
     settings: Settings,
     execution: str = "run",
     run: str | None = None,
+    *,
+    bedrock: Callable[[], Any] | None = None,
 ) -> PlanSummary:
     """Reuse what earlier runs of the job_id answered (by request key), batch the rest by item, write the run files."""
     assert job.job_id is not None
     stopping = _stopping(job, settings.default_model)
     rerun = _earlier_run(store)
+    # an earlier run's batch jobs that may still run (its execution stopped or failed while they did), looked up
+    # before its plan is rewritten
+    earlier = earlier_jobs(store, bedrock) if rerun else []
     if rerun:
         recover_outputs(store)  # an earlier run's batch jobs that finished but were never joined: records now
     reusable = _reusable(store, job, stopping.get("stop")) if rerun else {}
@@ -198,9 +213,17 @@ def _plan_run(
     with ThreadPoolExecutor(max_workers=16) as pool:
         ranges = list(pool.map(write, enumerate(batches)))
     store.put_json(layout.MANIFEST_FILE, ranges)
+    shared = make(0, [])
+    where = _batch_job_tasks(tier, tasks, batches)
+    # the earlier run's running jobs: adopted when this run would ask their very requests in batch jobs (and no budget
+    # has to count them), stopped otherwise
+    wanted = {key: task["model"] for key, (_, task) in where.items()} if _batch_budget(shared) is None else None
+    settled = settle_earlier_jobs(earlier, wanted, bedrock)
     if rerun:
-        store.delete_prefix(layout.INFERENCE_DIR)  # an earlier run's batch jobs: their outputs are records already
-    inference = _inference_jobs(store, tier, tasks, batches, make(0, []), execution, settings, run, job.limits.deadline_hours)
+        # an earlier run's batch jobs: their outputs are records already, or they are stopped; an adopted job's
+        # folder stays (its input, tasks file and output to come)
+        _delete_inference_files(store, keep={folder(int(e.job["index"])) for e in settled.adopted})
+    inference = _inference_jobs(store, tier, where, shared, execution, settings, run, job.limits.deadline_hours, settled=settled)
     summary = {
         "job_id": job.job_id,
         "run_uri": store.uri,
@@ -216,7 +239,7 @@ def _plan_run(
         "map_concurrency": batching.map_concurrency,
         "max_concurrency": concurrency,
         # which tier the calls are bought at and why, with the estimate next to on-demand's
-        "tier": {**tier.as_plan(), **_poll_note(inference)},
+        "tier": {**tier.as_plan(), **_poll_note(inference), **_earlier_note(settled)},
         **inference,
         # escalation, a judge or a synthesis: the state machine plans a second pass after the first Map
         "second_pass": has_second_pass(job),
@@ -234,39 +257,75 @@ def _plan_run(
     return cast(PlanSummary, summary)
 
 
+def _batch_job_tasks(
+    tier: TierChoice, tasks: list[dict[str, Any]], batches: list[list[BatchItem]]
+) -> dict[str, tuple[int, dict[str, Any]]]:
+    """At tier batch: each pending task's request key -> (its batch, the task), in batch order; empty otherwise (a
+    task write_inference_jobs does not batch, one with a document, is among them: it is called on-demand)."""
+    if tier.tier != "batch":
+        return {}
+    by_key = {t["key"]: t for t in tasks}
+    return {
+        stub["key"]: (index, by_key[stub["key"]])
+        for index, batch_items in enumerate(batches)
+        for entry in batch_items
+        for stub in entry["tasks"]
+        if "done" not in stub
+    }
+
+
+def _delete_inference_files(store: RunStore, keep: set[str]) -> None:
+    """Every job folder under the run's inference/ but the folders in ``keep`` (the jobs this run adopts)."""
+    if not keep:
+        store.delete_prefix(layout.INFERENCE_DIR)
+        return
+    start = len(layout.INFERENCE_DIR)
+    folders = {name[: name.index("/", start) + 1] for name in store.names(layout.INFERENCE_DIR) if "/" in name[start:]}
+    for name in sorted(folders - keep):
+        store.delete_prefix(name)
+
+
+def _earlier_note(settled: Settled) -> dict[str, Any]:
+    """What became of an earlier run's batch jobs that still ran, for the tier block result.json shows."""
+    if not (settled.adopted or settled.stopped or settled.not_stopped):
+        return {}
+    return {"earlier_jobs": settled.as_plan()}
+
+
 def _inference_jobs(
     store: RunStore,
     tier: TierChoice,
-    tasks: list[dict[str, Any]],
-    batches: list[list[BatchItem]],
+    where: Mapping[str, tuple[int, dict[str, Any]]],
     shared: Mapping[str, Any],
     execution: str,
     settings: Settings,
     run: str | None = None,
     deadline_hours: float | None = None,
+    *,
+    settled: Settled | None = None,
 ) -> dict[str, Any]:
-    """At tier batch: the Bedrock batch inference jobs' input written, and what the state machine needs to run them."""
+    """At tier batch: the Bedrock batch inference jobs' input written, and what the state machine needs to run them.
+    An adopted job of an earlier run is listed with its ARN and its tasks are in no new job."""
     if tier.tier != "batch":
         return {}
+    adopted = settled.adopted if settled is not None else []
+    entries = adopt_jobs(store, adopted, where, run or execution)
+    taken = {key for job in adopted for key in job.keys}
     # the pending tasks in batch order, each with its batch: a record joined from a job's output goes under its batch
-    by_key = {t["key"]: t for t in tasks}
-    ordered = [
-        (index, by_key[stub["key"]])
-        for index, batch_items in enumerate(batches)
-        for entry in batch_items
-        for stub in entry["tasks"]
-        if "done" not in stub
-    ]
+    ordered = [(index, task) for key, (index, task) in where.items() if key not in taken]
     pending, batch_of = [t for _, t in ordered], [i for i, _ in ordered]
     budget = _batch_budget(shared)
-    jobs = write_inference_jobs(store, pending, batch_of, dict(shared), execution, run=run, budget=budget, least=min_records)
+    first = 1 + max((int(job.job["index"]) for job in adopted), default=-1)
+    jobs = write_inference_jobs(
+        store, pending, batch_of, dict(shared), execution, run=run, budget=budget, least=min_records, first_index=first
+    )
     if budget is not None:
         # the tasks the budget leaves out are accounted for now; the fallback batches get what the jobs leave
         write_budget_stopped(store, pending, batch_of, budget, run or execution)
         write_budget_report(store, budget, batch_of)
     # the jobs' poll loops kept within the execution history quota (a too short interval is raised, with a note)
-    polls = poll_plan(settings.batch_poll_seconds, settings.batch_max_polls, len(jobs), deadline_hours)
-    return {"inference_jobs": [job.as_state() for job in jobs], **polls.as_plan()}
+    polls = poll_plan(settings.batch_poll_seconds, settings.batch_max_polls, len(entries) + len(jobs), deadline_hours)
+    return {"inference_jobs": [*entries, *(job.as_state() for job in jobs)], **polls.as_plan()}
 
 
 def _poll_note(inference: Mapping[str, Any]) -> dict[str, str]:

@@ -414,6 +414,8 @@ ANY_RESOURCE_ACTIONS = {
         ],
         _LOG_DELIVERY,
     ),
+    # Plan finds an earlier run's batch inference jobs by name: the action lists the account's jobs, naming none
+    "bedrock:ListModelInvocationJobs": "ListModelInvocationJobs lists the account's jobs and names no job ARN to scope it to",
 }
 
 
@@ -490,9 +492,16 @@ def test_bedrock_is_invocable_only_on_the_configured_models(
         bedrock = [s for s in statements if any(a.startswith("bedrock:") for a in _actions(s))]
         granted = {r for s in bedrock for r in _resources(s)}
 
-        # Then subtask may call exactly those models; plan and aggregate none (the second pass's calls are batches)
-        if name in ("plan", "aggregate"):
+        # Then subtask may call exactly those models; plan and aggregate none (the second pass's calls are batches);
+        # plan only finds and stops the batch inference jobs an earlier run left running
+        if name == "aggregate":
             assert bedrock == []
+        elif name == "plan":
+            grants = {(a, r) for s in bedrock for a in _actions(s) if a.startswith("bedrock:") for r in _resources(s)}
+            assert grants == {
+                ("bedrock:ListModelInvocationJobs", "*"),
+                ("bedrock:StopModelInvocationJob", _JOBS),
+            }
         else:
             assert {a for s in bedrock for a in _actions(s)} == {"bedrock:InvokeModel"}
             assert granted == expected
@@ -500,7 +509,7 @@ def test_bedrock_is_invocable_only_on_the_configured_models(
     # and besides them only the batch inference service role invokes them (the same models), and the state machine
     # only manages model invocation jobs
     others = [(where, s) for where, s in _all_allow_statements(resources) if any(a.startswith("bedrock:") for a in _actions(s))]
-    roles = {_role_of(resources, function_ids[name]) for name in ("subtask",)}
+    roles = {_role_of(resources, function_ids[name]) for name in ("subtask", "plan")}
     for where, statement in others:
         role = where.split("/")[0]
         if role in roles:
@@ -514,6 +523,9 @@ def test_bedrock_is_invocable_only_on_the_configured_models(
                 "bedrock:GetModelInvocationJob",
                 "bedrock:StopModelInvocationJob",
             }
+
+
+_JOBS = "arn:${AWS::Partition}:bedrock:${AWS::Region}:${AWS::AccountId}:model-invocation-job/*"
 
 
 def test_bedrock_arns_for_profiles_of_every_geography() -> None:

@@ -142,7 +142,8 @@ def test_requests_and_records_match_botocores_models(tmp_path: Path) -> None:
         client.get_model_invocation_job(jobIdentifier=arn)
     assert created["modelInvocationType"] == "Converse" and created["timeoutDurationInHours"] == 24
     assert created["roleArn"].endswith(":role/fanout-batch-inference")
-    assert key.endswith(".jsonl") and created["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"].endswith("/output/")
+    output = created["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"]
+    assert key.endswith(".jsonl") and output.endswith(f"/output/{created['jobName']}/")
     # and every record is one recordId with a Converse request body (modelId is the job's)
     converse = botocore.session.get_session().get_service_model("bedrock-runtime").operation_model("Converse").input_shape
     assert len(lines) == 102 and len({line["recordId"] for line in lines}) == 102
@@ -249,3 +250,91 @@ def test_a_bedrock_model_at_tier_batch_answers_as_on_demand_at_half_the_list_pri
     factor = found.batch.price_factor
     assert batch["usage"]["estimated_cost_usd"] == pytest.approx(on_demand["usage"]["estimated_cost_usd"] * factor, rel=1e-3)
     assert len(served.successes) == 240
+
+
+def _stopped_while_its_job_runs(runtime: Any, body: dict[str, Any], name: str) -> str:
+    """An execution whose batch job is still running (held InProgress), stopped while it waits for the job: as when a
+    user stops it, or it fails or times out; Step Functions stops no job for it. The job's ARN."""
+    import os
+    import time
+
+    os.environ[local_batch_jobs.STATUS_SETTING] = "InProgress"
+    os.environ["FANOUT_BATCH_POLL_SECONDS"] = "3600"  # it waits an hour between looks (local_aws restores both)
+    arn = runtime.start(body, name)
+    assert runtime.batch_jobs is not None
+    for _ in range(1200):  # until its job is created (no timing is asserted: this only bounds the wait)
+        if runtime.batch_jobs.jobs:
+            break
+        time.sleep(0.05)
+    (job_arn,) = runtime.batch_jobs.jobs
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    sfn.stop_execution(executionArn=arn, cause="stopped by hand")
+    assert runtime.wait(arn).status == "ABORTED"
+    assert runtime.batch_jobs.jobs[job_arn].status == "InProgress" and not runtime.batch_jobs.stopped
+    os.environ.pop(local_batch_jobs.STATUS_SETTING)
+    os.environ["FANOUT_BATCH_POLL_SECONDS"] = "0"
+    return str(job_arn)
+
+
+def _plan_of(job_id: str) -> dict[str, Any]:
+    s3 = boto3.client("s3", region_name=REGION)
+    plan: dict[str, Any] = json.loads(s3.get_object(Bucket="fanout-local-results", Key=f"runs/{job_id}/plan.json")["Body"].read())
+    return plan
+
+
+@pytest.mark.slow
+def test_a_rerun_adopts_the_batch_job_a_stopped_execution_left_running_and_pays_for_it_once() -> None:
+    # Given a tier-batch execution stopped while its batch job ran (the job keeps running, and billing)
+    body = job("left-running", "batch", items=34)
+    with local_aws() as runtime:
+        job_arn = _stopped_while_its_job_runs(runtime, body, "left-running-1")
+        assert runtime.model_calls.total() == 0  # the held job has run no record yet
+
+        # When the job_id is run again
+        execution = runtime.wait(runtime.start(body, "left-running-2"))
+        assert runtime.batch_jobs is not None
+        created, stopped, listed = list(runtime.batch_jobs.created), list(runtime.batch_jobs.stopped), runtime.batch_jobs.listed
+        plan = _plan_of("left-running")
+
+    # Then it waited for the earlier job instead of creating another: every record was bought once, in that job
+    assert execution.status == "SUCCEEDED" and execution.output is not None
+    assert len(created) == 1 and stopped == []
+    assert plan["inference_jobs"][0]["job_arn"] == job_arn
+    assert plan["tier"]["earlier_jobs"] == {"adopted": [job_arn], "stopped": []}
+    joined = plan["tier"]["batch_inference"]
+    assert joined["answered"] == 102 and joined["fallback"] == 0
+    assert runtime.model_calls.total() == 102 and execution.output["counts"]["ok"] == 102
+    # and Plan found it with a ListModelInvocationJobs request botocore's model takes
+    client = boto3.client("bedrock", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(client) as stub:
+        (request,) = listed
+        stub.add_response("list_model_invocation_jobs", {"invocationJobSummaries": []}, request)
+        client.list_model_invocation_jobs(**request)
+    assert request == {"nameContains": created[0]["jobName"]}
+
+
+@pytest.mark.slow
+def test_a_rerun_of_a_changed_job_stops_the_batch_job_it_supersedes() -> None:
+    # Given a tier-batch execution stopped while its batch job ran
+    body = job("superseded", "batch", items=34)
+    with local_aws() as runtime:
+        job_arn = _stopped_while_its_job_runs(runtime, body, "superseded-1")
+
+        # When the job_id is run again with another prompt: the running job's requests are no longer asked
+        changed = {**body, "prompt": "Label the sentiment of this ticket: {text}"}
+        execution = runtime.wait(runtime.start(changed, "superseded-2"))
+        assert runtime.batch_jobs is not None
+        created, stopped = list(runtime.batch_jobs.created), list(runtime.batch_jobs.stopped)
+        plan = _plan_of("superseded")
+
+    # Then Plan stopped the earlier job (it bills no more records) and the run bought its own, once
+    assert execution.status == "SUCCEEDED" and execution.output is not None
+    assert stopped == [job_arn] and len(created) == 2
+    assert plan["tier"]["earlier_jobs"] == {"adopted": [], "stopped": [job_arn]}
+    assert "job_arn" not in plan["inference_jobs"][0]
+    assert runtime.model_calls.total() == 102 and execution.output["counts"]["ok"] == 102
+    # and the stop request is one botocore's model takes
+    client = boto3.client("bedrock", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(client) as stub:
+        stub.add_response("stop_model_invocation_job", {}, {"jobIdentifier": job_arn})
+        client.stop_model_invocation_job(jobIdentifier=job_arn)

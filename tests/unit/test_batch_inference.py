@@ -52,6 +52,9 @@ def test_record_ids_job_names_and_tokens_take_the_forms_bedrock_accepts() -> Non
     name = bi.job_name("weird job_id.with/every*thing" * 3, "arn:aws:states:...:execution:fanout:x", 7)
     assert len(name) <= 63 and re.fullmatch(shape["jobName"].metadata["pattern"], name)
     assert re.fullmatch(shape["clientRequestToken"].metadata["pattern"], name)
+    # and Plan finds an earlier run's job by that name (ListModelInvocationJobs nameContains)
+    contains = model.operation_model("ListModelInvocationJobs").input_shape.members["nameContains"].metadata
+    assert re.fullmatch(contains["pattern"], name) and len(name) <= contains["max"]
     assert bi.job_name("a", "one", 0) != bi.job_name("a", "two", 0)
     assert bi.record_id(12).isalnum() and len(bi.record_id(12)) == 11
 
@@ -113,6 +116,11 @@ def converse_reply(text: str, stop: str = "end_turn", tokens: tuple[int, int] = 
     }
 
 
+def output_key(job: bi.InferenceJob, bedrock_job_id: str) -> str:
+    """Where Bedrock writes a job's output lines: <output URI><job id>/<input file>.out."""
+    return job.output_uri.removeprefix(f"s3://{BUCKET}/") + f"{bedrock_job_id}/input.jsonl.out"
+
+
 def test_outputs_are_joined_by_record_id_and_whatever_is_not_ok_falls_back(store: RunStore) -> None:
     # Given a planned run of 6 tasks in 2 batches, one inference job over all of them
     shared = {"inference": {"max_tokens": 20}, "output_schema": SCHEMA, "answer_field": "label"}
@@ -132,7 +140,7 @@ def test_outputs_are_joined_by_record_id_and_whatever_is_not_ok_falls_back(store
         {"recordId": "R9999999999", "modelOutput": converse_reply('{"label": "yes"}')},
         {"recordId": bi.record_id(0), "modelOutput": converse_reply('{"label": "yes"}')},
     ]
-    key = f"runs/job-1/{bi.folder(0)}output/abc123/input.jsonl.out"
+    key = output_key(job, "abc123")
     store.s3.put_object(Bucket=BUCKET, Key=key, Body="".join(json.dumps(line) + "\n" for line in out).encode())
 
     # When the outputs are joined
@@ -161,7 +169,7 @@ def test_a_distributed_run_rewrites_its_batch_list_to_the_batches_left(store: Ru
     (job,) = bi.write_inference_jobs(store, tasks, [0, 0, 1, 1], {}, "exec")
     store.put_json("plan.json", {"mode": "distributed", "counts": {"batches": 2}, "inference_jobs": [job.as_state()]})
     out = [{"recordId": bi.record_id(n), "modelOutput": converse_reply("fine")} for n in (0, 1)]
-    key = f"runs/job-1/{bi.folder(0)}output/j/input.jsonl.out"
+    key = output_key(job, "j")
     store.s3.put_object(Bucket=BUCKET, Key=key, Body="".join(json.dumps(line) + "\n" for line in out).encode())
 
     joined = bi.join_outputs(store, {"Error": "States.Runtime"})
@@ -178,7 +186,7 @@ def test_outputs_an_earlier_run_never_joined_are_recovered_once(store: RunStore)
     plan = {"mode": "inline", "counts": {"batches": 1}, "tier": {"tier": "batch"}, "inference_jobs": [job.as_state()]}
     store.put_json("plan.json", plan)
     out = [{"recordId": bi.record_id(n), "modelOutput": converse_reply("fine")} for n in (2, 0)]
-    key = f"runs/job-1/{bi.folder(0)}output/j/input.jsonl.out"
+    key = output_key(job, "j")
     store.s3.put_object(Bucket=BUCKET, Key=key, Body="".join(json.dumps(line) + "\n" for line in out).encode())
 
     # When the re-run's Plan looks for them, twice
@@ -297,3 +305,102 @@ def test_a_fallback_batch_in_its_own_lambda_has_its_share_of_what_the_jobs_left(
     # and a batch of a run without batch jobs keeps its plan
     plain = {"index": 2, "pacing": {"run": "r", "max_cost_usd": 1.0, "tasks": 300}}
     assert steps._after_batch_jobs(store, plain, 2, asking=99) == (plain, 99)
+
+
+ARN = "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/"
+
+
+def bedrock_client() -> Any:
+    return boto3.client("bedrock", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+
+
+def summary(name: str, job_id: str, status: str) -> dict[str, Any]:
+    """A ListModelInvocationJobs summary with the members botocore's model requires."""
+    import datetime as dt
+
+    return {
+        "jobArn": ARN + job_id,
+        "jobName": name,
+        "modelId": "m",
+        "roleArn": "arn:aws:iam::123456789012:role/r",
+        "status": status,
+        "submitTime": dt.datetime(2026, 1, 1),
+        "inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://b/k.jsonl"}},
+        "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://b/o/"}},
+    }
+
+
+def test_an_earlier_runs_jobs_are_looked_up_by_name_with_requests_botocores_model_takes(store: RunStore) -> None:
+    from botocore.stub import Stubber
+
+    # Given an earlier plan of two jobs (their tasks files list the request keys of their records)
+    tasks = [{**task(n), "key": f"k{n}"} for n in range(4)]
+    jobs = bi.write_inference_jobs(store, tasks, [0] * 4, {}, "exec-1", max_records=2)
+    store.put_json("plan.json", {"tier": {"tier": "batch"}, "inference_jobs": [j.as_state() for j in jobs]})
+    client = bedrock_client()
+    # When Bedrock lists one still running (and a job whose name only contains the first's), the other not at all
+    with Stubber(client) as stub:
+        other = summary(jobs[0].job_name + "-x", "bbbbbbbbbbbb", "Completed")
+        listed = {"invocationJobSummaries": [other, summary(jobs[0].job_name, "aaaaaaaaaaaa", "InProgress")]}
+        stub.add_response("list_model_invocation_jobs", listed, {"nameContains": jobs[0].job_name})
+        stub.add_response("list_model_invocation_jobs", {"invocationJobSummaries": []}, {"nameContains": jobs[1].job_name})
+        found = bi.earlier_jobs(store, lambda: client)
+        stub.assert_no_pending_responses()
+    # Then the job of that very name is found, with its ARN, status and the keys of its records
+    assert [(e.arn, e.status, e.keys, e.running) for e in found] == [(ARN + "aaaaaaaaaaaa", "InProgress", ("k0", "k1"), True)]
+    assert found[0].job == jobs[0].as_state()
+    # and without a client, or when Bedrock refuses the look-up, nothing is found and the run goes on
+    assert bi.earlier_jobs(store, None) == []
+    with Stubber(client) as stub:
+        stub.add_client_error("list_model_invocation_jobs", "AccessDeniedException", http_status_code=403)
+        assert bi.earlier_jobs(store, lambda: client) == []
+
+
+def earlier(job_id: str, keys: tuple[str, ...], status: str = "InProgress", model_id: str = MODEL[8:]) -> bi.EarlierJob:
+    return bi.EarlierJob({"index": 0, "job_name": f"fanout-{job_id}", "model_id": model_id}, ARN + job_id, status, keys)
+
+
+def test_a_running_job_with_this_runs_very_requests_is_adopted_and_any_other_is_stopped() -> None:
+    from botocore.stub import Stubber
+
+    wanted = {"k0": MODEL, "k1": MODEL, "k2": MODEL, "k3": "sim"}
+    same = earlier("aaaaaaaaaaa1", ("k0", "k1"))
+    changed = earlier("aaaaaaaaaaa2", ("k2", "old"))  # one of its requests is not asked any more
+    overlapping = earlier("aaaaaaaaaaa3", ("k1", "k2"))  # k1 is the adopted job's
+    other_model = earlier("aaaaaaaaaaa4", ("k3",))
+    ended = earlier("aaaaaaaaaaa5", ("k2",), status="Completed")
+    client = bedrock_client()
+    with Stubber(client) as stub:
+        for job in (changed, overlapping, other_model):
+            stub.add_response("stop_model_invocation_job", {}, {"jobIdentifier": job.arn})
+        settled = bi.settle_earlier_jobs([same, changed, overlapping, other_model, ended], wanted, lambda: client)
+        stub.assert_no_pending_responses()
+    assert settled.adopted == [same]
+    assert settled.stopped == [changed.arn, overlapping.arn, other_model.arn] and settled.not_stopped == []
+    # and with nothing wanted (a budget, or another tier) every running job is stopped; a refusal is noted, not raised
+    with Stubber(client) as stub:
+        stub.add_client_error("stop_model_invocation_job", "ValidationException", http_status_code=400)
+        refused = bi.settle_earlier_jobs([same], None, lambda: client)
+    assert refused.adopted == [] and refused.not_stopped == [same.arn]
+
+
+def test_an_adopted_jobs_records_are_joined_under_this_runs_batches(store: RunStore) -> None:
+    # Given an earlier run's job over 3 tasks, all in its batch 0, adopted by a run that puts them in batches 1 and 2
+    tasks = [{**task(n), "key": f"k{n}"} for n in range(3)]
+    (job,) = bi.write_inference_jobs(store, tasks, [0, 0, 0], {}, "exec-1", run="run-1")
+    adopted = bi.EarlierJob(job.as_state(), ARN + "aaaaaaaaaaaa", "InProgress", ("k0", "k1", "k2"))
+    where = {"k0": (1, tasks[0]), "k1": (1, tasks[1]), "k2": (2, tasks[2])}
+    (entry,) = bi.adopt_jobs(store, [adopted], where, "run-2")
+    # Then the plan entry is the earlier job with its ARN, and its records now name this run's batches and run
+    assert entry == {**job.as_state(), "job_arn": adopted.arn}
+    listed = store.get_json(bi.folder(0) + "tasks.json")
+    assert [(e["record_id"], e["batch"]) for e in listed["records"]] == [(bi.record_id(n), b) for n, b in enumerate((1, 1, 2))]
+    assert listed["run"] == "run-2"
+
+
+def test_jobs_of_two_runs_in_one_folder_write_their_outputs_apart(store: RunStore) -> None:
+    # a job of an earlier run, stopped but still writing, cannot put lines where this run's job of that folder reads
+    first = bi.write_inference_jobs(store, [task(0)], [0], {}, "exec-1")[0]
+    second = bi.write_inference_jobs(store, [task(0)], [0], {}, "exec-2")[0]
+    assert first.index == second.index and first.input_uri == second.input_uri
+    assert not first.output_uri.startswith(second.output_uri) and not second.output_uri.startswith(first.output_uri)

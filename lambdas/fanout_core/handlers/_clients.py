@@ -46,3 +46,9 @@ def using_providers(registry: ProviderRegistry) -> Iterator[ProviderRegistry]:
 def sfn() -> Any:
     # Plan asks whether the execution holding a job_id's lease still runs (DescribeExecution)
     return boto3.client("stepfunctions", config=Config(retries={"mode": "standard"}))
+
+
+def bedrock() -> Any:
+    # Plan looks up, and stops, the batch inference jobs an earlier run left running: built when needed (a re-run of
+    # a tier-batch job), not cached, so the local runtime's in-process answers reach it in every run
+    return boto3.client("bedrock", config=Config(retries={"mode": "standard"}))

@@ -4,7 +4,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fanout_core import steps
 from fanout_core.errors import InvalidJob
-from fanout_core.handlers._clients import s3, settings, sfn
+from fanout_core.handlers._clients import bedrock, s3, settings, sfn
 from fanout_core.observability import JOBS_INVALID, TASKS_PLANNED, correlate, count, logger, metrics, tracer
 
 
@@ -16,7 +16,13 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     correlate(None, execution)
     try:
         plan = steps.plan(
-            event["input"], execution or "job", s3=s3(), settings=settings(), execution_arn=event.get("execution_arn"), sfn=sfn()
+            event["input"],
+            execution or "job",
+            s3=s3(),
+            settings=settings(),
+            execution_arn=event.get("execution_arn"),
+            sfn=sfn(),
+            bedrock=bedrock,
         )
     except InvalidJob as exc:
         # the user's mistake, reported in the execution's Fail state; the field only, the message may quote the job
