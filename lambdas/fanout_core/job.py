@@ -470,6 +470,11 @@ def check_items(job: Job, items: list[Any], *, where: str = "items") -> None:
         _check_items(job, items, where)
 
 
+# an item's size as json.dumps(item, ensure_ascii=False) encodes it, with one encoder for every item (json.dumps with
+# options builds a new one on each call)
+_ITEM_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def _check_items(job: Job, items: list[Any], where: str) -> None:
     if not items:
         raise InvalidJob(f"{where}: is empty; give at least one item", where)
@@ -499,7 +504,7 @@ def _check_items(job: Job, items: list[Any], where: str) -> None:
         if item_id in seen:
             raise InvalidJob(f"{at}.id: duplicate id '{item_id}' (first at {where}[{seen[item_id]}])", f"{at}.id")
         seen[item_id] = index
-        size = len(json.dumps(item, ensure_ascii=False).encode("utf-8"))
+        size = len(_ITEM_ENCODER.encode(item).encode("utf-8"))
         if size > job.limits.max_item_bytes:
             raise InvalidJob(
                 f"{at}: item '{item_id}' is {size} bytes, over limits.max_item_bytes ({job.limits.max_item_bytes}); "

@@ -143,22 +143,27 @@ class _Observed:
         self.name = inner.name
 
     def invoke(self, request: ModelRequest, attempt: int) -> ModelReply:
+        if tracer.disabled:  # no segment to open: the call's hot path without a context manager around it
+            return self._timed(request, attempt, None)
+        with _model_call_segment(self.spec, attempt) as segment:
+            return self._timed(request, attempt, segment)
+
+    def _timed(self, request: ModelRequest, attempt: int, segment: Any) -> ModelReply:
         started = time.perf_counter()
         reply: ModelReply | None = None
         error: ModelError | None = None
-        with _model_call_segment(self.spec, attempt) as segment:
-            try:
-                reply = self.inner.invoke(request, attempt)
-                return reply
-            except ModelError as exc:
-                error = exc
-                if segment is not None:
-                    segment.put_annotation("error_kind", exc.kind)
-                raise
-            finally:
-                self.calls._record(request, (time.perf_counter() - started) * 1000, reply, error)
-                if self.calls._log_content:
-                    _log_content(request, reply, error)
+        try:
+            reply = self.inner.invoke(request, attempt)
+            return reply
+        except ModelError as exc:
+            error = exc
+            if segment is not None:
+                segment.put_annotation("error_kind", exc.kind)
+            raise
+        finally:
+            self.calls._record(request, (time.perf_counter() - started) * 1000, reply, error)
+            if self.calls._log_content:
+                _log_content(request, reply, error)
 
 
 @contextlib.contextmanager

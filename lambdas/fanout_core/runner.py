@@ -477,8 +477,8 @@ def _call(
     extra: Record = {}
     try:
         reply = _invoke(provider, request, policy, sleep, calls, budget)
-        larger = reask_budget(task["model"], request.max_tokens)
-        if reply.truncated and larger is not None:
+        larger = reask_budget(task["model"], request.max_tokens) if reply.truncated else None
+        if larger is not None:
             calls.add_usage(reply)
             extra["reasked_truncated"] = larger
             reply = _invoke(provider, replace(request, max_tokens=larger), policy, sleep, calls, budget)

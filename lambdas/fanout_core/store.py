@@ -28,6 +28,10 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+# a chunk is written once it holds this many records, if flush_seconds has not come first: what bounds how long a
+# record waits is the time; the count only keeps a chunk's body bounded (~1 MB) when calls come back fast. Each
+# chunk is a PutObject, a GetObject in Aggregate and a file in a local run's --out (500 made ~40 chunks a second)
+FLUSH_RECORDS = 2000
 # held by the run of a job_id from Plan to Aggregate (fanout_core.lease), so two runs never share its records
 LEASE = layout.LEASE_FILE
 # the record statuses that need no more model calls (contracts.FINAL_STATUSES): answered, not asked because earlier
@@ -73,7 +77,7 @@ class RunStore:
     def batch_name(self, index: int) -> str:
         return layout.batch_name(index)
 
-    def writer(self, batch_index: int, flush_records: int = 500, flush_seconds: float | None = None) -> RecordWriter:
+    def writer(self, batch_index: int, flush_records: int = FLUSH_RECORDS, flush_seconds: float | None = None) -> RecordWriter:
         """Where one run of batch ``batch_index`` writes its records."""
         prefix = f"{self.prefix}{layout.batch_records_dir(batch_index)}{uuid.uuid4().hex[:12]}"
         return RecordWriter(
@@ -182,14 +186,18 @@ class RecordWriter:
         self.written = 0
 
     def add(self, record: Record) -> None:
+        timer = None
         with self._lock:
             self._pending.append(record)
             due = len(self._pending) >= self.flush_records or time.monotonic() - self._last_flush >= self.flush_seconds
             chunk = self._take() if due else None
             if chunk is None and self._timer is None:
-                self._timer = threading.Timer(self.flush_seconds, self._flush_late)
-                self._timer.daemon = True
-                self._timer.start()
+                timer = self._timer = threading.Timer(self.flush_seconds, self._flush_late)
+                timer.daemon = True
+        if timer is not None:
+            # started outside the lock: a thread's start waits for it to run, and the batch's other threads would
+            # wait for the lock meanwhile. A timer cancelled before it starts (by a chunk or close) does nothing.
+            timer.start()
         if chunk:
             self._put(*chunk)
 

@@ -19,6 +19,7 @@ time and raises :class:`SchemaUnusable` instead of crashing the batch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -406,10 +407,18 @@ def canonical(value: Any) -> str:
 
 def strict_json(value: Any, **options: Any) -> str:
     """JSON text with no NaN or Infinity (not JSON, refused by strict readers): such numbers become null."""
+    encoder = _strict_encoder(tuple(sorted(options.items())))
     try:
-        return json.dumps(value, allow_nan=False, **options)
+        return encoder.encode(value)
     except ValueError:
-        return json.dumps(_finite(value), allow_nan=False, **options)
+        return encoder.encode(_finite(value))
+
+
+@functools.lru_cache(maxsize=16)
+def _strict_encoder(options: tuple[tuple[str, Any], ...]) -> json.JSONEncoder:
+    """The encoder ``json.dumps(..., allow_nan=False, **options)`` builds, built once per set of options (it keeps no
+    state between calls): Aggregate encodes every result item with one."""
+    return json.JSONEncoder(allow_nan=False, **dict(options))
 
 
 def _finite(value: Any) -> Any:
