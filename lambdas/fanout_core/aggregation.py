@@ -116,11 +116,15 @@ def aggregate_stream(
                 emit(out)
         else:
             with tempfile.TemporaryDirectory(dir=spill_dir, prefix="fanout-aggregate-") as folder:
-                paths = _spill(records, items, part_items, Path(folder))
+                first, paths = _spill(records, items, part_items, Path(folder))
                 for number, path in enumerate(paths):
                     chunk = items[number * part_items : (number + 1) * part_items]
-                    part = _aggregate_part(job, chunk, _read_spill(path), batch_errors, on_votes)
-                    path.unlink(missing_ok=True)
+                    held = first if path is None else _read_spill(path)
+                    first = []
+                    part = _aggregate_part(job, chunk, held, batch_errors, on_votes)
+                    del held
+                    if path is not None:
+                        path.unlink(missing_ok=True)
                     totals.add(chunk, part)
                     for out in part.items:
                         emit(out)
@@ -153,28 +157,40 @@ def _job_material(job: Job, out_items: list[dict[str, Any]]) -> Material | None:
     return material
 
 
-def _spill(records: Iterable[Record], items: list[dict[str, Any]], part_items: int, folder: Path) -> list[Path]:
-    """Each record appended to the spill file of its item's part; records of unknown items are left out.
+def _spill(
+    records: Iterable[Record], items: list[dict[str, Any]], part_items: int, folder: Path
+) -> tuple[list[Record], list[Path | None]]:
+    """The first part's records, kept as they come, and every other record appended to the spill file of its item's
+    part (None stands for the first part's); records of unknown items are left out.
 
-    The spill files are this aggregation's own scratch, read back once by ``_read_spill``: each record is
-    marshalled (a record holds JSON values only), several times faster to write and read than JSON, after
-    its length in 4 bytes.
+    The first part's records are held in memory while the rest are read: no more than aggregating a part holds
+    anyway (each of its tasks' records), so the memory stays bounded by a part. The spill files are this
+    aggregation's own scratch, read back once by ``_read_spill``: each record is marshalled (a record holds JSON
+    values only), several times faster to write and read than JSON, after its length in 4 bytes.
     """
     position = {item["id"]: n for n, item in enumerate(items)}
     count = (len(items) + part_items - 1) // part_items
-    paths = [folder / f"part-{n:05d}.bin" for n in range(count)]
-    files = [path.open("wb") for path in paths]
+    paths: list[Path | None] = [None] + [folder / f"part-{n:05d}.bin" for n in range(1, count)]
+    files = [None] + [path.open("wb") for path in paths[1:] if path is not None]
+    first: list[Record] = []
+    keep = first.append
     dumps = marshal.dumps
     try:
         for record in records:
             where = position.get(record.get("item_id", ""))
-            if where is not None:
-                blob = dumps(record)  # type: ignore[arg-type]  # a record holds JSON values only
-                files[where // part_items].write(len(blob).to_bytes(4, "little") + blob)
+            if where is None:
+                continue
+            part = where // part_items
+            if part == 0:
+                keep(record)
+                continue
+            blob = dumps(record)  # type: ignore[arg-type]  # a record holds JSON values only
+            files[part].write(len(blob).to_bytes(4, "little") + blob)  # type: ignore[union-attr]
     finally:
         for file in files:
-            file.close()
-    return paths
+            if file is not None:
+                file.close()
+    return first, paths
 
 
 def _read_spill(path: Path) -> Iterable[Record]:

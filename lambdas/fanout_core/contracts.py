@@ -343,6 +343,13 @@ def pending_task_ids(batch: Mapping[str, Any]) -> list[str]:
     return [str(t["task_id"]) for t in pending_tasks(batch)]
 
 
+def pending_count(batch: Mapping[str, Any]) -> int:
+    """How many tasks a batch file asks the model for: ``len(pending_task_ids(batch))`` without building the ids."""
+    if "items" not in batch:
+        return len(batch.get("tasks", []))
+    return sum(1 for e in batch["items"] for stub in e["tasks"] if "done" not in stub)
+
+
 def pending_tasks(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The (task_id, key) of each task a batch file asks the model for, as small dicts."""
     if "items" not in batch:

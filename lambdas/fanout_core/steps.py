@@ -51,6 +51,7 @@ from fanout_core.contracts import (
     batch_file,
     batch_item,
     expand,
+    pending_count,
     pending_task_ids,
     stage_batch,
 )
@@ -519,7 +520,7 @@ def run_subtask(
     saved = _saved_pacing(store, index)
     prices = (batch.get("pacing") or {}).get("prices")
     # the batch's part of the budget is by the tasks it will ask (not the done stubs it carries)
-    asking = len(pending_task_ids(batch))
+    asking = pending_count(batch)
     batch, asking = _after_batch_jobs(store, batch, index, asking)
     # the budget prices a call as its usage is priced: at the service tier it is bought at (flex, priority)
     tier = service_tier(batch)

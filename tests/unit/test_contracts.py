@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fanout_core.batch_inference import record_from_output
-from fanout_core.contracts import Record, expand, new_record
+from fanout_core.contracts import Record, expand, new_record, pending_count, pending_task_ids
 from fanout_core.job import parse_job
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest
 from fanout_core.runner import RetryPolicy, run_batch
@@ -154,3 +154,17 @@ def test_the_test_batch_factory_builds_the_batch_plan_writes(pattern: str) -> No
 
     # Then RunBatch expands it to the same tasks, with the same prompts and request keys
     assert expand(built) == expand(planned)
+
+
+def test_pending_count_counts_the_tasks_a_batch_file_asks_for() -> None:
+    # Given a batch of items whose stubs include some an earlier run answered, and a second pass's batch of tasks
+    slots = [(f"i{n // 3}", f"v{n % 3 + 1}") for n in range(9)]
+    tasks = [_task("vote", slot) | {"task_id": f"{item}#{slot}", "item_id": item} for item, slot in slots]
+    batch = batch_for(tasks)
+    for entry in batch["items"]:
+        entry["tasks"][0]["done"] = "ok"  # type: ignore[typeddict-unknown-key]
+    second = {"index": 200, "tasks": [_task("judge", "judge:ab12")]}
+
+    # Then the count is the number of ids pending_task_ids lists, the answered stubs left out
+    assert pending_count(batch) == len(pending_task_ids(batch)) == 6
+    assert pending_count(second) == len(pending_task_ids(second)) == 1
