@@ -3,16 +3,18 @@
 The state machine's ``aws-sdk:bedrock:createModelInvocationJob`` /
 ``getModelInvocationJob`` / ``stopModelInvocationJob`` tasks reach botocore
 through moto's interpreter, and Plan's ``list_model_invocation_jobs`` /
-``stop_model_invocation_job`` (an earlier run's jobs still running) go
-through boto3; a ``before-send`` hook on the default session answers them
-here. A created job runs its records at once through the
-job's provider (the simulator by default, or Bedrock's Converse for a
-``bedrock:`` model) and writes Bedrock's output layout to (moto) S3: under
-the job's output URI, a folder named by the job id holding
-``<input file>.out`` (``recordId``, ``modelInput``, and ``modelOutput`` as a
-Converse response body, or ``error``) and ``manifest.json.out``
-("View the results of a batch inference job", batch-inference-results.html).
-Its first GetModelInvocationJob says ``InProgress``, the next its end.
+``stop_model_invocation_job`` (an earlier run's jobs still running) and the
+join step's (its own run's jobs the state machine did not see end, and
+``get_model_invocation_job`` while they stop) go through boto3; a
+``before-send`` hook on the default session answers them here. A created
+job runs its records at once through the job's provider (the simulator by
+default, or Bedrock's Converse for a ``bedrock:`` model) and writes
+Bedrock's output layout to (moto) S3: under the job's output URI, a folder
+named by the job id holding ``<input file>.out`` (``recordId``,
+``modelInput``, and ``modelOutput`` as a Converse response body, or
+``error``) and ``manifest.json.out`` ("View the results of a batch
+inference job", batch-inference-results.html). Its first
+GetModelInvocationJob says ``InProgress``, the next its end.
 
 Settings (environment), to rehearse what Bedrock can do to a job:
 
@@ -22,6 +24,11 @@ Settings (environment), to rehearse what Bedrock can do to a job:
   the setting says so, until StopModelInvocationJob stops it; looked at
   once the setting is gone, it runs its records then: a slow job); unset:
   ``Completed``, or ``PartiallyCompleted`` when some records failed;
+- ``FANOUT_LOCAL_BATCH_STOPPED_SHARE``: the share of a held job's records it
+  had processed when StopModelInvocationJob stopped it (default 0). A
+  stopped held job is ``Stopping`` until GetModelInvocationJob looks at it,
+  and then ``Stopped`` with the output of that share written (each line a
+  billed call), as a Bedrock job that is stopped while it runs;
 - ``FANOUT_LOCAL_BATCH_RECORD_ERROR_RATE``: the share of records (picked by
   recordId, the same in every run) answered with an error line.
 
@@ -55,6 +62,7 @@ from fanout_core.providers.bedrock import TOOL_NAME
 
 STATUS_SETTING = "FANOUT_LOCAL_BATCH_JOB_STATUS"
 RECORD_ERRORS_SETTING = "FANOUT_LOCAL_BATCH_RECORD_ERROR_RATE"
+STOPPED_SHARE_SETTING = "FANOUT_LOCAL_BATCH_STOPPED_SHARE"
 OPERATIONS = ("CreateModelInvocationJob", "GetModelInvocationJob", "StopModelInvocationJob", "ListModelInvocationJobs")
 _THREADS = 16
 _ATTEMPTS = 6
@@ -72,6 +80,7 @@ class _Job:
     submitted: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     params: dict[str, Any] = field(default_factory=dict)  # the CreateModelInvocationJob request
     held: str | None = None  # the job id of a job held InProgress, whose records have not run
+    stopping: tuple[str, float] | None = None  # a held job stopped: its job id, and the share of records it processed
 
 
 class LocalBatchJobs:
@@ -132,6 +141,9 @@ class LocalBatchJobs:
         job = self.jobs.get(arn)
         if job is None:
             raise _Refused("ResourceNotFoundException", f"no model invocation job {arn}", 404)
+        if job.stopping is not None:
+            (held, share), job.stopping = job.stopping, None
+            self._run(job, held, job.params, stopped_share=share)  # Stopping -> Stopped: what it processed is written
         if job.held is not None and job.status == "InProgress" and os.environ.get(STATUS_SETTING) != "InProgress":
             held, job.held = job.held, None
             self._run(job, held, job.params)  # a slow job: it runs its records now
@@ -163,18 +175,24 @@ class LocalBatchJobs:
         job = self.jobs.get(arn)
         if job is None:
             raise _Refused("ResourceNotFoundException", f"no model invocation job {arn}", 404)
-        job.status, job.held = "Stopped", None
+        if job.held is not None and job.status == "InProgress":
+            # a job that runs goes Stopping, then Stopped (ModelInvocationJobStatus); what it processed is billed
+            job.stopping = (job.held, float(os.environ.get(STOPPED_SHARE_SETTING) or 0))
+            job.status = "Stopping"
+        else:
+            job.status = "Stopped"
+        job.held = None
         self.stopped.append(arn)
         return {}
 
     # -- running a job ------------------------------------------------------------------------------------------
-    def _run(self, job: _Job, job_id: str, params: dict[str, Any]) -> None:
+    def _run(self, job: _Job, job_id: str, params: dict[str, Any], *, stopped_share: float | None = None) -> None:
         s3 = self.s3()
         source = params["inputDataConfig"]["s3InputDataConfig"]["s3Uri"]
         bucket, key = source[5:].split("/", 1)
         lines = [json.loads(line) for line in s3.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines() if line.strip()]
         hints = _hints(s3, bucket, key)
-        ending = os.environ.get(STATUS_SETTING) or ""
+        ending = "Stopped" if stopped_share is not None else os.environ.get(STATUS_SETTING) or ""
         job.records = len(lines)
         if ending == "InProgress":
             job.status, job.held = ending, job_id
@@ -183,6 +201,8 @@ class LocalBatchJobs:
             job.status = ending
             return
         answered = lines if ending not in ("Expired", "Stopped") else lines[: len(lines) // 2]
+        if stopped_share is not None:
+            answered = lines[: int(len(lines) * stopped_share)]
         spec = job.model_id if job.model_id.startswith("sim") else f"bedrock:{job.model_id}"
         provider = self.provider_for(spec)
         rate = float(os.environ.get(RECORD_ERRORS_SETTING) or 0)

@@ -48,10 +48,14 @@ EARLIER_BATCH_JOBS = (
     "plan stops the batch inference jobs an earlier run of a job_id left running; a job's id is chosen by Bedrock "
     "when it is created, the grant names this account and region"
 )
+UNFINISHED_BATCH_JOBS = (
+    "the join step stops, and watches while they stop, the batch inference jobs of its run the state machine did not "
+    "see end; a job's id is chosen by Bedrock when it is created, the grant names this account and region"
+)
 LIST_BATCH_JOBS = (
-    "plan finds an earlier run's batch inference jobs by name; ListModelInvocationJobs lists the account's jobs and "
-    "names no job ARN to scope it to (an action without a resource type takes '*', Service Authorization "
-    "Reference); read-only"
+    "plan finds an earlier run's batch inference jobs by name, the join step its own run's; ListModelInvocationJobs "
+    "lists the account's jobs and names no job ARN to scope it to (an action without a resource type takes '*', "
+    "Service Authorization Reference); read-only"
 )
 RESULT_FILES = "results are written to results/<job_id>/; the job id is chosen per job at run time"
 MODEL_ANY_REGION = (
@@ -134,14 +138,10 @@ class Functions(Construct):
         fn.add_to_role_policy(iam.PolicyStatement(actions=["states:DescribeExecution"], resources=[holders]))
         # tier batch: the batch inference jobs an earlier run of the job_id left running are found by name, and those
         # this run does not adopt are stopped (fanout_core.batch_inference.settle_earlier_jobs)
-        jobs = f"arn:{Aws.PARTITION}:bedrock:{Aws.REGION}:{Aws.ACCOUNT_ID}:model-invocation-job/*"
-        fn.add_to_role_policy(iam.PolicyStatement(actions=["bedrock:ListModelInvocationJobs"], resources=["*"]))
-        fn.add_to_role_policy(iam.PolicyStatement(actions=["bedrock:StopModelInvocationJob"], resources=[jobs]))
+        self._allow_batch_jobs(fn, ["bedrock:StopModelInvocationJob"], EARLIER_BATCH_JOBS)
         suppress_wildcards(
             _role(fn),
             {
-                "*": LIST_BATCH_JOBS,
-                nag_reads(jobs): EARLIER_BATCH_JOBS,
                 nag_reads(holders): LEASE_HOLDERS,
                 template_arn(self._input_bucket, "/*"): INPUT_ANY_KEY,
                 template_arn(self._results_bucket, "/" + layout.RUNS_ANY): RUN_DATA,
@@ -156,6 +156,9 @@ class Functions(Construct):
         self._allow_read(fn, self._results_bucket, layout.RUNS_ANY)
         self._allow_write(fn, self._results_bucket, layout.RUNS_ANY)
         self._allow_bedrock(fn)
+        # tier batch: the join step finds its run's jobs the state machine did not see end by name, stops those still
+        # running and waits for them to be Stopped (fanout_core.batch_inference.stop_unfinished_jobs)
+        self._allow_batch_jobs(fn, ["bedrock:StopModelInvocationJob", "bedrock:GetModelInvocationJob"], UNFINISHED_BATCH_JOBS)
         # a PDF or office item is sent to Bedrock as the file itself, read from where the items came from
         fn.add_to_role_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._input_bucket.arn_for_objects("*")]))
         suppress_wildcards(
@@ -259,6 +262,14 @@ class Functions(Construct):
 
     def _allow_write(self, fn: lambda_.Function, bucket: s3.IBucket, key_pattern: str) -> None:
         fn.add_to_role_policy(iam.PolicyStatement(actions=["s3:PutObject"], resources=[bucket.arn_for_objects(key_pattern)]))
+
+    def _allow_batch_jobs(self, fn: lambda_.Function, actions: list[str], why: str) -> None:
+        """Find this account's batch inference jobs by name (ListModelInvocationJobs names no resource: '*'), and
+        ``actions`` on its jobs in this region (a job's id is Bedrock's, chosen when it is created)."""
+        jobs = f"arn:{Aws.PARTITION}:bedrock:{Aws.REGION}:{Aws.ACCOUNT_ID}:model-invocation-job/*"
+        fn.add_to_role_policy(iam.PolicyStatement(actions=["bedrock:ListModelInvocationJobs"], resources=["*"]))
+        fn.add_to_role_policy(iam.PolicyStatement(actions=actions, resources=[jobs]))
+        suppress_wildcards(_role(fn), {"*": LIST_BATCH_JOBS, nag_reads(jobs): why})
 
     def _allow_bedrock(self, fn: lambda_.Function) -> None:
         arns = bedrock_model_arns(self._config.models)

@@ -508,15 +508,20 @@ class JoinOutcome:
         return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
 
 
-def join_outputs(store: RunStore, statuses: Any) -> dict[str, Any]:
+def join_outputs(
+    store: RunStore, statuses: Any, bedrock: Callable[[], Any] | None = None, *, sleep: Callable[[float], None] = time.sleep
+) -> dict[str, Any]:
     """Write a record per output line of every job, joined to its task by recordId; return what falls back.
 
     ``statuses`` is what the state machine learned of each job (a list of {index, status}, or an error object
     when its Map failed); the outputs are read whatever it says, since a stopped or expired job may have
-    written some. Returns the batches that still have tasks without an ok record (the fallback Map runs only
-    those: batches.json is rewritten to them) and the counts.
+    written some. With ``bedrock`` (a Bedrock control-plane client factory), a job the state machine did not see
+    end is stopped first (stop_unfinished_jobs), so none still runs for the tasks that fall back. Returns the
+    batches that still have tasks without an ok record (the fallback Map runs only those: batches.json is
+    rewritten to them) and the counts.
     """
     plan = store.get_json(layout.PLAN_FILE)
+    settled = stop_unfinished_jobs(store, plan, statuses, bedrock, sleep=sleep)
     outcome = JoinOutcome()
     _write_records(store, plan, outcome)
     pending = _pending_batches(store, plan)
@@ -525,7 +530,9 @@ def join_outputs(store: RunStore, statuses: Any) -> dict[str, Any]:
     ranges = [r for r in store.get_json(layout.MANIFEST_FILE) if r["index"] in {index for index, _ in pending}]
     if plan["mode"] == "distributed":
         store.put_json(layout.MANIFEST_FILE, ranges)  # the distributed Map reads its batch list from here
-    summary = {**outcome.as_dict(), "jobs": _job_statuses(statuses)}
+    summary: dict[str, Any] = {**outcome.as_dict(), "jobs": _job_statuses(statuses)}
+    if settled.stopped or settled.not_stopped or settled.stopping:
+        summary["stopped_jobs"] = {k: v for k, v in settled.as_plan().items() if k != "adopted"}
     plan["tier"] = {**plan.get("tier", {}), "batch_inference": summary}
     store.put_json(layout.PLAN_FILE, plan)
     return {
@@ -632,6 +639,14 @@ def earlier_jobs(store: RunStore, bedrock: Callable[[], Any] | None) -> list[Ear
     except (ClientError, ValueError):
         return []
     jobs = plan.get("inference_jobs") if isinstance(plan, dict) else None
+    return find_jobs(store, jobs or [], bedrock)
+
+
+def find_jobs(store: RunStore, jobs: list[dict[str, Any]], bedrock: Callable[[], Any] | None) -> list[EarlierJob]:
+    """Each of these plan entries (InferenceJob.as_state()) that Bedrock has a job of that very name for, with its
+    ARN and status (ListModelInvocationJobs, nameContains: the name is all a plan is sure to know of a job whose
+    creation the state machine did not report). With no ``bedrock`` (a Bedrock control-plane client factory), or a
+    look-up Bedrock refuses, nothing is found."""
     if not jobs or bedrock is None:
         return []
     found: list[EarlierJob] = []
@@ -651,7 +666,7 @@ def earlier_jobs(store: RunStore, bedrock: Callable[[], Any] | None) -> list[Ear
             summary = summaries[0]
             found.append(EarlierJob(dict(job), str(summary["jobArn"]), str(summary.get("status", "")), _job_keys(store, job)))
     except (ClientError, BotoCoreError, KeyError, TypeError, ValueError) as exc:
-        logger.warning("earlier batch inference jobs not looked up", extra={"error": type(exc).__name__})
+        logger.warning("batch inference jobs not looked up", extra={"error": type(exc).__name__})
         return []
     return found
 
@@ -671,12 +686,14 @@ class Settled:
     adopted: list[EarlierJob] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)  # ARNs
     not_stopped: list[str] = field(default_factory=list)  # ARNs whose StopModelInvocationJob Bedrock refused
+    stopping: list[str] = field(default_factory=list)  # ARNs still Stopping when the join stopped waiting for them
 
     def as_plan(self) -> dict[str, Any]:
         return {
             "adopted": [job.arn for job in self.adopted],
             "stopped": list(self.stopped),
             **({"not_stopped": list(self.not_stopped)} if self.not_stopped else {}),
+            **({"stopping": list(self.stopping)} if self.stopping else {}),
         }
 
 
@@ -703,7 +720,7 @@ def settle_earlier_jobs(
             settled.stopped.append(job.arn)
         except (ClientError, BotoCoreError) as exc:
             # ended meanwhile (ValidationException / ConflictException), or refused: nothing more to do here
-            logger.warning("earlier batch inference job not stopped", extra={"error": type(exc).__name__})
+            logger.warning("batch inference job not stopped", extra={"error": type(exc).__name__})
             settled.not_stopped.append(job.arn)
     return settled
 
@@ -725,6 +742,81 @@ def adopt_jobs(
         store.put_json(folder(index) + TASKS_NAME, {**tasks_file, "run": run, "records": records})
         entries.append({**job.job, "job_arn": job.arn})
     return entries
+
+
+# -- this run's jobs the state machine lost sight of -------------------------------------------------------------
+#
+# The join falls back on-demand for every task its jobs' outputs did not answer. A job the state machine did not see
+# end may still run, and bill, for those very tasks: the RunInferenceJobs Map failed (its Catch hands the join an
+# error object, with no job ARN), CreateInferenceJob was reported refused (NotCreated) though Bedrock may have made
+# the job, or StopInferenceJob, whose refusal is caught, reported Stopped. Before it joins, the join finds each such
+# job by its name (find_jobs, as Plan finds an earlier run's), stops it when it is still running (Submitted,
+# Validating, Scheduled, InProgress: RUNNING) with StopModelInvocationJob ("You're only charged for tokens that were
+# already processed", batch-inference-stop.html), and waits, a bounded time, for a Stopping job to be Stopped
+# (ModelInvocationJobStatus: "Stopping – This job is being stopped by a user", GetModelInvocationJob). An InProgress
+# job already writes to its output location ("You can start viewing the results in the output S3 location", the
+# same status list); no page read says what a Stopped job has written, so the join reads whatever is there once the
+# job is Stopped, and only the tasks without an answer are asked on-demand.
+
+# the statuses the state machine reads of a job that writes nothing more (its InferenceJobEnded); Stopped is not
+# among them, since the state machine also reports Stopped for a job whose StopModelInvocationJob it sent
+SEEN_ENDED = ("Completed", "PartiallyCompleted", "Failed", "Expired")
+STOP_WAIT_SECONDS = 300.0  # of the join Lambda's 900 s; a job still Stopping then: what it writes later is not joined
+STOP_POLL_SECONDS = 10.0
+
+
+def stop_unfinished_jobs(
+    store: RunStore,
+    plan: Mapping[str, Any],
+    statuses: Any,
+    bedrock: Callable[[], Any] | None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Settled:
+    """Stop each job of this run's plan the state machine did not see end (``statuses``: its job statuses, or the
+    error object of a failed Map), and wait for the stopped ones to be Stopped; what was stopped, for the summary."""
+    ended = _ended_jobs(statuses)
+    unseen = [job for job in plan.get("inference_jobs") or [] if int(job["index"]) not in ended]
+    found = find_jobs(store, unseen, bedrock)
+    settled = settle_earlier_jobs(found, None, bedrock)  # none adopted: every job still running is stopped
+    waiting = [*settled.stopped, *(job.arn for job in found if job.status == "Stopping")]
+    if waiting and bedrock is not None:
+        settled.stopping = _wait_stopped(waiting, bedrock, sleep, clock)
+    return settled
+
+
+def _ended_jobs(statuses: Any) -> set[int]:
+    """The indexes of the jobs the state machine saw end; none when its Map failed."""
+    if not isinstance(statuses, list):
+        return set()
+    return {int(s["index"]) for s in statuses if isinstance(s, dict) and s.get("status") in SEEN_ENDED and "index" in s}
+
+
+def _wait_stopped(
+    arns: list[str], bedrock: Callable[[], Any], sleep: Callable[[float], None], clock: Callable[[], float]
+) -> list[str]:
+    """Look at each job (GetModelInvocationJob) until none is Stopping, or STOP_WAIT_SECONDS have gone; the ARNs
+    still Stopping then. A look Bedrock refuses ends the wait for that job."""
+    client = bedrock()
+    deadline = clock() + STOP_WAIT_SECONDS
+    left = list(arns)
+    while True:
+        still = []
+        for arn in left:
+            try:
+                status = client.get_model_invocation_job(jobIdentifier=arn).get("status")
+            except (ClientError, BotoCoreError) as exc:
+                logger.warning("stopped batch inference job not looked at", extra={"error": type(exc).__name__})
+                continue
+            if status == "Stopping":
+                still.append(arn)
+        if not still or clock() >= deadline:
+            if still:
+                logger.warning("batch inference jobs still stopping", extra={"jobs": len(still)})
+            return still
+        left = still
+        sleep(STOP_POLL_SECONDS)
 
 
 def _job_statuses(statuses: Any) -> list[dict[str, Any]] | str:

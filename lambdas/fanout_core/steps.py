@@ -748,10 +748,12 @@ def _second_pass_mode(job: Job, batching: Batching) -> str:
     return choose_mode(job.limits.mode, batching)
 
 
-def join_inference(event: dict[str, Any], *, s3: Any) -> dict[str, Any]:
-    """After the batch inference jobs: their outputs written as task records; the batches left for on-demand."""
+def join_inference(event: dict[str, Any], *, s3: Any, bedrock: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """After the batch inference jobs: their outputs written as task records; the batches left for on-demand.
+    With ``bedrock`` (a Bedrock control-plane client factory), a job the state machine did not see end is stopped
+    first, so it bills nothing for the tasks that fall back (batch_inference.stop_unfinished_jobs)."""
     store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
-    return join_outputs(store, event.get("statuses"))
+    return join_outputs(store, event.get("statuses"), bedrock)
 
 
 def _run_name(event: Mapping[str, Any]) -> str | None:

@@ -414,7 +414,8 @@ ANY_RESOURCE_ACTIONS = {
         ],
         _LOG_DELIVERY,
     ),
-    # Plan finds an earlier run's batch inference jobs by name: the action lists the account's jobs, naming none
+    # Plan finds an earlier run's batch inference jobs by name, the join step its own run's: the action lists the
+    # account's jobs, naming none
     "bedrock:ListModelInvocationJobs": "ListModelInvocationJobs lists the account's jobs and names no job ARN to scope it to",
 }
 
@@ -493,18 +494,25 @@ def test_bedrock_is_invocable_only_on_the_configured_models(
         granted = {r for s in bedrock for r in _resources(s)}
 
         # Then subtask may call exactly those models; plan and aggregate none (the second pass's calls are batches);
-        # plan only finds and stops the batch inference jobs an earlier run left running
+        # plan only finds and stops the batch inference jobs an earlier run left running, and subtask (the join step)
+        # finds, stops and looks at its own run's
+        grants = {(a, r) for s in bedrock for a in _actions(s) if a.startswith("bedrock:") for r in _resources(s)}
+        jobs = {(a, r) for a, r in grants if a != "bedrock:InvokeModel"}
         if name == "aggregate":
             assert bedrock == []
         elif name == "plan":
-            grants = {(a, r) for s in bedrock for a in _actions(s) if a.startswith("bedrock:") for r in _resources(s)}
             assert grants == {
                 ("bedrock:ListModelInvocationJobs", "*"),
                 ("bedrock:StopModelInvocationJob", _JOBS),
             }
         else:
-            assert {a for s in bedrock for a in _actions(s)} == {"bedrock:InvokeModel"}
-            assert granted == expected
+            assert {r for a, r in grants if a == "bedrock:InvokeModel"} == expected
+            assert granted == expected | {"*", _JOBS}
+            assert jobs == {
+                ("bedrock:ListModelInvocationJobs", "*"),
+                ("bedrock:StopModelInvocationJob", _JOBS),
+                ("bedrock:GetModelInvocationJob", _JOBS),
+            }
 
     # and besides them only the batch inference service role invokes them (the same models), and the state machine
     # only manages model invocation jobs

@@ -338,3 +338,66 @@ def test_a_rerun_of_a_changed_job_stops_the_batch_job_it_supersedes() -> None:
     with Stubber(client) as stub:
         stub.add_response("stop_model_invocation_job", {}, {"jobIdentifier": job_arn})
         client.stop_model_invocation_job(jobIdentifier=job_arn)
+
+
+def _inference_map_failing_after_a_look(definition: Any) -> str:
+    """The state machine with each RunInferenceJobs iteration failing right after its first GetModelInvocationJob
+    (CountInferencePoll is a Fail state): the Map fails while its job still runs, and its Catch hands the join an error
+    object instead of the jobs' statuses."""
+    asl = json.loads(definition())
+    states = asl["States"]["RunInferenceJobs"]["ItemProcessor"]["States"]
+    states["CountInferencePoll"] = {"Type": "Fail", "Error": "Injected.MapFailure", "Cause": "a fault of the test"}
+    return json.dumps(asl)
+
+
+@pytest.mark.slow
+def test_a_job_still_running_when_the_jobs_map_fails_is_stopped_and_no_task_is_bought_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fanout import runtime as local_runtime
+
+    # Given a tier-batch run whose RunInferenceJobs Map fails while its batch job runs (held InProgress), a job that
+    # has processed half of its records when it is stopped
+    failing = _inference_map_failing_after_a_look(local_runtime.definition)
+    monkeypatch.setattr(local_runtime, "definition", lambda: failing)
+    monkeypatch.setenv(local_batch_jobs.STATUS_SETTING, "InProgress")
+    monkeypatch.setenv(local_batch_jobs.STOPPED_SHARE_SETTING, "0.5")
+    body = job("map-fails", "batch", items=34)
+    with local_aws() as runtime:
+        execution = runtime.wait(runtime.start(body, "map-fails-1"))
+        assert runtime.batch_jobs is not None
+        (arn,) = runtime.batch_jobs.jobs
+        stopped, listed = list(runtime.batch_jobs.stopped), list(runtime.batch_jobs.listed)
+        # When Bedrock runs on whatever was not stopped: the job is looked at once more, the hold gone
+        monkeypatch.delenv(local_batch_jobs.STATUS_SETTING)
+        runtime.batch_jobs.get(arn)
+        status, calls = runtime.batch_jobs.jobs[arn].status, runtime.model_calls.total()
+        plan = _plan_of("map-fails")
+
+    # Then the join stopped the job before it fell back, and joined the half the job had answered
+    assert execution.status == "SUCCEEDED" and execution.output is not None
+    joined = plan["tier"]["batch_inference"]
+    assert "Map failed" in joined["jobs"]
+    assert stopped == [arn] and status == "Stopped" and joined["stopped_jobs"] == {"stopped": [arn]}
+    assert joined["answered"] == 51 and joined["fallback"] == 51
+    # and each of the 102 tasks was bought once: 51 in the stopped job, 51 on-demand, none by both
+    assert calls == 102
+    by_model = execution.output["usage"]["by_model"]
+    assert by_model["sim@batch"]["model_calls"] == 51 and by_model["sim"]["model_calls"] == 51
+    assert execution.output["counts"] == {"items": 34, "tasks": 102, "ok": 102, "invalid": 0, "failed": 0}
+    # and the join found, stopped and looked at the job with requests botocore's model takes
+    (request,) = listed
+    assert request == {"nameContains": runtime_job_name(plan)}
+    client = boto3.client("bedrock", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(client) as stub:
+        stub.add_response("list_model_invocation_jobs", {"invocationJobSummaries": []}, request)
+        stub.add_response("stop_model_invocation_job", {}, {"jobIdentifier": arn})
+        stub.add_response("get_model_invocation_job", _job_status(arn), {"jobIdentifier": arn})
+        client.list_model_invocation_jobs(**request)
+        client.stop_model_invocation_job(jobIdentifier=arn)
+        client.get_model_invocation_job(jobIdentifier=arn)
+
+
+def runtime_job_name(plan: dict[str, Any]) -> str:
+    (entry,) = plan["inference_jobs"]
+    return str(entry["job_name"])

@@ -404,3 +404,107 @@ def test_jobs_of_two_runs_in_one_folder_write_their_outputs_apart(store: RunStor
     second = bi.write_inference_jobs(store, [task(0)], [0], {}, "exec-2")[0]
     assert first.index == second.index and first.input_uri == second.input_uri
     assert not first.output_uri.startswith(second.output_uri) and not second.output_uri.startswith(first.output_uri)
+
+
+def two_job_run(store: RunStore) -> list[bi.InferenceJob]:
+    """A planned run of 4 tasks in one batch, in two batch inference jobs of 2 records each."""
+    ranges = [{"index": 0, "start": 0, "end": 4}]
+    tasks = planned(store, [task(n) for n in range(4)], ranges, {})
+    store.put_json("batches.json", ranges)
+    jobs = bi.write_inference_jobs(store, tasks, [0] * 4, {}, "exec", max_records=2)
+    store.put_json("plan.json", {"mode": "inline", "counts": {"batches": 1}, "tier": {"tier": "batch"},
+                                 "inference_jobs": [j.as_state() for j in jobs]})  # fmt: skip
+    return jobs
+
+
+def write_output(store: RunStore, job: bi.InferenceJob, records: list[int]) -> None:
+    out = [{"recordId": bi.record_id(n), "modelOutput": converse_reply("fine")} for n in records]
+    store.s3.put_object(Bucket=BUCKET, Key=output_key(job, "j"), Body="".join(json.dumps(x) + "\n" for x in out).encode())
+
+
+def listed(stub: Any, job: bi.InferenceJob, arn: str, status: str) -> None:
+    """ListModelInvocationJobs, asked for the job's name, answers with its job at ``status``."""
+    found = {"invocationJobSummaries": [summary(job.job_name, arn.rsplit("/", 1)[1], status)]}
+    stub.add_response("list_model_invocation_jobs", found, {"nameContains": job.job_name})
+
+
+def looked_at(stub: Any, job: bi.InferenceJob, arn: str, status: str) -> None:
+    """GetModelInvocationJob, asked for the job's ARN, answers ``status``."""
+    stub.add_response("get_model_invocation_job", summary(job.job_name, arn.rsplit("/", 1)[1], status), {"jobIdentifier": arn})
+
+
+def test_when_the_jobs_map_fails_the_join_stops_the_jobs_still_running_and_joins_what_they_wrote(store: RunStore) -> None:
+    from botocore.stub import Stubber
+
+    # Given a run of two jobs whose Map failed: job 0 still running (it answered one of its records), job 1 ended
+    first, second = two_job_run(store)
+    write_output(store, first, [0])
+    write_output(store, second, [0, 1])
+    running, ended = ARN + "aaaaaaaaaaa1", ARN + "aaaaaaaaaaa2"
+    client, sleeps = bedrock_client(), []
+    with Stubber(client) as stub:
+        # When the outputs are joined: each job is found by its name, the running one stopped, and looked at until
+        # it is Stopped (a poll interval between looks)
+        listed(stub, first, running, "InProgress")
+        listed(stub, second, ended, "Completed")
+        stub.add_response("stop_model_invocation_job", {}, {"jobIdentifier": running})
+        looked_at(stub, first, running, "Stopping")
+        looked_at(stub, first, running, "Stopped")
+        joined = bi.join_outputs(store, {"Error": "States.Runtime"}, lambda: client, sleep=sleeps.append)
+        stub.assert_no_pending_responses()
+
+    # Then what the stopped job wrote is joined, and only the task without an answer falls back
+    assert sleeps == [bi.STOP_POLL_SECONDS]
+    summary_ = joined["batch_inference"]
+    assert summary_["stopped_jobs"] == {"stopped": [running]}
+    assert summary_["answered"] == 3 and joined["pending"] == 1
+    assert store.completed(0) == {"i0#v1", "i2#v1", "i3#v1"}
+
+
+def test_the_join_looks_up_only_the_jobs_the_state_machine_did_not_see_end(store: RunStore) -> None:
+    from botocore.stub import Stubber
+
+    # Given a run whose job 0 ended and whose job 1 the state machine reported Stopped (a stop it sent, maybe refused)
+    _, second = two_job_run(store)
+    client = bedrock_client()
+    statuses = [{"index": 0, "status": "Completed"}, {"index": 1, "status": "Stopped"}]
+    with Stubber(client) as stub:
+        # When it is joined, Bedrock says job 1 still runs: it is stopped now; job 0 is not asked about
+        listed(stub, second, ARN + "aaaaaaaaaaa2", "InProgress")
+        stub.add_response("stop_model_invocation_job", {}, {"jobIdentifier": ARN + "aaaaaaaaaaa2"})
+        looked_at(stub, second, ARN + "aaaaaaaaaaa2", "Stopped")
+        joined = bi.join_outputs(store, statuses, lambda: client, sleep=lambda _: None)
+        stub.assert_no_pending_responses()
+    assert joined["batch_inference"]["stopped_jobs"] == {"stopped": [ARN + "aaaaaaaaaaa2"]}
+
+    # and when every job ended, or there is no client, Bedrock is asked nothing (the Stubber has no answers)
+    with Stubber(client):
+        ended = [{"index": 0, "status": "Completed"}, {"index": 1, "status": "Expired"}]
+        assert "stopped_jobs" not in bi.join_outputs(store, ended, lambda: client)["batch_inference"]
+    assert "stopped_jobs" not in bi.join_outputs(store, {"Error": "States.Runtime"}, None)["batch_inference"]
+
+
+def test_a_job_still_stopping_when_the_wait_ends_is_named_and_the_join_goes_on(store: RunStore) -> None:
+    from botocore.stub import Stubber
+
+    # Given a failed Map's job that Bedrock keeps Stopping past the join's wait
+    first, second = two_job_run(store)
+    arn = ARN + "aaaaaaaaaaa1"
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    client = bedrock_client()
+    looks = int(bi.STOP_WAIT_SECONDS // bi.STOP_POLL_SECONDS) + 1
+    with Stubber(client) as stub:
+        listed(stub, first, arn, "Stopping")
+        stub.add_response("list_model_invocation_jobs", {"invocationJobSummaries": []}, {"nameContains": second.job_name})
+        for _look in range(looks):
+            looked_at(stub, first, arn, "Stopping")
+        settled = bi.stop_unfinished_jobs(store, store.get_json("plan.json"), {"Error": "x"}, lambda: client, sleep=sleep,
+                                          clock=lambda: now[0])  # fmt: skip
+        stub.assert_no_pending_responses()
+    # Then it was looked at for the whole wait, no longer, and is named as still stopping (it was not stopped again)
+    assert now[0] == bi.STOP_WAIT_SECONDS
+    assert settled.stopped == [] and settled.stopping == [arn]

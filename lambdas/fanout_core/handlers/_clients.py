@@ -49,6 +49,7 @@ def sfn() -> Any:
 
 
 def bedrock() -> Any:
-    # Plan looks up, and stops, the batch inference jobs an earlier run left running: built when needed (a re-run of
-    # a tier-batch job), not cached, so the local runtime's in-process answers reach it in every run
+    # Plan looks up, and stops, the batch inference jobs an earlier run left running, and the join step those of its
+    # own run the state machine did not see end: built when needed, not cached, so the local runtime's in-process
+    # answers reach it in every run
     return boto3.client("bedrock", config=Config(retries={"mode": "standard"}))

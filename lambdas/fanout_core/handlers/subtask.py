@@ -5,7 +5,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fanout_core import steps
 from fanout_core.errors import BatchIncomplete, ModelThrottled
-from fanout_core.handlers._clients import providers, s3, settings
+from fanout_core.handlers._clients import bedrock, providers, s3, settings
 from fanout_core.observability import (
     BATCH_RETRIES,
     BATCHES_INCOMPLETE,
@@ -29,7 +29,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if event.get("step") == "join_inference":
         # after a job's Bedrock batch inference jobs: their outputs become records, the rest falls back on-demand
         correlate(event["job_id"], event.get("execution"))
-        joined = steps.join_inference(event, s3=s3())
+        joined = steps.join_inference(event, s3=s3(), bedrock=bedrock)
         logger.info("batch inference joined", extra={"pending": joined["pending"], "joined": joined["batch_inference"]})
         return joined
     correlate(event["job_id"], event.get("execution"), batch=event["batch"]["index"])
