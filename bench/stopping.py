@@ -5,7 +5,7 @@ Each mix is 2,000 items over 3 labels on the simulator with
 ``difficulty=4`` (each item's accuracy drawn from Beta(4a, 4(1-a))), asked
 through ``run_batch`` (0 ms calls, records in memory) and aggregated by
 ``aggregate``: the same code a job runs. Escalation's second pass is
-planned by the same functions PlanSecondPass uses (``needs_escalation``,
+planned by the same functions a job's second pass uses (``needs_escalation``,
 ``escalation_tasks``) and run by ``run_batch`` too. The simulator is free;
 the row prices its two models as two Bedrock models of the catalog (printed
 with the row), through the job's ``prices``. Run: ``.venv/bin/python -m bench.stopping``.
@@ -151,7 +151,7 @@ def measure_escalation(model: str, escalate: dict[str, Any] | None, items_n: int
     first = {**shared, "index": 0, "answer_field": "label", "tasks": expand_tasks(job, items, "sim")}
     run_batch(first, store=store, provider_for=sims.__getitem__, threads=8)
     if escalate is not None:
-        # the second pass: what PlanSecondPass asks for the items still doubtful after the first votes
+        # the second pass: what a job's escalation stage asks for the items still doubtful after the first votes
         second: list[dict[str, Any]] = []
 
         def plan(seen: ItemVotes) -> None:

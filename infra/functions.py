@@ -181,7 +181,7 @@ class Functions(Construct):
             "Aggregate", "aggregate", memory_mb=AGGREGATE_MEMORY_MB, timeout=Duration.seconds(900), ephemeral_mb=2048
         )
         self._allow_read(fn, self._results_bucket, layout.RUNS_ANY)
-        # the second pass's planning (PlanSecondPass) writes its batch files next to the first pass's
+        # planning a second-pass stage (in the Aggregate state) writes its batch files next to the first pass's
         self._allow_write(fn, self._results_bucket, layout.RUNS_ANY)
         self._allow_write(fn, self._results_bucket, layout.RESULTS_ANY)
         # the run's end: its lease on the job_id is released

@@ -16,7 +16,7 @@ an item's votes; RunBatch asks the model only for the others.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, Required, TypedDict
 
 from fanout_core.templating import render
 
@@ -221,6 +221,32 @@ class AggregateSummary(TypedDict):
     results_uri: str
     report_uri: str
     message: str
+
+
+class SecondPassStage(TypedDict, total=False):
+    """What the aggregate function returns when it planned the second pass instead of aggregating.
+
+    ``status`` is always ``second_pass`` (an AggregateSummary's never is), and ``stage`` the last stage planned:
+    the state machine's CheckStatus runs the stage's batches, inline or distributed by ``mode``, and hands
+    ``stage`` back to the next invocation. ``done``: no stage after the last one run had calls left, so the next
+    invocation aggregates (it then carries only ``job_id``, ``stage`` and ``counts``).
+    """
+
+    status: Required[Literal["second_pass"]]
+    job_id: Required[str | None]
+    stage: Required[int]
+    done: Required[bool]
+    counts: Required[dict[str, int]]  # the stage's tasks and batches
+    name: str  # escalate, judge or synthesis
+    run_uri: str
+    run_bucket: str
+    mode: str  # inline | distributed
+    batches: list[dict[str, int]]  # an inline stage's batch list; a distributed Map reads manifest_key
+    manifest_key: str
+    map_results_prefix: str
+    tolerated_failure_percentage: float
+    threads: int
+    map_concurrency: int
 
 
 def new_record(

@@ -47,6 +47,7 @@ from fanout_core.contracts import (
     PlanSummary,
     Record,
     Result,
+    SecondPassStage,
     TaskStub,
     batch_file,
     batch_item,
@@ -569,7 +570,36 @@ def _saved_pacing(store: RunStore, index: int) -> dict[str, Any] | None:
     return saved
 
 
-def plan_second_pass(event: dict[str, Any], *, s3: Any, settings: Settings) -> dict[str, Any]:
+def aggregate_step(
+    event: dict[str, Any], *, s3: Any, settings: Settings, scratch_dir: str | None = None
+) -> AggregateSummary | SecondPassStage:
+    """What the state machine's Aggregate state asks of the aggregate function: the next second-pass stage, or the result.
+
+    One kind of work per invocation, since planning a stage and aggregating
+    each read every record (the function's 900 s are for one of them): while
+    the job has a second pass (``event["second_pass"]``, the plan's) with a
+    stage after ``event["stage"]`` (the last one run: 0 after the first Map),
+    that stage is planned (``plan_second_pass``, status ``second_pass``);
+    once none is left, the records are aggregated (``run_aggregate``, the
+    summary that is the execution's output). A job without a second pass is
+    aggregated at once, without reading job.json twice.
+    """
+    if event.get("step") == "second_pass":
+        # an execution started under the earlier definition, whose PlanSecondPass state asked for the stages
+        return plan_second_pass(event, s3=s3, settings=settings)
+    if not event.get("second_pass"):
+        return run_aggregate(event, s3=s3, scratch_dir=scratch_dir)
+    store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
+    saved = store.get_json(layout.JOB_FILE)
+    job = Job.model_validate(saved["job"])
+    after = int(event.get("stage") or 0)
+    if any(has_stage(job, stage) for stage in STAGES[after:]):
+        return _plan_stage(job, saved, store, after, settings)
+    # the last stage the job has ran (or none had calls): aggregate, the stages' calls being records now
+    return run_aggregate(event, s3=s3, scratch_dir=scratch_dir, saved=saved)
+
+
+def plan_second_pass(event: dict[str, Any], *, s3: Any, settings: Settings) -> SecondPassStage:
     """Which second-pass tasks the job needs next, written as batches like Plan's; returns counts, never outputs.
 
     ``event["stage"]`` is the last stage run (0 after the first Map). The
@@ -580,9 +610,12 @@ def plan_second_pass(event: dict[str, Any], *, s3: Any, settings: Settings) -> d
     """
     store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
     saved = store.get_json(layout.JOB_FILE)
-    job = Job.model_validate(saved["job"])
+    return _plan_stage(Job.model_validate(saved["job"]), saved, store, int(event.get("stage") or 0), settings)
+
+
+def _plan_stage(job: Job, saved: dict[str, Any], store: RunStore, after: int, settings: Settings) -> SecondPassStage:
+    """The first stage after ``after`` that has calls to make, written as batch files; done if none has."""
     items: list[dict[str, Any]] = saved["items"]
-    after = int(event.get("stage") or 0)
     for number, stage in enumerate(STAGES, start=1):
         if number <= after or not has_stage(job, stage):
             continue
@@ -590,7 +623,13 @@ def plan_second_pass(event: dict[str, Any], *, s3: Any, settings: Settings) -> d
             tasks = _stage_tasks(job, items, store, stage, saved["default_model"], Path(folder))
             if tasks.count:
                 return _write_stage(job, store, number, tasks, settings.max_concurrency_cap)
-    return {"job_id": job.job_id, "stage": len(STAGES), "done": True, "counts": {"tasks": 0, "batches": 0}}
+    return {
+        "status": "second_pass",
+        "job_id": job.job_id,
+        "stage": len(STAGES),
+        "done": True,
+        "counts": {"tasks": 0, "batches": 0},
+    }
 
 
 class _StageTasks:
@@ -680,7 +719,7 @@ def _stage_tasks(
     return tasks
 
 
-def _write_stage(job: Job, store: RunStore, number: int, tasks: _StageTasks, cap: int) -> dict[str, Any]:
+def _write_stage(job: Job, store: RunStore, number: int, tasks: _StageTasks, cap: int) -> SecondPassStage:
     """A stage's batch files and batch list (numbered apart from the first pass's), and what its Map needs."""
     assert job.job_id is not None
     stage = STAGES[number - 1]
@@ -711,6 +750,7 @@ def _write_stage(job: Job, store: RunStore, number: int, tasks: _StageTasks, cap
     store.put_json(manifest, ranges)
     mode = _second_pass_mode(job, batching)
     return {
+        "status": "second_pass",
         "job_id": job.job_id,
         "stage": number,
         "name": stage,
@@ -762,7 +802,9 @@ def _run_name(event: Mapping[str, Any]) -> str | None:
     return str(name) if name else None
 
 
-def run_aggregate(event: dict[str, Any], *, s3: Any, scratch_dir: str | None = None) -> AggregateSummary:
+def run_aggregate(
+    event: dict[str, Any], *, s3: Any, scratch_dir: str | None = None, saved: dict[str, Any] | None = None
+) -> AggregateSummary:
     """Aggregate every record of the run into result.json, results.jsonl, report.md and report.html; return a summary.
 
     Aggregate calls no model: judge verdicts, escalated votes and syntheses
@@ -773,7 +815,8 @@ def run_aggregate(event: dict[str, Any], *, s3: Any, scratch_dir: str | None = N
     size (report.html, which lists every item, reads the items back).
     """
     store = RunStore.from_uri(s3, event["run_uri"], event["job_id"])
-    saved = store.get_json(layout.JOB_FILE)
+    if saved is None:  # (job.json as aggregate_step read it already)
+        saved = store.get_json(layout.JOB_FILE)
     job = Job.model_validate(saved["job"])
     items: list[dict[str, Any]] = saved["items"]
     errors = _batch_errors(store)

@@ -135,20 +135,49 @@ def test_the_second_pass_runs_its_batches_as_the_first_pass_does() -> None:
 
         assert bare(renamed) == bare(states[first]["ItemProcessor"])
         assert set(states[second]["ItemSelector"]) == set(states[first]["ItemSelector"])
-        assert states[second]["Next"] == "PlanSecondPass" and states[first]["Next"] == "NeedsSecondPass"
-    # and a job without one goes straight to Aggregate; the loop ends there once every stage is done
-    needs = states["NeedsSecondPass"]
-    assert needs["Choices"] == [{"Variable": "$.plan.second_pass", "BooleanEquals": True, "Next": "StartSecondPass"}]
-    assert needs["Default"] == "Aggregate"
-    done = next(c for c in states["ChooseSecondPass"]["Choices"] if c.get("BooleanEquals") is True)
-    assert done == {"Variable": "$.second.next.done", "BooleanEquals": True, "Next": "Aggregate"}
+        # and both passes' Maps go back to Aggregate, whether they finished or failed
+        for name in (first, second):
+            assert states[name]["Next"] == "Aggregate", name
+            assert [c["Next"] for c in states[name]["Catch"]] == ["Aggregate"], name
+
+
+def test_the_second_pass_is_decided_in_the_choice_after_aggregate() -> None:
+    # Given the states from the first pass's Maps to the end
+    states = json.loads(ASL_FILE.read_text())["States"]
+
+    # Then no state stands between the first Map and Aggregate (a job without a second pass enters none more)
+    assert not {"NeedsSecondPass", "StartSecondPass", "PlanSecondPass", "ChooseSecondPass"} & set(states)
+    # and Aggregate tells the aggregate function whether a second pass follows and which stage ran last,
+    # starting from Plan's "no stage yet", keeping the plan in the state for the loop and the lease's release
+    assert states["Plan"]["ResultSelector"]["step"] == {"result": {"status": "planned", "stage": 0}}
+    aggregate = states["Aggregate"]
+    assert aggregate["Parameters"]["FunctionName"] == "${AggregateFunctionArn}"
+    payload = aggregate["Parameters"]["Payload"]
+    assert (payload["second_pass.$"], payload["stage.$"]) == ("$.plan.second_pass", "$.step.result.stage")
+    assert (aggregate["ResultSelector"], aggregate["ResultPath"]) == ({"result.$": "$.Payload"}, "$.step")
+    assert aggregate["TimeoutSeconds"] == 900 and aggregate["Catch"][0]["Next"] == "ReleaseLease"
+    # and CheckStatus routes on its result: failed, a stage to run (inline or distributed), no stage left, the summary
+    second = {"Variable": "$.step.result.status", "StringEquals": "second_pass"}
+    assert states["CheckStatus"]["Choices"] == [
+        {"Variable": "$.step.result.status", "StringEquals": "failed", "Next": "JobFailed"},
+        # (And stops at its first false rule: done and mode are read of a second-pass stage only)
+        {"And": [second, {"Variable": "$.step.result.done", "BooleanEquals": True}], "Next": "Aggregate"},
+        {
+            "And": [second, {"Variable": "$.step.result.mode", "StringEquals": "distributed"}],
+            "Next": "RunSecondPassDistributed",
+        },
+        {**second, "Next": "RunSecondPass"},
+    ]
+    assert states["CheckStatus"]["Default"] == "Done"
+    # and the execution's output is the summary alone; JobFailed's cause is read where both ways in put it
+    assert {k: v for k, v in states["Done"].items() if k != "Comment"} == {"Type": "Succeed", "OutputPath": "$.step.result"}
+    assert states["ReadAggregateFailure"]["ResultPath"] == "$.step.result"
+    assert states["JobFailed"]["CausePath"] == "$.step.result.message"
 
 
 def test_every_lambda_task_retries_every_lambda_service_error() -> None:
     tasks = [s for s in _all_states(json.loads(ASL_FILE.read_text())) if s.get("Resource") == "arn:aws:states:::lambda:invoke"]
-    assert (
-        len(tasks) == 8
-    )  # plan, a batch in each of the four Maps, the batch inference join, the second pass's planning, aggregate
+    assert len(tasks) == 7  # plan, a batch in each of the four Maps, the batch inference join, aggregate
     for task in tasks:
         retried = {error for retrier in task.get("Retry", []) for error in retrier["ErrorEquals"]}
         assert retried >= LAMBDA_SERVICE_ERRORS, task["Comment"]

@@ -52,12 +52,12 @@ def test_the_asl_builds_its_keys_with_the_layouts_templates() -> None:
         if match:
             formats.setdefault(match.group(1), set()).add(match.group(2))
         else:
-            # otherwise a key comes from the plan (or the second pass's plan), which takes it from the layout
+            # otherwise a key comes from the plan (or a second-pass stage's), which takes it from the layout
             assert value in (
                 "$.plan.manifest_key",
                 "$.plan.map_results_prefix",
-                "$.second.next.manifest_key",
-                "$.second.next.map_results_prefix",
+                "$.step.result.manifest_key",
+                "$.step.result.map_results_prefix",
             ), f"{where}.{field}: {value}"
 
     # Then the templates are exactly the layout's, with the arguments they are meant for

@@ -16,7 +16,7 @@ from fanout_core.planning import expand_tasks
 from fanout_core.report import report_markdown
 from fanout_core.second_pass import STAGE_BATCH_BASE
 from fanout_core.settings import Settings
-from fanout_core.steps import plan, plan_second_pass
+from fanout_core.steps import aggregate_step, plan, plan_second_pass
 from fanout_core.store import RunStore
 
 LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"enum": ["a", "b", "c"]}}}
@@ -210,6 +210,47 @@ def test_the_second_pass_plans_escalated_votes_for_the_doubtful_items_only() -> 
             writer.add(record("doubtful", f"escalate:{n}", "b", model=STRONG))
         writer.close()
         assert plan_second_pass(event, s3=s3, settings=settings)["done"] is True
+
+
+def test_the_aggregate_step_plans_the_stage_left_then_aggregates_one_kind_of_work_at_a_time() -> None:
+    with mock_aws():
+        # Given an escalating job planned and its first votes recorded, one item doubtful
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="results")
+        settings = Settings(results_bucket="results", default_model="sim")
+        data = voting({"below": 0.7, "votes": 2, "model": STRONG})
+        planned = plan(data, "exec-1", s3=s3, settings=settings)
+        job = parse_job(data)
+        keys = {t["task_id"]: t["key"] for t in expand_tasks(job, job.items or [], "sim")}
+        writer = RunStore(s3, "results", "esc").writer(0)
+        for r in first_votes():
+            writer.add({**r, "key": keys[f"{r['item_id']}#{r['slot']}"]})
+        writer.close()
+        event = {"job_id": "esc", "run_uri": planned["run_uri"], "execution": "exec-1", "second_pass": True}
+        result_key = layout.result_key("esc", "result.json")
+
+        def written() -> bool:
+            return "Contents" in s3.list_objects_v2(Bucket="results", Prefix=result_key)
+
+        # When the Aggregate state invokes the function after the first Map (stage 0, as Plan's state starts it)
+        first = aggregate_step({**event, "stage": 0}, s3=s3, settings=settings)
+
+        # Then it planned the escalation stage and did not aggregate
+        assert first["status"] == "second_pass" and first["stage"] == 1 and first["done"] is False
+        assert not written()
+
+        # and after the stage ran, escalation being the job's last stage, the next invocation aggregates at once
+        summary = aggregate_step({**event, "stage": first["stage"]}, s3=s3, settings=settings)
+        assert summary["status"] in ("complete", "partial") and summary["result_uri"].endswith("/result.json")
+        assert written()
+
+        # and an execution of the definition that planned in a state of its own (PlanSecondPass) is still answered
+        legacy = aggregate_step(
+            {"step": "second_pass", "job_id": "esc", "run_uri": planned["run_uri"], "stage": 1}, s3=s3, settings=settings
+        )
+        assert (legacy["status"], legacy["done"]) == ("second_pass", True)
+        # while a job without a second pass (or a payload without the field) is aggregated
+        assert aggregate_step({**event, "second_pass": False, "stage": 0}, s3=s3, settings=settings)["status"] != "second_pass"
 
 
 def test_the_plans_cost_bound_counts_every_items_escalated_votes() -> None:

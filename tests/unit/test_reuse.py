@@ -77,16 +77,20 @@ def run_job(s3: Any, job: dict[str, Any], execution: str, provider: Counting, ba
                 break
             except (ModelThrottled, BatchIncomplete):
                 continue
-    stage: dict[str, Any] = {"done": not plan.get("second_pass"), "stage": 0}
-    while not stage["done"]:  # the second pass's stages, as the state machine runs them after the first Map
-        stage = steps.plan_second_pass(
-            {"job_id": plan["job_id"], "run_uri": plan["run_uri"], "stage": stage["stage"]}, s3=s3, settings=SETTINGS
+    # Aggregate, as the state machine loops on it: each second-pass stage it plans runs, then it aggregates
+    aggregate = {"job_id": plan["job_id"], "run_uri": plan["run_uri"], "execution": execution}
+    step: dict[str, Any] = {"stage": 0}
+    while True:
+        step = dict(
+            steps.aggregate_step(
+                {**aggregate, "second_pass": plan["second_pass"], "stage": step["stage"]}, s3=s3, settings=SETTINGS
+            )
         )
-        for entry in stage.get("batches") or []:
+        if step["status"] != "second_pass":
+            break
+        for entry in step.get("batches") or []:
             event = {"job_id": plan["job_id"], "run_uri": plan["run_uri"], "batch": entry, "threads": 4, "execution": execution}
             steps.run_subtask(event, s3=s3, provider_for=lambda _: provider)
-    aggregate = {"job_id": plan["job_id"], "run_uri": plan["run_uri"], "execution": execution}
-    steps.run_aggregate(aggregate, s3=s3)
     result: dict[str, Any] = json.loads(
         s3.get_object(Bucket=BUCKET, Key=layout.result_key(plan["job_id"], "result.json"))["Body"].read()
     )

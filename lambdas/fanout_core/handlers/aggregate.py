@@ -13,13 +13,12 @@ from fanout_core.observability import correlate, count, logger, metrics, tracer
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Mapping[str, Any]:
     correlate(event["job_id"], event.get("execution"))
-    if event.get("step") == "second_pass":
-        # which judge, escalation and synthesis calls come next, written as batches for the second Map
-        planned = steps.plan_second_pass(event, s3=s3(), settings=settings())
-        logger.info("second pass planned", extra={"stage": planned["stage"], "counts": planned["counts"]})
-        return planned
+    # the next second-pass stage (judge, escalation and synthesis calls, written as batches), or the result;
     # Aggregate calls no model: the second pass's calls ran as batches, and are records like the first ones
-    summary = steps.run_aggregate(event, s3=s3())
-    count(f"jobs_{summary['status']}")
-    logger.info("aggregated", extra={"status": summary["status"], "counts": summary["counts"]})
-    return summary
+    outcome = steps.aggregate_step(event, s3=s3(), settings=settings())
+    if outcome["status"] == "second_pass":
+        logger.info("second pass planned", extra={"stage": outcome["stage"], "counts": outcome["counts"]})
+        return outcome
+    count(f"jobs_{outcome['status']}")
+    logger.info("aggregated", extra={"status": outcome["status"], "counts": outcome["counts"]})
+    return outcome
