@@ -21,14 +21,25 @@ window's quota and refills it over ``window_seconds`` (60: a minute).
   the reply arrives), so a job alone on its quota is not refused.
 - **Learned quota** (none given): no limit until the first refusal, which
   means the service's bucket is empty; from then on the bucket mirrors it.
-  Every refusal empties the mirror (the service just said it is empty) and
-  measures the refill rate as the tokens taken between two refusals over the
-  time between them (both refusals found the bucket near empty, so what was
-  taken in between is what was refilled, whatever the window); the pace is
-  set a little under that, and rises additively while no refusal comes
-  (multiplicative decrease, additive increase, in the spirit of botocore's
-  adaptive retry mode). A given quota is learned the same way below its
-  ceiling when other workloads share it.
+  Until then a slow start: a few calls at once, one more after each reply,
+  spread over a call's time (replies that come together would otherwise
+  send a burst past the point where a small bucket runs out). Every refusal
+  empties the mirror (the service just said it is empty) and measures the
+  refill rate as the tokens taken from the bucket (reservations less what
+  came back) between two refusals over the time between them (both
+  refusals found the bucket near empty, so what was taken in between is
+  what was refilled, whatever the window and the calls in flight); the pace
+  is set to that, and rises while no refusal comes by a share of itself per
+  reply (multiplicative decrease, additive increase, in the spirit of
+  botocore's adaptive retry mode): per reply, not per second, so the pace
+  finds the quota's edge again after about as many calls at a small quota
+  as at a large one, and the share of calls refused does not grow as the
+  quota shrinks. A pace that is only a guess (the first refusal's, or a
+  measurement over a time the pace was far too low, when the service's
+  bucket may have filled and refilled more than it counted) rises by a
+  share of itself per second instead, so a guess far too low is left
+  within seconds. A given quota is learned the same way below its ceiling
+  when other workloads share it.
 
 Waiting for the bucket is not an attempt: only the service's refusals spend
 a task's retry budget. A refusal with ``Retry-After`` (OpenAI-compatible
@@ -56,8 +67,15 @@ from fanout_core.catalog import Rates
 from fanout_core.providers.base import ModelError, ModelReply, ModelRequest
 
 DEFAULT_WINDOW_SECONDS = 60.0
-# learned pace: the measured refill rate (times this), rising by this share of itself per second without a refusal
+# learned pace: the measured refill rate (times this), rising by this share of itself with each reply while no refusal
+# comes, and faster once QUIET_CALLS replies came without one. Counted in replies, not seconds: a small quota answers
+# few calls a second, and a pace rising per second would find its ceiling (one refusal) after as few calls, a larger
+# share of them refused than at a large quota; per reply, a refusal comes after about as many calls at any quota
 PACE_MARGIN = 1.0
+INCREASE_PER_CALL = 0.002
+QUIET_CALLS = 64
+# a pace not yet measured (the first refusal's guess, which leans on the window) rises by this share of itself per
+# second, faster once no refusal came for 5 measuring spans: a guess far too low climbs back within seconds
 INCREASE_PER_SECOND = 0.02
 # without a second refusal to measure from, each refusal cuts the pace by this factor (at most once per cut gap)
 DECREASE = 0.7
@@ -65,7 +83,7 @@ DECREASE = 0.7
 MEASURE_SPAN_SECONDS = 0.5
 # before the first refusal (nothing known yet) this many calls go at once, one more after each reply (a slow start,
 # so the first wave does not empty a small quota many times over)
-FIRST_CALLS = 16
+FIRST_CALLS = 8
 # Is it the pace? Every cut is a trial: the calls sent after it say whether it helped. A quota's refusals track the
 # send rate (a pace under the refill rate is hardly refused); a service that refuses at random refuses as often at any
 # pace. A trial judges after this many answers to calls sent at the cut pace:
@@ -75,14 +93,15 @@ TRIAL_CALLS = 16
 # (judged on cuts to at most DEEP_CUT of the pace before)
 RANDOM_SHARE = 0.2
 DEEP_CUT = 0.8
-# The first refusal's trial does not wait for calls at the cut pace when they would take more than PROBE_AFTER_SECONDS
-# to judge it (a pace cut to a tiny quota would take minutes): while calls wait for the bucket, one call at a time
-# goes past it as a probe. A quota's empty bucket
-# refuses probes one after another once what the calls in flight gave back is spent: this many refused in a row (or
-# this many probes in all) end the probing. Once the service has answered more than a bucket refilling at
+# The first refusal's trial does not wait for calls at the cut pace when they would take more than PROBE_AFTER_WINDOWS
+# quota windows to judge it (more than a bucket at the cut pace holds: a pace cut to a tiny quota would take minutes; a
+# window, not seconds, so a scaled minute behaves as the real one): while calls wait for the bucket, calls go past it
+# as probes, one at a time (or as many as serve twice BEYOND_QUOTA times the cut pace in a call's time). A quota's
+# empty bucket refuses probes one after another once what the calls in flight gave back is spent: this many refused in
+# a row (or this many probes in all) end the probing. Once the service has answered more than a bucket refilling at
 # BEYOND_QUOTA times the cut pace could have (with what the calls in flight gave back), while it still refuses some
 # calls, its refusals are not a quota's.
-PROBE_AFTER_SECONDS = 3.0
+PROBE_AFTER_WINDOWS = 1.0
 PROBE_RUN = 5
 PROBE_MAX = 64
 BEYOND_QUOTA = 3.0
@@ -162,6 +181,8 @@ class Pacer:
         self.started = now
         self.last = now
         self.last_increase = now
+        self.quiet_calls = 0  # replies since the latest refusal
+        self.measured = False  # the pace was set from a measured refill rate (see _increase)
         # tokens per second; None: no limit yet (nothing given, nothing learned)
         self.rate: float | None = self.ceiling
         if learned_rate is not None:
@@ -179,13 +200,15 @@ class Pacer:
         self.random = False
         self.random_share = 0.0
         self.taken = 0.0  # tokens taken from the bucket so far, less what was given back
-        self.refusals: deque[tuple[float, float]] = deque(maxlen=256)  # (time, tokens used by replies so far)
+        # (time, tokens taken so far, the pace it left)
+        self.refusals: deque[tuple[float, float, float | None]] = deque(maxlen=256)
         self.used = 0.0  # tokens the service counted for the calls answered so far
         self.latency = 0.0  # a call's usual time, from acquire to reply (moving average)
         self.floor_rate = 0.0
         self.outstanding = 0
         self.outstanding_input = 0
         self.slow_start = FIRST_CALLS
+        self.last_sent = -math.inf
         self.attempts = 0
         self.chars_per_token = FIRST_CHARS_PER_TOKEN
         # what the batch reports
@@ -242,6 +265,7 @@ class Pacer:
                 probe = wait > 0 and self._may_probe(now)
                 if wait <= 0 or probe:
                     self.attempts += 1
+                    self.last_sent = now
                     self.outstanding += 1
                     self.outstanding_input += input_tokens
                     self.level -= tokens
@@ -252,7 +276,7 @@ class Pacer:
                     self.waited += waited
                     if probe:
                         assert self.trial is not None
-                        self.trial.probing = True
+                        self.trial.probing += 1
                     return Ticket(tokens, waited, prompt_chars, now, input_tokens, probe)
             self.clock.sleep(min(wait, MAX_NAP_SECONDS))
             napped = True
@@ -290,6 +314,7 @@ class Pacer:
                 self._judge(now)
             if self.random:
                 return
+            self.quiet_calls += 1
             if self.trial is not None:  # a trial is judged at the cut pace: it does not rise meanwhile
                 self.last_increase = now
                 return
@@ -306,52 +331,13 @@ class Pacer:
             self.outstanding -= 1
             self.outstanding_input -= ticket.input_tokens
             self.throttled += 1
+            self.quiet_calls = 0
             if retry_after is not None and retry_after > 0:
                 self.hold_until = max(self.hold_until, now + retry_after)
-            measured = self._measure(now)
-            self.refusals.append((now, self.used))
-            if not ticket.probe:
-                self.outcomes.append(True)
-            trial = self.trial
-            if trial is not None and ticket.at >= trial.at:
-                trial.answered(ticket, refused=True, used=0)
-            if self.random:
-                self._watch(now, measured)
-                return
-            if trial is not None:
-                # refusals during a trial are its evidence, not new cuts (else refusals that come whatever the pace
-                # would cut it again and again); a quota's still empties the mirror
-                if not ticket.probe:
-                    self.level = min(self.level, 0.0)
-                self._judge(now)
-                return
-            span = self._span()
-            before, first = self.rate, self.rate is None
-            if self.rate is None:
-                # the first refusal: the service's bucket, full at the start, is empty; what was taken since is a
-                # window's quota plus what refilled meanwhile (exact when the window is right and the quota all ours)
-                elapsed = max(now - self.started, 1e-3)
-                burst = max(self.taken, float(ticket.tokens))
-                self.rate = burst / (elapsed + self.window)
-                self.floor_rate = self.rate * FLOOR_SHARE
-                before = burst / elapsed
-            elif measured is not None and now - self.last_cut >= span / 4:
-                self.rate = measured * PACE_MARGIN
-            elif measured is None and now - self.last_cut >= span / 2:
-                self.rate *= DECREASE
-            assert self.rate is not None
-            self.rate = max(self.rate, self.floor_rate, 1e-3)
-            if self.ceiling is not None:
-                self.rate = min(self.rate, self.ceiling)
-            if before is not None and self.rate < before:
-                # the calls a trial needs, at what a call uses (so far), at the cut pace: long enough to probe?
-                per_call = self.used / self.calls if self.calls else float(ticket.tokens)
-                probes = first and TRIAL_CALLS * per_call / self.rate > PROBE_AFTER_SECONDS
-                self._cut(now, before, probes=probes)
-            # the service's bucket is empty now (it refuses rather than go below zero); the replies in flight will
-            # give back to both what they did not use
-            self.level = 0.0
-            self.last_increase = now
+            measured, steady = self._measure(now)
+            self._after_refusal(ticket, now, measured, steady)
+            # with the pace it left (until the next refusal the pace only rises): what _measure checks a span by
+            self.refusals.append((now, self.taken, self.rate))
 
     def release(self, ticket: Ticket) -> None:
         """A call that failed for another reason: the service took nothing."""
@@ -361,7 +347,7 @@ class Pacer:
             self.outstanding -= 1
             self.outstanding_input -= ticket.input_tokens
             if ticket.probe and self.trial is not None and ticket.at >= self.trial.at:
-                self.trial.probing = False  # it said nothing of the quota: the next call may probe
+                self.trial.probing -= 1  # it said nothing of the quota: another call may probe
 
     def state(self) -> dict[str, Any]:
         """What a later run of the batch starts from, and what the batch reports."""
@@ -375,6 +361,54 @@ class Pacer:
             }
 
     # -- inside the lock ------------------------------------------------------
+    def _after_refusal(self, ticket: Ticket, now: float, measured: float | None, steady: bool) -> None:
+        """What a refusal says (inside the lock): evidence for the trial running, or a cut of the pace put on trial."""
+        if not ticket.probe:
+            self.outcomes.append(True)
+        trial = self.trial
+        if trial is not None and ticket.at >= trial.at:
+            trial.answered(ticket, refused=True, used=0)
+        if self.random:
+            self._watch(now, measured)
+            return
+        if trial is not None:
+            # refusals during a trial are its evidence, not new cuts (else refusals that come whatever the pace
+            # would cut it again and again); a quota's still empties the mirror
+            self.level = min(self.level, 0.0)
+            self._judge(now)
+            return
+        span = self._span()
+        before, first = self.rate, self.rate is None
+        if self.rate is None:
+            # the first refusal: the service's bucket, full at the start, is empty; what was taken since is a
+            # window's quota plus what refilled meanwhile (exact when the window is right and the quota all ours)
+            elapsed = max(now - self.started, 1e-3)
+            burst = max(self.taken, float(ticket.tokens))
+            self.rate = burst / (elapsed + self.window)
+            self.floor_rate = self.rate * FLOOR_SHARE
+            before = burst / elapsed
+        elif measured is not None and now - self.last_cut >= span / 4:
+            self.rate = measured * PACE_MARGIN
+            # what was taken between two refusals is what the service refilled only if its bucket never filled in
+            # between, which a pace far under it for a while may have let it do (it then refilled more than it
+            # counted): such a measurement is a floor, and the pace climbs from it by time, as from a guess
+            self.measured = steady
+        elif measured is None and now - self.last_cut >= span / 2:
+            self.rate *= DECREASE
+        assert self.rate is not None
+        self.rate = max(self.rate, self.floor_rate, 1e-3)
+        if self.ceiling is not None:
+            self.rate = min(self.rate, self.ceiling)
+        if before is not None and self.rate < before:
+            # the calls a trial needs, at what a call uses (so far), at the cut pace: long enough to probe?
+            per_call = self.used / self.calls if self.calls else float(ticket.tokens)
+            probes = first and TRIAL_CALLS * per_call > self.rate * self.window * PROBE_AFTER_WINDOWS
+            self._cut(now, before, probes=probes)
+        # the service's bucket is empty now (it refuses rather than go below zero); the replies in flight will
+        # give back to both what they did not use
+        self.level = 0.0
+        self.last_increase = now
+
     def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self.last)
         self.last = now
@@ -389,8 +423,13 @@ class Pacer:
 
     def _wait(self, tokens: int, now: float) -> float:
         wait = self.hold_until - now
-        if self.rate is None and self.ceiling is None and self.outstanding >= self.slow_start:
-            wait = max(wait, 0.01)
+        if self.rate is None and self.ceiling is None:
+            if self.outstanding >= self.slow_start:
+                wait = max(wait, 0.01)
+            elif self.latency > 0 and not self.random:
+                # the slow start's calls go evenly spread over a call's time, not in a burst as replies come together:
+                # the call that finds the service's bucket empty is refused at once, before many more follow it
+                wait = max(wait, self.last_sent + self.latency / self.slow_start - now)
         if self.rate is not None and self.capacity is not None:
             # a call larger than the whole bucket waits for a full one (and leaves it below zero)
             need = min(float(tokens), self._full())
@@ -415,11 +454,20 @@ class Pacer:
         return (
             trial is not None
             and trial.probes
-            and not trial.probing
+            and trial.probing < self._probes_at_once()
             and trial.probe_run < PROBE_RUN
             and trial.probes_sent < PROBE_MAX
             and now >= self.hold_until
         )
+
+    def _probes_at_once(self) -> int:
+        """Probes out at once: one, or enough to serve twice BEYOND_QUOTA times the cut pace in a call's time (else a
+        service that answers most probes would show it is beyond the cut only slowly or never, while the probes, taken
+        from the bucket, starve the trial's calls)."""
+        if not self.calls or self.rate is None:
+            return 1
+        per_call = self.used / self.calls
+        return min(PROBE_RUN, 1 + int(2 * BEYOND_QUOTA * self.rate * self.latency / max(per_call, 1.0)))
 
     def _judge(self, now: float) -> None:
         """The trial's verdict, once its evidence suffices: the refusals are the quota's (the cut stands, the trial
@@ -463,6 +511,7 @@ class Pacer:
             self.rate = measured * PACE_MARGIN if self.ceiling is None else min(measured * PACE_MARGIN, self.ceiling)
             self.floor_rate = self.rate * FLOOR_SHARE
             self.level = 0.0
+            self.measured = True
             self._cut(now, None)
         else:  # nothing to measure from: as at the start, the next refusal sets the pace
             self.rate, self.started, self.taken = self.ceiling, now, 0.0
@@ -476,14 +525,20 @@ class Pacer:
         # long enough that the calls in flight at either end weigh little against what was served in between
         return max(MEASURE_SPAN_SECONDS, 3 * self.latency)
 
-    def _measure(self, now: float) -> float | None:
-        """The refill rate: what the service counted for the replies since the latest refusal at least a measuring span
-        ago, per second (the bucket was near empty at both refusals, so what it served in between is what refilled)."""
+    def _measure(self, now: float) -> tuple[float | None, bool]:
+        """The refill rate: the tokens taken from the bucket (reservations less what came back) since the latest refusal
+        at least a measuring span ago, per second. Both refusals found the service's bucket holding less than a call,
+        so what was taken in between is what it refilled, within a call's reservation (whatever the calls in flight
+        at either end); counting the replies' tokens instead would count the calls in flight at the first refusal
+        twice. Also whether the pace stayed steady over that span (never far under what was measured: see _after_refusal)."""
         span = self._span()
-        for at, used in reversed(self.refusals):
+        lowest = math.inf
+        for at, taken, pace in reversed(self.refusals):
+            lowest = min(lowest, math.inf if pace is None else pace)
             if now - at >= span:
-                return max(0.0, self.used - used) / (now - at)
-        return None
+                measured = max(0.0, self.taken - taken) / (now - at)
+                return measured, lowest >= DECREASE * measured
+        return None, False
 
     def _increase(self, now: float) -> None:
         """Additive increase, faster the longer no refusal came (a pace found too low climbs back within seconds)."""
@@ -491,9 +546,13 @@ class Pacer:
             return
         elapsed = now - self.last_increase
         self.last_increase = now
-        span = self._span()
-        quiet = now - self.refusals[-1][0] if self.refusals else 0.0
-        self.rate += self.rate * INCREASE_PER_SECOND * (1 + max(0.0, quiet - 5 * span) / span) * elapsed
+        if self.measured:
+            quiet = self.quiet_calls
+            self.rate += self.rate * INCREASE_PER_CALL * (1 + max(0, quiet - QUIET_CALLS) / QUIET_CALLS)
+        else:
+            span = self._span()
+            quiet_s = now - self.refusals[-1][0] if self.refusals else 0.0
+            self.rate += self.rate * INCREASE_PER_SECOND * (1 + max(0.0, quiet_s - 5 * span) / span) * elapsed
         if self.ceiling is not None:
             self.rate = min(self.rate, self.ceiling)
 
@@ -507,7 +566,7 @@ class _Trial:
     share_before: float | None  # refusals among the calls just before it (None: too few, or too shallow a cut)
     cut: float  # the pace after it over the pace before
     probes: bool = False  # probes may go past the bucket
-    probing: bool = False  # a probe is out
+    probing: int = 0  # probes out
     calls: int = 0  # calls sent after the cut (probes aside) answered or refused
     refused: int = 0
     probes_sent: int = 0  # probes answered or refused
@@ -521,7 +580,7 @@ class _Trial:
         self.largest = max(self.largest, ticket.tokens)
         self.used += used
         if ticket.probe:
-            self.probing = False
+            self.probing -= 1
             self.probes_sent += 1
             self.probes_refused += refused
             self.probe_run = self.probe_run + 1 if refused else 0

@@ -3,8 +3,10 @@ waiting is not an attempt, and the budget admits no call that could pass it."""
 
 from __future__ import annotations
 
+import heapq
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,6 +180,164 @@ def test_a_quota_too_small_to_judge_by_its_own_pace_is_probed_and_still_learned_
     assert service.refused / (service.served + service.refused) <= 0.10
     floor = (120 * 40 - 600) / 10
     assert clock.t <= floor * 1.25
+
+
+# -- many threads at once, on a virtual clock ----------------------------------------------------------------------
+
+
+class VirtualClock:
+    """Time for many threads that runs one thread at a time: a sleeping thread wakes when every other one sleeps too
+    and its time is the earliest, so a run of threads is the same run every time (no real time passes)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.cond = threading.Condition()
+        self.queue: list[tuple[float, int, threading.Event]] = []
+        self.order = 0
+        self.running = 0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        woken = threading.Event()
+        with self.cond:
+            self._queue(self.t + max(0.0, seconds), woken)
+            self.running -= 1
+            self.cond.notify_all()
+        woken.wait()
+
+    def _queue(self, at: float, event: threading.Event) -> None:
+        self.order += 1
+        heapq.heappush(self.queue, (at, self.order, event))
+
+    def run(self, workers: list[Callable[[], None]]) -> None:
+        def start(work: Callable[[], None], go: threading.Event) -> None:
+            go.wait()
+            try:
+                work()
+            finally:
+                with self.cond:
+                    self.running -= 1
+                    self.cond.notify_all()
+
+        threads = []
+        for work in workers:
+            go = threading.Event()
+            with self.cond:
+                self._queue(self.t, go)
+            threads.append(threading.Thread(target=start, args=(work, go), daemon=True))
+            threads[-1].start()
+        while True:
+            with self.cond:
+                while self.running:
+                    self.cond.wait()
+                if not self.queue:
+                    break
+                self.t, _, woken = heapq.heappop(self.queue)
+                self.running += 1
+            woken.set()
+        for thread in threads:
+            thread.join()
+
+
+class Endpoint(Service):
+    """The bucket of Service for calls that take time: a call takes its reservation when it arrives and gives back
+    what it did not use when it ends."""
+
+    def take(self, reserve: int) -> bool:
+        self.level = min(self.capacity, self.level + self.rate * (self.clock.t - self.last))
+        self.last = self.clock.t
+        if self.level < reserve:
+            self.refused += 1
+            return False
+        self.level -= reserve
+        return True
+
+    def give_back(self, reserve: int, used: int) -> None:
+        self.level = min(self.capacity, self.level + self.rate * (self.clock.t - self.last)) + reserve - used
+        self.last = self.clock.t
+        self.served += 1
+
+
+def run_threads(
+    pacer: Pacer, endpoint: Endpoint, clock: VirtualClock, calls: int, threads: int, latency: float,
+    reserve: int = 150, tokens_in: int = 60, tokens_out: int = 10, network: float = 0.002,
+) -> None:  # fmt: skip
+    """``calls`` calls from ``threads`` threads through the pacer to the endpoint, each retried until it is answered
+    (as the runner does: a refused call waits for the bucket again, or backs off once the refusals are judged random);
+    a request takes ``network`` seconds each way, an answer ``latency`` more."""
+    left = [calls]
+
+    def work() -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            while True:
+                ticket = pacer.acquire(reserve, 0, reserve - 90)
+                clock.sleep(network)
+                if endpoint.take(reserve):
+                    clock.sleep(latency)
+                    endpoint.give_back(reserve, tokens_in + tokens_out)
+                    clock.sleep(network)
+                    pacer.settle(ticket, reply(tokens_in, tokens_out), "bedrock:m")
+                    break
+                clock.sleep(network)
+                pacer.refused(ticket)
+                if not pacer.holds_refusals:
+                    clock.sleep(0.1)
+
+    clock.run([work] * threads)
+
+
+@pytest.mark.parametrize(("per_window", "calls"), [(2000, 150), (8000, 600)], ids=["13-calls", "53-calls"])
+def test_a_small_quota_is_learned_by_many_threads_with_as_few_refusals_as_a_large_one(per_window: int, calls: int) -> None:
+    # Given a quota of 2,000 tokens per 10 s window (its bucket holds 13 calls' reservations of 150 tokens), or one 4x
+    # larger, a job that keeps it busy for about 40 s, and 40 threads calling at once, 0.5 s a call
+    clock = VirtualClock()
+    endpoint = Endpoint(clock, per_window, window=10.0)  # type: ignore[arg-type]
+    pacer = Pacer(Quota(window_seconds=10.0), clock)
+    # When the pacer is not told the quota
+    run_threads(pacer, endpoint, clock, calls, threads=40, latency=0.5)
+    # Then every call was answered once, few were refused (at the small quota as at the large one: the first wave
+    # does not run past the small bucket many times over, and the pace does not climb back into it every few calls),
+    # the pace ends near the refill rate, and the job took little longer than the quota's floor
+    assert endpoint.served == calls
+    assert endpoint.refused / (endpoint.served + endpoint.refused) <= 0.05, endpoint.refused
+    assert pacer.rate == pytest.approx(per_window / 10.0, rel=0.15)
+    floor = (calls * 70 - per_window) / (per_window / 10.0)
+    assert clock.t <= floor * 1.15
+    assert pacer.holds_refusals
+
+
+class RandomEndpoint(Endpoint):
+    """An endpoint without a quota that refuses a constant share of calls at random."""
+
+    def __init__(self, clock: VirtualClock, share: float, seed: int) -> None:
+        super().__init__(clock, 10**9, window=1.0)  # type: ignore[arg-type]
+        self.rng, self.share = random.Random(seed), share
+
+    def take(self, reserve: int) -> bool:
+        if self.rng.random() < self.share:
+            self.refused += 1
+            return False
+        return True
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_refusals_to_many_threads_are_told_from_a_quota_within_seconds(seed: int) -> None:
+    # Given an endpoint that refuses 30% of calls whatever the pace, 30 threads calling it at once (0.3 s a call), and
+    # a quota window of 6 s: the first refusal's cut (what the first calls took, over a window) is a few calls per call
+    # time, more than one probe at a time could show the service to be beyond
+    clock = VirtualClock()
+    endpoint = RandomEndpoint(clock, 0.3, seed)
+    pacer = Pacer(Quota(window_seconds=6.0), clock)
+    # When 300 calls go through the pacer
+    run_threads(pacer, endpoint, clock, 300, threads=30, latency=0.3)
+    # Then the refusals were judged random (refused calls back off instead of waiting for a bucket), soon enough that
+    # the job took less than 4 times what its calls take unrefused (3 s): probes held past a cut pace never tell it
+    assert endpoint.served == 300
+    assert not pacer.holds_refusals
+    assert clock.t < 12.0
 
 
 def test_a_given_quota_is_learned_below_its_ceiling_when_the_service_refuses() -> None:
