@@ -386,6 +386,7 @@ class Pacer:
             burst = max(self.taken, float(ticket.tokens))
             self.rate = burst / (elapsed + self.window)
             self.floor_rate = self.rate * FLOOR_SHARE
+            self.measured = False  # a guess: it leans on the window
             before = burst / elapsed
         elif measured is not None and now - self.last_cut >= span / 4:
             self.rate = measured * PACE_MARGIN
