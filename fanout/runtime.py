@@ -357,6 +357,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
 
     from fanout import moto_patches
     from fanout_core.handlers import _clients
+    from fanout_core.observability import logger as handler_logger
     from fanout_core.providers.registry import ProviderRegistry
 
     moto_patches.check_version()
@@ -364,7 +365,11 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
     saved = {k: os.environ.get(k) for k in _LOCAL_ENV}
     moto_logger = logging.getLogger("moto")
     saved_level = moto_logger.level
+    saved_handler_level = handler_logger.log_level
     os.environ.update({**_LOCAL_ENV, "FANOUT_DEFAULT_MODEL": default_model})
+    # the handlers' logger takes POWERTOOLS_LOG_LEVEL when fanout_core.observability is first imported, which may be
+    # before this (a module the CLI imports may log): its level is set here, whatever the import order
+    handler_logger.setLevel(_LOCAL_ENV["POWERTOOLS_LOG_LEVEL"])
     undo_jsonpath = moto_patches.cache_jsonpath_parsing()
     undo_conditional_writes = moto_patches.atomic_conditional_writes()
     undo_stops = moto_patches.stopped_executions_stay_stopped()
@@ -404,6 +409,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
         undo_conditional_writes()
         undo_jsonpath()
         moto_logger.setLevel(saved_level)
+        handler_logger.setLevel(saved_handler_level)
         for key, previous in saved.items():
             if previous is None:
                 os.environ.pop(key, None)

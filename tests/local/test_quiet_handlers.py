@@ -1,0 +1,33 @@
+"""A local run's output is the CLI's own: the in-process handlers' logs stay out of it, whatever imported them first."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_local_run_prints_no_handler_log_lines(tmp_path: Path) -> None:
+    # Given a job run by the command a user types, in a fresh process (the CLI's real import order: modules that
+    # log are imported before the local runtime sets the handlers' log level)
+    job = json.loads((ROOT / "examples" / "ticket-triage.json").read_text())
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({**job, "job_id": "quiet"}))
+
+    # When it runs
+    ran = subprocess.run(
+        [sys.executable, "-m", "fanout", "run", str(path), "--out", str(tmp_path / "out"), "--model", "sim"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    # Then it succeeds and neither stream carries a Powertools log line ("planned", "batch done", "aggregated")
+    assert ran.returncode == 0, ran.stderr
+    logged = [line for line in (ran.stdout + ran.stderr).splitlines() if line.lstrip().startswith('{"level"')]
+    assert logged == [], logged[:3]
+    assert "job quiet: complete" in ran.stdout
