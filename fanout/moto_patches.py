@@ -17,6 +17,7 @@ tests/unit/test_moto_patches.py has one test per entry here.
 - ``new_objects``: the bodies of new (or rewritten) objects under a prefix, read from moto's S3 backend.
 - ``reuse_lambda_clients``: the interpreter builds a new boto3 client for every Lambda task it runs.
 - ``cache_s3_urls``: moto re-imports its S3 URL table on every S3 request; it changes only with two settings.
+- ``share_error_lookups``: moto rebuilds a service's table of error shapes for every error response it sends.
 - ``aws_sdk_member_casing``: an aws-sdk task's PascalCase parameters reach the SDK by their member names, and
   its response comes back PascalCase, as in Step Functions (for services whose members are camelCase: Bedrock).
 """
@@ -221,6 +222,31 @@ def cache_s3_urls() -> Undo:
             del S3Backend.urls
         else:
             S3Backend.urls = urls  # type: ignore[method-assign]
+
+    return undo
+
+
+def share_error_lookups() -> Undo:
+    """moto answers every error (a GetObject of a missing key: a batch's first look for its pace) through a new
+    ``ErrorLookupFactory``, whose cache of a service's error shapes is so built again for each response (a 404
+    GetObject took 2.7 ms, 1.9 ms with the patch). The table depends on the service model alone (moto's botocore data), so one
+    factory is shared until undone; the error sent is the same."""
+    check_version()
+    from moto.core import errors
+
+    factory = errors.ErrorLookupFactory
+    if getattr(factory, "_fanout_shared", False):
+        return lambda: None
+    shared = factory()
+
+    def shared_factory() -> Any:
+        return shared
+
+    shared_factory._fanout_shared = True  # type: ignore[attr-defined]
+    errors.ErrorLookupFactory = shared_factory  # type: ignore[assignment,misc]
+
+    def undo() -> None:
+        errors.ErrorLookupFactory = factory  # type: ignore[misc]
 
     return undo
 

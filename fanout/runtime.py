@@ -376,6 +376,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
     undo_casing = moto_patches.aws_sdk_member_casing()
     undo_s3_urls = moto_patches.cache_s3_urls()
     undo_lambda_clients = moto_patches.reuse_lambda_clients()
+    undo_error_lookups = moto_patches.share_error_lookups()
     # the interpreter logs every caught task error at ERROR; the CLI reports failures itself
     moto_logger.setLevel(logging.CRITICAL)
     config: Any = {
@@ -402,6 +403,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
                         gc.unfreeze()
                     runtime.uninstall()
     finally:
+        undo_error_lookups()
         undo_lambda_clients()
         undo_s3_urls()
         undo_casing()

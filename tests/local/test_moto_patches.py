@@ -385,3 +385,41 @@ def test_the_interpreter_reuses_one_lambda_client_per_region_until_undone(aws: N
     # And once undone, moto's own factory builds a new client per task again
     assert lambda_eval_utils.boto_client_for is original
     assert original(REGION, "lambda") is not original(REGION, "lambda")
+
+
+def test_error_shapes_are_looked_up_in_one_table_until_undone(aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given moto, which builds a service's table of error shapes anew for every error response unpatched
+    from botocore.exceptions import ClientError
+    from moto.core import errors
+
+    builds: list[str] = []
+    build = errors.ErrorLookupFactory._create_error_lut
+
+    def counted(model: Any) -> Any:
+        builds.append(model.service_name)
+        return build(model)
+
+    monkeypatch.setattr(errors.ErrorLookupFactory, "_create_error_lut", staticmethod(counted))
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="errors")
+
+    def missing() -> dict[str, Any]:
+        with pytest.raises(ClientError) as raised:
+            s3.get_object(Bucket="errors", Key="missing")
+        return dict(raised.value.response["Error"])
+
+    unpatched = missing()
+    undo = moto_patches.share_error_lookups()
+    try:
+        # When three reads of a missing key are answered with the patch
+        before = len(builds)
+        answers = [missing() for _ in range(3)]
+        # Then the table was built once, and each answer is the error moto sends unpatched
+        assert len(builds) - before <= 1
+        assert answers == [unpatched] * 3 and unpatched["Code"] == "NoSuchKey"
+    finally:
+        undo()
+    # When undone, each error builds the table again
+    before = len(builds)
+    missing(), missing()
+    assert len(builds) - before >= 2
