@@ -77,6 +77,9 @@ class BatchFile(TypedDict, total=False):
     stop: dict[str, Any]
     vote_weights: list[float]
     pacing: dict[str, Any]  # the quota, budget and planned share the batch's calls are paced to (fanout_core.pacing)
+    # when Plan took the run's lease (epoch seconds): the lease was written then or later, so a batch that starts
+    # within lease.REFRESH_SECONDS of it has nothing to refresh and need not read it
+    lease_taken: float
     items: list[BatchItem]
     stage: str
     # a second-pass task: as Task, with a kind of its own (escalation, judge, synthesis) and, for a judge or a

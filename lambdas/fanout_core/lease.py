@@ -111,8 +111,15 @@ class Lease:
             # another run took it over first: look again at who holds it now
         return holder
 
-    def refresh(self, execution: str, now: float, every_seconds: float = REFRESH_SECONDS) -> bool:
-        """Write the lease again when ``execution`` holds it and its last write is older than ``every_seconds``."""
+    def refresh(self, execution: str, now: float, every_seconds: float = REFRESH_SECONDS, written: float | None = None) -> bool:
+        """Write the lease again when ``execution`` holds it and its last write is older than ``every_seconds``.
+
+        ``written``: a time the lease is known to have been written at or before (Plan's take, in the batch file).
+        Within ``every_seconds`` of it the lease is not read: whoever holds it now, its last write is no older
+        (a holder's refreshes only move forward), so there would be nothing to write.
+        """
+        if written is not None and now - written < every_seconds:
+            return False
         read = self._read()
         if read is None:
             return False

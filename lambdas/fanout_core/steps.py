@@ -152,7 +152,15 @@ def plan(
         raise InvalidJob(holder.refusal(job.job_id, now), "job_id")
     try:
         summary = _plan_run(
-            job, items, every_task, store, settings, execution_arn or execution_name, execution_name, bedrock=bedrock
+            job,
+            items,
+            every_task,
+            store,
+            settings,
+            execution_arn or execution_name,
+            execution_name,
+            bedrock=bedrock,
+            lease_taken=now,
         )
     except BaseException:
         _lease(store).release(execution_arn or execution_name)  # a plan that did not finish leaves the job_id free
@@ -173,6 +181,7 @@ def _plan_run(
     run: str | None = None,
     *,
     bedrock: Callable[[], Any] | None = None,
+    lease_taken: float | None = None,
 ) -> PlanSummary:
     """Reuse what earlier runs of the job_id answered (by request key), batch the rest by item, write the run files."""
     assert job.job_id is not None
@@ -204,6 +213,7 @@ def _plan_run(
         settings.default_model,
         tier.tier if tier.tier in ("flex", "priority") else "on_demand",
         pacing=_pacing_plan(job, tier, batching.map_concurrency, len(tasks)),
+        lease_taken=lease_taken,
     )
 
     def write(numbered: tuple[int, list[BatchItem]]) -> dict[str, int]:
@@ -350,12 +360,17 @@ def _batch_budget(shared: Mapping[str, Any]) -> BatchBudget | None:
 
 
 def _batch_maker(
-    job: Job, default_model: str, tier: str = "on_demand", pacing: dict[str, Any] | None = None
+    job: Job,
+    default_model: str,
+    tier: str = "on_demand",
+    pacing: dict[str, Any] | None = None,
+    lease_taken: float | None = None,
 ) -> Callable[[int, list[BatchItem]], BatchFile]:
     """Builds the job's batch files: what every task shares, once, and each batch's items (``pacing``: the quota,
-    budget and planned share its calls are paced to, fanout_core.pacing)."""
+    budget and planned share its calls are paced to, fanout_core.pacing; ``lease_taken``: when Plan took the lease)."""
     shared = {
         **({"pacing": pacing} if pacing is not None else {}),
+        **({"lease_taken": lease_taken} if lease_taken is not None else {}),
         "system": job.system,
         "inference": job.inference.model_dump(),
         "output_schema": job.output_schema,
@@ -514,7 +529,8 @@ def run_subtask(
     index = int(event["batch"]["index"])
     batch = store.get_json(store.batch_name(index))
     if event.get("execution_arn"):
-        _lease(store).refresh(event["execution_arn"], time.time())  # a long job keeps its lease fresh
+        # a long job keeps its lease fresh; a batch that starts soon after Plan took it has nothing to write
+        _lease(store).refresh(event["execution_arn"], time.time(), written=batch.get("lease_taken"))
     # a first-pass batch holds items (its prompts are rendered from their inputs); a second pass's, its tasks
     tasks = list(batch["tasks"]) if "tasks" in batch else cast(list[dict[str, Any]], expand(batch))
     attach_documents(tasks, s3)

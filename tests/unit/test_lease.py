@@ -172,6 +172,10 @@ def test_a_batch_of_a_long_run_refreshes_the_runs_lease(aws: tuple[Any, Any]) ->
     planned = plan(JOB, "one", s3=s3, settings=Settings(results_bucket="results"), execution_arn=ARN + "one")
     stale = {**held(s3), "refreshed": held(s3)["refreshed"] - REFRESH_SECONDS - 1}
     s3.put_object(Bucket="results", Key="runs/j/lease.json", Body=json.dumps(stale))
+    # (planned as long ago: the batch file says when Plan took the lease)
+    batch = json.loads(s3.get_object(Bucket="results", Key="runs/j/batches/00000.json")["Body"].read())
+    batch["lease_taken"] = stale["refreshed"]
+    s3.put_object(Bucket="results", Key="runs/j/batches/00000.json", Body=json.dumps(batch))
 
     # When one of its batches runs
     event = {"job_id": "j", "run_uri": planned["run_uri"], "batch": {"index": 0}, "threads": 1, "execution_arn": ARN + "one"}
@@ -180,6 +184,30 @@ def test_a_batch_of_a_long_run_refreshes_the_runs_lease(aws: tuple[Any, Any]) ->
     # Then the lease says the run was active just now, and still names it
     assert held(s3)["execution"] == ARN + "one"
     assert held(s3)["refreshed"] > stale["refreshed"] + REFRESH_SECONDS
+
+
+def test_a_batch_soon_after_plan_does_not_read_the_lease(aws: tuple[Any, Any]) -> None:
+    # Given a job just planned, its lease taken by Plan
+    from fanout_core.providers.registry import ProviderRegistry
+    from fanout_core.steps import run_subtask
+
+    s3, _ = aws
+    planned = plan(JOB, "one", s3=s3, settings=Settings(results_bucket="results"), execution_arn=ARN + "one")
+    before = held(s3)
+    reads: list[str] = []
+    s3.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: reads.append(params["Key"]))
+
+    # When one of its batches runs, within the refresh interval of the take
+    event = {"job_id": "j", "run_uri": planned["run_uri"], "batch": {"index": 0}, "threads": 1, "execution_arn": ARN + "one"}
+    run_subtask(event, s3=s3, provider_for=ProviderRegistry().provider_for)
+
+    # Then it read no lease (there was nothing to write), and the lease is as Plan wrote it
+    assert "runs/j/lease.json" not in reads and "runs/j/batches/00000.json" in reads
+    assert held(s3) == before
+    # And a refresh told of a write within the interval does not read the lease either
+    reads.clear()
+    assert not lease(s3).refresh(ARN + "one", before["refreshed"] + REFRESH_SECONDS - 1, written=before["refreshed"])
+    assert reads == []
 
 
 def test_release_deletes_only_the_lease_its_execution_holds(aws: tuple[Any, Any]) -> None:
