@@ -229,3 +229,27 @@ def test_parse_s3_uri_refuses_what_is_not_bucket_and_key(uri: str) -> None:
 
 def test_parse_s3_uri_splits_bucket_and_key() -> None:
     assert parse_s3_uri("s3://b/runs/x/y.json") == ("b", "runs/x/y.json")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"task_id": "ünï#v1", "output": {"label": "日本語", "n": 1.5, "big": 10**30, "none": None, "ok": True}},
+        [1, -0.0, float("inf"), float("nan"), '\u2028 \\ " \x00 🎉', {"nested": [[], {}]}],
+        "a string alone",
+        3.0,
+    ],
+)
+def test_run_files_are_the_bytes_json_dumps_writes(body: Any) -> None:
+    import json
+
+    from fanout_core.store import _dumps
+
+    assert _dumps(body) == json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def test_a_body_that_is_not_json_is_refused_as_json_dumps_refuses_it() -> None:
+    from fanout_core.store import _dumps
+
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        _dumps({"when": object()})
