@@ -371,6 +371,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
     # before this (a module the CLI imports may log): its level is set here, whatever the import order
     handler_logger.setLevel(_LOCAL_ENV["POWERTOOLS_LOG_LEVEL"])
     undo_jsonpath = moto_patches.cache_jsonpath_parsing()
+    undo_asl_trees = moto_patches.cache_asl_parse_trees()
     undo_conditional_writes = moto_patches.atomic_conditional_writes()
     undo_stops = moto_patches.stopped_executions_stay_stopped()
     undo_casing = moto_patches.aws_sdk_member_casing()
@@ -409,6 +410,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
         undo_casing()
         undo_stops()
         undo_conditional_writes()
+        undo_asl_trees()
         undo_jsonpath()
         moto_logger.setLevel(saved_level)
         handler_logger.setLevel(saved_handler_level)

@@ -423,3 +423,52 @@ def test_error_shapes_are_looked_up_in_one_table_until_undone(aws: None, monkeyp
     before = len(builds)
     missing(), missing()
     assert len(builds) - before >= 2
+
+
+def test_a_definition_is_parsed_once_and_every_parse_is_a_new_program_until_undone(
+    aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moto.stepfunctions.parser.asl.antlr.runtime.ASLParser import ASLParser
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser, ASLParserException
+
+    # Given a definition no other test parsed, and a count of the grammar's parses
+    parses: list[int] = []
+    real = ASLParser.state_machine
+    monkeypatch.setattr(ASLParser, "state_machine", lambda self: parses.append(1) or real(self))
+    definition = json.dumps(
+        {"StartAt": "Tree", "States": {"Tree": {"Type": "Pass", "Result": {"tree": time.time_ns()}, "End": True}}}
+    )
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    undo = moto_patches.cache_asl_parse_trees()
+    try:
+        # When a state machine is created with it and run twice
+        arn = sfn.create_state_machine(name="tree", definition=definition, roleArn=f"arn:aws:iam::{ACCOUNT}:role/r")[
+            "stateMachineArn"
+        ]
+        outputs = []
+        for n in range(2):
+            execution = sfn.start_execution(stateMachineArn=arn, name=f"run-{n}", input="{}")["executionArn"]
+            while (described := sfn.describe_execution(executionArn=execution))["status"] == "RUNNING":
+                time.sleep(0.01)
+            outputs.append(json.loads(described["output"]))
+
+        # Then both executions ran it, from one parse of the grammar
+        assert outputs == [json.loads(definition)["States"]["Tree"]["Result"]] * 2
+        assert len(parses) == 1
+        # And each parse is a new program, from the same tree
+        (first, tree), (second, again) = AmazonStateLanguageParser.parse(definition), AmazonStateLanguageParser.parse(definition)
+        assert first is not second and tree is again
+        # And a definition with a syntax error is refused on every parse, as before
+        for _ in range(2):
+            with pytest.raises(ASLParserException):
+                AmazonStateLanguageParser.parse('{"StartAt": "A", "States": {"A": {"Type": "Pass"')
+        # And a second application changes nothing
+        moto_patches.cache_asl_parse_trees()()
+        AmazonStateLanguageParser.parse(definition)
+        assert len(parses) == 3  # the two refused parses, no more
+    finally:
+        undo()
+
+    # When undone, every parse parses again
+    AmazonStateLanguageParser.parse(definition)
+    assert len(parses) == 4
