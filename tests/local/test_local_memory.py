@@ -5,14 +5,16 @@ from __future__ import annotations
 import gc
 import json
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from fanout import runtime
 from fanout.cli import main
-from fanout.runtime import RESULTS_BUCKET, local_aws, raise_open_files_limit
+from fanout.runtime import RESULTS_BUCKET, freeze_startup_objects, local_aws, raise_open_files_limit
 
 FAST_SIM = "sim:latency_ms=0,jitter_ms=0,seed=3"
 
@@ -104,3 +106,72 @@ def test_the_runtime_s_startup_objects_are_frozen_while_it_runs_and_unfrozen_aft
 
     # And once it is gone, nothing stays frozen
     assert gc.get_freeze_count() == 0
+
+
+class _Cycle:
+    """Garbage only the cyclic collector frees: it refers to itself."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def _full_collections() -> int:
+    return int(gc.get_stats()[2]["collections"])
+
+
+def test_the_first_runtime_s_freeze_collects_only_the_young_garbage_and_walks_no_full_collection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a process in which nothing was frozen yet, and fresh garbage in a cycle
+    monkeypatch.setattr(runtime, "_frozen_after_full", [0])
+    assert gc.get_freeze_count() == 0
+    garbage = weakref.ref(_Cycle())
+    full = _full_collections()
+
+    # When the start-up objects are frozen
+    assert freeze_startup_objects()
+    try:
+        # Then the fresh garbage was collected, not frozen, without a full collection's walk of every object
+        assert garbage() is None
+        assert _full_collections() == full
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+def _old_garbage() -> weakref.ref[_Cycle]:
+    alive = _Cycle()
+    gc.collect()  # moves it, still referenced, into the oldest generation
+    return weakref.ref(alive)
+
+
+@pytest.mark.parametrize("grown", [True, False])
+def test_a_later_freeze_collects_the_oldest_garbage_once_that_generation_grew_by_a_quarter(
+    monkeypatch: pytest.MonkeyPatch, grown: bool
+) -> None:
+    # Given garbage in the oldest generation, which holds a quarter more objects than the last freeze, or fewer
+    garbage = _old_garbage()
+    oldest = len(gc.get_objects(2))
+    monkeypatch.setattr(runtime, "_frozen_after_full", [int(oldest / 1.3) if grown else oldest])
+    full = _full_collections()
+
+    # When the start-up objects are frozen
+    assert freeze_startup_objects()
+    try:
+        # Then the old garbage was freed by a full collection when the generation had grown, and left alone if not
+        assert (garbage() is None) is grown
+        assert _full_collections() == full + grown
+    finally:
+        gc.unfreeze()
+        gc.collect()
+
+
+def test_runtimes_one_after_another_do_not_freeze_what_the_ended_ones_left_again_and_again() -> None:
+    # Given runtimes set up one after another in one process (a test session, serve)
+    frozen = []
+    for _ in range(4):
+        with local_aws():
+            frozen.append(gc.get_freeze_count())
+
+    # Then what the ended ones left is freed before it grows the frozen objects by more than a quarter
+    assert max(frozen) <= frozen[0] * 1.3, frozen
