@@ -11,8 +11,11 @@ quotas-token-burndown.html). A :class:`Pacer` mirrors that bucket on the
 client, one per model, shared by every thread of a batch (and in the local
 runtime by every batch of a run): a call waits until the bucket holds its
 reservation (estimated input + ``max_tokens``), takes it, and gives back
-the difference to what the reply says it used. The bucket holds one
-window's quota and refills it over ``window_seconds`` (60: a minute).
+the difference to what the reply says it used (a call that was in flight
+when a refusal set the mirror to the service's empty bucket gives back
+only what the service gets back: the unused part of ``max_tokens``). The
+bucket holds one window's quota and refills it over ``window_seconds``
+(60: a minute).
 
 - **Given quota** (``limits.tokens_per_minute`` / ``requests_per_minute``):
   the bucket has exactly that size, times the batch's planned share of the
@@ -192,6 +195,8 @@ class Pacer:
         self.requests = 0.0 if learned_rate is not None else (self.request_capacity or 0.0)
         self.hold_until = 0.0
         self.last_cut = -math.inf
+        # when the mirror was last set to the service's level (a refusal: empty); see _given_back
+        self.emptied_at = -math.inf
         # the current trial of a cut (None: none running): see TRIAL_CALLS
         self.trial: _Trial | None = None
         # answers to the latest calls (True: refused), probes left out: the share of refusals before a cut
@@ -199,7 +204,7 @@ class Pacer:
         # the service was judged to refuse at random: no pace, the callers back off (see holds_refusals)
         self.random = False
         self.random_share = 0.0
-        self.taken = 0.0  # tokens taken from the bucket so far, less what was given back
+        self.taken = 0.0  # tokens taken from the bucket so far, less what was given back (as _given_back counts it)
         # (time, tokens taken so far, the pace it left)
         self.refusals: deque[tuple[float, float, float | None]] = deque(maxlen=256)
         self.used = 0.0  # tokens the service counted for the calls answered so far
@@ -283,13 +288,15 @@ class Pacer:
 
     def settle(self, ticket: Ticket, reply: ModelReply, model: str) -> None:
         """A reply: the tokens it used replace what was reserved (the rest goes back), and the pace may rise."""
-        used = reply.input_tokens + reply.cache_read_tokens + reply.cache_write_tokens
-        used += reply.output_tokens * output_burndown(model)
+        used_input = reply.input_tokens + reply.cache_read_tokens + reply.cache_write_tokens
+        used_output = reply.output_tokens * output_burndown(model)
+        used = used_input + used_output
         with self.lock:
             now = self.clock.now()
             self._refill(now)
-            self.level += ticket.tokens - used
-            self.taken += used - ticket.tokens
+            given_back = self._given_back(ticket, used, used_output)
+            self.level += given_back
+            self.taken -= given_back
             self.served_tokens += used
             self.used += used
             self.calls += 1
@@ -310,7 +317,7 @@ class Pacer:
                 if ticket.at >= trial.at:
                     trial.answered(ticket, refused=False, used=used)
                 else:  # a call sent before the cut gave back what it did not use: the service's bucket got that too
-                    trial.given_back += ticket.tokens - used
+                    trial.given_back += given_back
                 self._judge(now)
             if self.random:
                 return
@@ -342,7 +349,8 @@ class Pacer:
     def release(self, ticket: Ticket) -> None:
         """A call that failed for another reason: the service took nothing."""
         with self.lock:
-            self.level += ticket.tokens
+            if ticket.at >= self.emptied_at:  # (before, the mirror was set to the service's level without it)
+                self.level += ticket.tokens
             self.taken -= ticket.tokens
             self.outstanding -= 1
             self.outstanding_input -= ticket.input_tokens
@@ -374,7 +382,7 @@ class Pacer:
         if trial is not None:
             # refusals during a trial are its evidence, not new cuts (else refusals that come whatever the pace
             # would cut it again and again); a quota's still empties the mirror
-            self.level = min(self.level, 0.0)
+            self._empty(now, keep_debt=True)
             self._judge(now)
             return
         span = self._span()
@@ -407,7 +415,7 @@ class Pacer:
             self._cut(now, before, probes=probes)
         # the service's bucket is empty now (it refuses rather than go below zero); the replies in flight will
         # give back to both what they did not use
-        self.level = 0.0
+        self._empty(now)
         self.last_increase = now
 
     def _refill(self, now: float) -> None:
@@ -511,12 +519,30 @@ class Pacer:
         if measured:
             self.rate = measured * PACE_MARGIN if self.ceiling is None else min(measured * PACE_MARGIN, self.ceiling)
             self.floor_rate = self.rate * FLOOR_SHARE
-            self.level = 0.0
+            self._empty(now)
             self.measured = True
             self._cut(now, None)
         else:  # nothing to measure from: as at the start, the next refusal sets the pace
             self.rate, self.started, self.taken = self.ceiling, now, 0.0
             self.level = (self.capacity or 0.0) * (1 - FULL_MARGIN)
+
+    def _empty(self, now: float, keep_debt: bool = False) -> None:
+        """The service refused: its bucket is empty, and so is the mirror from now (or below, with ``keep_debt``)."""
+        self.level = min(self.level, 0.0) if keep_debt else 0.0
+        self.emptied_at = now
+
+    def _given_back(self, ticket: Ticket, used: float, used_output: float) -> float:
+        """What an answered call gives back to the mirror. A call sent since the mirror was last emptied took its
+        reservation from it and gives back the rest of it. A call sent before gives back what it gives back to the
+        service: the unused part of its output reservation. Its input estimate was taken from a level since set to
+        the service's, which never held that estimate but the tokens it counted: giving the estimate's excess back
+        (input estimated high, or prompts of many sizes) would put the mirror ahead of the service, and the calls
+        it then lets through find the service's bucket empty (refusals in a cut's trial that look random). What was
+        taken from the bucket (what _measure counts) goes down by the same: counting the excess back would measure
+        the refill rate short by it, half the quota when many calls are in flight."""
+        if ticket.at >= self.emptied_at:
+            return ticket.tokens - used
+        return (ticket.tokens - ticket.input_tokens) - used_output
 
     def _full(self) -> float:
         assert self.capacity is not None

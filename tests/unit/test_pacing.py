@@ -555,3 +555,46 @@ def test_no_call_starts_after_the_deadline_however_long_it_waited_for_the_quota(
     # Then the calls that went started before the deadline, the rest were handed back unasked (no record, no call)
     assert started and max(started) <= 2.0
     assert len(store.records) == provider.calls < 20
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_learned_quota_with_prompts_of_many_sizes_is_not_mistaken_for_random_refusals(seed: int) -> None:
+    # Given a quota of 9,000 tokens per 8 s window, 0.45 s a call, 40 threads, and prompts of many sizes (the service
+    # counts 40 to 190 input tokens a call, the pacer estimates each a third more, as it does before it knows the
+    # model's characters per token) with 64 output tokens reserved and 8 used
+    clock = VirtualClock()
+    endpoint = Endpoint(clock, 9000, window=8.0)  # type: ignore[arg-type]
+    pacer = Pacer(Quota(window_seconds=8.0), clock)
+    rng = random.Random(seed)
+    sizes = [rng.randint(40, 190) for _ in range(120) for _vote in range(3)]
+    left = list(sizes)
+
+    def work() -> None:
+        while left:
+            tokens_in = left.pop()
+            estimate = tokens_in * 4 // 3
+            while True:
+                ticket = pacer.acquire(estimate + 64, 0, estimate)
+                clock.sleep(0.002)
+                if endpoint.take(tokens_in + 64):
+                    clock.sleep(0.45)
+                    endpoint.give_back(tokens_in + 64, tokens_in + 8)
+                    clock.sleep(0.002)
+                    pacer.settle(ticket, reply(tokens_in, 8), "bedrock:m")
+                    break
+                clock.sleep(0.002)
+                pacer.refused(ticket)
+                if not pacer.holds_refusals:
+                    clock.sleep(0.1)
+
+    # When the pacer is not told the quota
+    clock.run([work] * 40)
+    # Then the refusals were taken as the quota's: the calls that were in flight at a refusal gave back to the mirror
+    # what they gave back to the service (the unused output), not their input estimate's excess as well, which would
+    # put the mirror ahead of the empty bucket and refuse a share of the trial's calls that looks random; so few calls
+    # were refused, and the job took little longer than the quota's floor
+    assert endpoint.served == len(sizes)
+    assert pacer.holds_refusals
+    assert endpoint.refused / (endpoint.served + endpoint.refused) <= 0.05, endpoint.refused
+    floor = (sum(sizes) + 8 * len(sizes) - 9000) / (9000 / 8.0)
+    assert clock.t <= floor * 1.15
