@@ -78,6 +78,10 @@ def test_bedrock_converse_endpoint_with_throttling_and_503s(
     assert result["status"] == "complete"
     assert [i["answer"] for i in result["items"]] == [LABELS[n % 3] for n in range(40)]
     assert result["evaluation"]["accuracy"] == 1.0
+    # refusals that come whatever the pace are told from a quota's early, so the calls did not wait for a quota
+    # that is not there: a first refusal's guess left standing (its first calls' tokens over a minute) held every
+    # call for seconds, ~1,600 s of waiting in all across the threads
+    assert first["pacing"]["quota_wait_seconds"] < 60, first["pacing"]
     # every request set maxTokens and forced the one tool whose input schema is the job's schema
     for request in served.requests:
         body = request["body"]

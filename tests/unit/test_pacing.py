@@ -340,6 +340,22 @@ def test_random_refusals_to_many_threads_are_told_from_a_quota_within_seconds(se
     assert clock.t < 12.0
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_refusals_from_the_first_calls_are_told_from_a_quota_at_a_minute_window(seed: int) -> None:
+    # Given an endpoint that refuses 30% of calls whatever the pace, Bedrock's minute as the window, and 8 threads: the
+    # first refusal comes within the first calls, so its guess (their tokens over a whole minute) is a call every few
+    # seconds, and a trial at that pace would take most of a minute
+    clock = VirtualClock()
+    endpoint = RandomEndpoint(clock, 0.3, seed)
+    pacer = Pacer(Quota(window_seconds=60.0), clock)
+    # When 120 calls of 0.1 s go through the pacer
+    run_threads(pacer, endpoint, clock, 120, threads=8, latency=0.1)
+    # Then probes settle the trial: the refusals are judged random and the job takes seconds, not minutes
+    assert endpoint.served == 120
+    assert not pacer.holds_refusals
+    assert clock.t < 15.0
+
+
 def test_a_given_quota_is_learned_below_its_ceiling_when_the_service_refuses() -> None:
     # another workload uses half the quota: the service refuses, and the pacer settles below what it was told
     clock = FakeClock()
