@@ -324,36 +324,28 @@ class RandomEndpoint(Endpoint):
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_random_refusals_to_many_threads_are_told_from_a_quota_within_seconds(seed: int) -> None:
-    # Given an endpoint that refuses 30% of calls whatever the pace, 30 threads calling it at once (0.3 s a call), and
-    # a quota window of 6 s: the first refusal's cut (what the first calls took, over a window) is a few calls per call
-    # time, more than one probe at a time could show the service to be beyond
+@pytest.mark.parametrize(
+    ("window", "calls", "threads", "latency", "within"),
+    [(6.0, 300, 30, 0.3, 12.0), (60.0, 120, 8, 0.1, 15.0)],
+    ids=["6s-window-30-threads", "minute-window-8-threads"],
+)
+def test_random_refusals_to_many_threads_are_told_from_a_quota_within_seconds(
+    seed: int, window: float, calls: int, threads: int, latency: float, within: float
+) -> None:
+    # Given an endpoint that refuses 30% of calls whatever the pace, many threads calling it at once, and a quota
+    # window: the first refusal's cut (what the first calls took, over a window) is a few calls per call time, more
+    # than one probe at a time could show the service to be beyond; at Bedrock's minute, a call every few seconds,
+    # so a trial at that pace would take most of a minute
     clock = VirtualClock()
     endpoint = RandomEndpoint(clock, 0.3, seed)
-    pacer = Pacer(Quota(window_seconds=6.0), clock)
-    # When 300 calls go through the pacer
-    run_threads(pacer, endpoint, clock, 300, threads=30, latency=0.3)
+    pacer = Pacer(Quota(window_seconds=window), clock)
+    # When the calls go through the pacer
+    run_threads(pacer, endpoint, clock, calls, threads=threads, latency=latency)
     # Then the refusals were judged random (refused calls back off instead of waiting for a bucket), soon enough that
-    # the job took less than 4 times what its calls take unrefused (3 s): probes held past a cut pace never tell it
-    assert endpoint.served == 300
+    # the job took seconds (about 4 times what its calls take unrefused): probes held past a cut pace never tell it
+    assert endpoint.served == calls
     assert not pacer.holds_refusals
-    assert clock.t < 12.0
-
-
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_random_refusals_from_the_first_calls_are_told_from_a_quota_at_a_minute_window(seed: int) -> None:
-    # Given an endpoint that refuses 30% of calls whatever the pace, Bedrock's minute as the window, and 8 threads: the
-    # first refusal comes within the first calls, so its guess (their tokens over a whole minute) is a call every few
-    # seconds, and a trial at that pace would take most of a minute
-    clock = VirtualClock()
-    endpoint = RandomEndpoint(clock, 0.3, seed)
-    pacer = Pacer(Quota(window_seconds=60.0), clock)
-    # When 120 calls of 0.1 s go through the pacer
-    run_threads(pacer, endpoint, clock, 120, threads=8, latency=0.1)
-    # Then probes settle the trial: the refusals are judged random and the job takes seconds, not minutes
-    assert endpoint.served == 120
-    assert not pacer.holds_refusals
-    assert clock.t < 15.0
+    assert clock.t < within
 
 
 def test_a_given_quota_is_learned_below_its_ceiling_when_the_service_refuses() -> None:
