@@ -1,16 +1,25 @@
 """The fault matrix: one job through the local runtime under each fault, with what it did to the result.
 
-Run: ``.venv/bin/python -m bench.faults``. For every scenario it prints the
-job's status, the task counts (which must add up), the model calls made,
-the records per task (1 each: nothing answered twice), and the wall time.
-The same scenarios are asserted by tests/local/test_fault_matrix.py.
+Run: ``.venv/bin/python -m bench.faults [--seeds N]``. For every scenario it
+prints the job's status, the task counts (which must add up), the model
+calls made, the records per task (1 each: nothing answered twice), and the
+wall time: the median over N runs (3 by default), each with the retry
+jitter seeded (1..N). Both kinds of retry wait are random by design, the
+runner's full-jitter backoff and the state machine's ``JitterStrategy:
+FULL`` (moto draws it from ``random``), and with them unseeded one
+scenario's wall time moved by a second between two runs of one build; the
+seeds make two builds wait the same. The same scenarios are asserted by
+tests/local/test_fault_matrix.py.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
+import random
+import statistics
 import sys
 import tempfile
 import time
@@ -93,8 +102,18 @@ SCENARIOS = [
 ]
 
 
-def run_scenario(scenario: Scenario, workdir: Path) -> dict[str, Any]:
+def seed_jitter(seed: int) -> None:
+    """Make the run's retry waits the same draws in every build: the runner's backoff and the state machine's."""
+    from fanout_core import runner
+
+    random.seed(seed)  # moto's Step Functions interpreter draws JitterStrategy FULL from the random module
+    runner._JITTER.seed(seed)
+
+
+def run_scenario(scenario: Scenario, workdir: Path, seed: int | None = None) -> dict[str, Any]:
     """Run the matrix job under one fault; the figures a reader needs to trust the result."""
+    if seed is not None:
+        seed_jitter(seed)
     job_id = "faults-" + "".join(c if c.isalnum() else "-" for c in scenario.name.lower())[:40].strip("-")
     path = workdir / f"{job_id}.json"
     path.write_text(json.dumps(matrix_job(job_id)))
@@ -169,7 +188,11 @@ def workspace() -> Iterator[Path]:
         yield Path(tmp)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3, help="runs per scenario, jitter seeded 1..N (default 3)")
+    args = parser.parse_args(argv)
+    seeds = range(1, max(1, args.seeds) + 1)
     columns = (
         "scenario",
         "status",
@@ -181,11 +204,18 @@ def main() -> int:
         "model_calls",
         "records_per_task",
         "wall_seconds",
+        "wall_range",
     )
     with workspace() as work:
-        rows = [run_scenario(s, work) for s in SCENARIOS]
+        runs = [[run_scenario(s, work, seed) for s in SCENARIOS] for seed in seeds]
+    rows = []
+    for column in zip(*runs, strict=True):
+        walls = [run["wall_seconds"] for run in column]
+        rows.append({**column[0], "wall_seconds": round(statistics.median(walls), 2), "wall_range": f"{min(walls)}-{max(walls)}"})
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
     print("fault matrix: 40 items x 3 votes (120 tasks) on the local runtime, simulator faults as named")
+    print(f"wall_seconds: the median of {len(seeds)} runs, retry jitter seeded 1..{len(seeds)} (the first scenario of the")
+    print("first run pays the process's start)")
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:
         print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))

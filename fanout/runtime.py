@@ -364,6 +364,33 @@ def freeze_startup_objects() -> bool:
     return True
 
 
+# one botocore loader per data path for every local runtime of this process (share_service_models)
+_LOADERS: dict[str, Any] = {}
+
+
+def share_service_models() -> None:
+    """Give the boto3 default session, which moto has just reset, the process's one botocore loader.
+
+    A fresh session parses the service models again (S3's, Step Functions', Lambda's, EventBridge's: ~28,000
+    OrderedDicts) and the old ones become garbage in cycles only a full collection frees. A long-lived process (a
+    test session, ``fanout.run`` called in a loop, the fault matrix) then paid a 0.3-0.5 s full collection every
+    other run; with the models shared, an ended runtime leaves ~8,000 such objects instead of ~44,000, and its
+    clients are built without reading the JSON again. The loader is what botocore's own session would build
+    (``create_loader`` over its ``data_path``); only its cache of parsed models is kept between runtimes.
+    """
+    import boto3
+    import botocore.loaders
+    import botocore.session
+
+    core = botocore.session.get_session()
+    data_path = core.get_config_variable("data_path") or ""
+    loader = _LOADERS.get(data_path)
+    if loader is None:
+        loader = _LOADERS[data_path] = botocore.loaders.create_loader(data_path or None)
+    core.register_component("data_loader", loader)
+    boto3.setup_default_session(botocore_session=core)
+
+
 @contextmanager
 def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) -> Iterator[LocalRuntime]:
     """An in-process AWS (moto) with fanout's resources created.
@@ -411,6 +438,7 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
     }
     try:
         with mock_aws(config=config):
+            share_service_models()
             runtime = LocalRuntime()
             providers = ProviderRegistry(bedrock_session=bedrock_session, call_counter=runtime.model_calls)
             with _clients.using_providers(providers):

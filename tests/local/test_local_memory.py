@@ -175,3 +175,30 @@ def test_runtimes_one_after_another_do_not_freeze_what_the_ended_ones_left_again
 
     # Then what the ended ones left is freed before it grows the frozen objects by more than a quarter
     assert max(frozen) <= frozen[0] * 1.3, frozen
+
+
+def test_a_second_runtime_builds_its_clients_from_the_service_models_the_first_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a runtime that built an S3 and a Step Functions client
+    with local_aws():
+        boto3.client("s3", region_name="us-east-1").list_buckets()
+        boto3.client("stepfunctions", region_name="us-east-1").list_state_machines()
+    import botocore.loaders
+
+    reads: list[str] = []
+    real_load = botocore.loaders.JSONFileLoader.load_file
+
+    def counting(self: Any, file_path: str) -> Any:
+        reads.append(file_path)
+        return real_load(self, file_path)
+
+    monkeypatch.setattr(botocore.loaders.JSONFileLoader, "load_file", counting)
+
+    # When a second runtime builds the same clients and calls them
+    with local_aws():
+        boto3.client("s3", region_name="us-east-1").list_buckets()
+        boto3.client("stepfunctions", region_name="us-east-1").list_state_machines()
+
+    # Then no service model file was read again: the first runtime's parsed models serve the second
+    assert not [path for path in reads if "service-2" in path or "endpoint-rule-set" in path], reads
