@@ -5,7 +5,7 @@ private name. They are written against ``MOTO_VERSION`` (pinned in
 requirements.txt): ``check_version`` refuses any other, with the fix named,
 rather than letting a renamed internal fail halfway through a job. Every
 patch returns its undo, so whoever applies one can restore what it changed;
-tests/unit/test_moto_patches.py has one test per entry here.
+tests/local/test_moto_patches.py has one test per entry here.
 
 - ``cache_jsonpath_parsing``: the interpreter re-parses every JSONPath on every evaluation.
 - ``cache_asl_parse_trees``: a state machine's definition is parsed on CreateStateMachine and again on every
@@ -16,6 +16,8 @@ tests/unit/test_moto_patches.py has one test per entry here.
 - ``stopped_executions_stay_stopped``: an execution stopped while a Map runs ends ABORTED, as in Step Functions.
 - ``execution_status`` / ``execution_status_reader``: an execution's status without serialising its input
   (DescribeExecution does); the reader looks the execution up once for a poll loop.
+- ``history_summary``: the states an execution entered and its span, without copying its history (the
+  GetExecutionHistory API deep-copies every event, then serialises it).
 - ``new_objects``: the bodies of new (or rewritten) objects under a prefix, read from moto's S3 backend.
 - ``reuse_lambda_clients``: the interpreter builds a new boto3 client for every Lambda task it runs.
 - ``cache_s3_urls``: moto re-imports its S3 URL table on every S3 request; it changes only with two settings.
@@ -26,6 +28,7 @@ tests/unit/test_moto_patches.py has one test per entry here.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import threading
 import uuid
@@ -352,6 +355,38 @@ def execution_status_reader(account: str, region: str, execution_arn: str) -> Ca
         return str(getattr(found, "value", found))
 
     return status
+
+
+def history_summary(account: str, region: str, execution_arn: str) -> tuple[int, float | None]:
+    """(states entered, seconds from the first event to the last) of an execution, read in place.
+
+    GetExecutionHistory hands back a deep copy of every event, each with its state's input and output, and the
+    client parses it again: 0.5 s or more once a 100,000-task job's execution has ended. This counts the same
+    events, under the event list's own lock, without copying them.
+    """
+    check_version()
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+    execution = stepfunctions_parser_backends[account][region].describe_execution(execution_arn)
+    worker = getattr(execution, "exec_worker", None)
+    env = worker.env if worker is not None else None
+    if env is None:  # not started
+        return 0, None
+    manager = env.event_manager
+    with manager._mutex:
+        events = manager._history_event_list
+        entered = sum(1 for event in events if str(event["type"]).endswith("StateEntered"))
+        first = events[0]["timestamp"] if events else None
+        last = events[-1]["timestamp"] if events else None
+    span = (_moment(last) - _moment(first)).total_seconds() if first is not None and last is not None else None
+    return entered, span
+
+
+def _moment(stamp: Any) -> datetime.datetime:
+    """An event's timestamp: moto keeps it as ISO 8601 text with milliseconds (the API hands out datetimes)."""
+    if isinstance(stamp, datetime.datetime):
+        return stamp
+    return datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
 
 
 def new_objects(account: str, bucket_name: str, prefix: str, seen: dict[str, Any]) -> Iterator[tuple[str, bytes]]:

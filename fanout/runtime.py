@@ -252,7 +252,7 @@ class LocalRuntime:
         waited = time.monotonic() - started
         described = sfn.describe_execution(executionArn=execution_arn)  # once, for the output
         output = json.loads(described["output"]) if described.get("output") else None
-        transitions, span = read_history(sfn, execution_arn)
+        transitions, span = moto_patches.history_summary(ACCOUNT, REGION, execution_arn)
         return Execution(
             arn=execution_arn,
             status=described["status"],
@@ -262,22 +262,6 @@ class LocalRuntime:
             state_transitions=transitions,
             wall_seconds=span if span is not None else waited,
         )
-
-
-def read_history(sfn: Any, execution_arn: str) -> tuple[int, float | None]:
-    """States entered (as Step Functions bills them) and the seconds from ExecutionStarted to the last event.
-
-    The span is what Step Functions reports as an execution's duration; it leaves out the time moto's
-    interpreter spends parsing the definition before each execution, which the service does not have.
-    """
-    entered, first, last = 0, None, None
-    for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn):
-        for event in page["events"]:
-            entered += event["type"].endswith("StateEntered")
-            first = first or event["timestamp"]
-            last = event["timestamp"]
-    span = (last - first).total_seconds() if first is not None and last is not None else None
-    return entered, span
 
 
 def definition() -> str:

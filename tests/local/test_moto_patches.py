@@ -365,6 +365,31 @@ def test_the_status_reader_follows_one_execution_to_its_end_without_looking_it_u
     assert status == sfn.describe_execution(executionArn=arn)["status"] == "SUCCEEDED"
 
 
+def test_the_history_summary_counts_what_get_execution_history_lists(aws: None) -> None:
+    # Given an execution of three states, one of them a Wait, that has ended
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    states = {
+        "A": {"Type": "Pass", "Next": "W"},
+        "W": {"Type": "Wait", "Seconds": 1, "Next": "B"},
+        "B": {"Type": "Pass", "End": True},
+    }
+    definition = json.dumps({"StartAt": "A", "States": states})
+    machine = sfn.create_state_machine(name="h", definition=definition, roleArn=f"arn:aws:iam::{ACCOUNT}:role/r")
+    arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name="e-h", input="{}")["executionArn"]
+    deadline = time.monotonic() + 10
+    while sfn.describe_execution(executionArn=arn)["status"] == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    # When its summary is read in place
+    entered, span = moto_patches.history_summary(ACCOUNT, REGION, arn)
+
+    # Then it is what the API's pages give: the states entered, and the span from the first event to the last
+    events = [e for page in sfn.get_paginator("get_execution_history").paginate(executionArn=arn) for e in page["events"]]
+    assert entered == sum(e["type"].endswith("StateEntered") for e in events) == 3
+    assert span is not None and span >= 1.0
+    assert span == pytest.approx((events[-1]["timestamp"] - events[0]["timestamp"]).total_seconds(), abs=1e-3)
+
+
 def test_the_interpreter_reuses_one_lambda_client_per_region_until_undone(aws: None) -> None:
     # Given the interpreter's client factory for Lambda tasks, patched
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
