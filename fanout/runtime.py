@@ -252,6 +252,8 @@ class LocalRuntime:
         waited = time.monotonic() - started
         described = sfn.describe_execution(executionArn=execution_arn)  # once, for the output
         output = json.loads(described["output"]) if described.get("output") else None
+        # states entered, as Step Functions bills them, and the span from ExecutionStarted to the last event: what
+        # the service reports as the duration (it leaves out moto's parse of the definition before each execution)
         transitions, span = moto_patches.history_summary(ACCOUNT, REGION, execution_arn)
         return Execution(
             arn=execution_arn,
