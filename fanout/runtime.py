@@ -19,6 +19,7 @@ import os
 import threading
 import time
 import traceback
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -355,7 +356,7 @@ _LOADERS: dict[str, Any] = {}
 
 
 def share_service_models() -> None:
-    """Give the boto3 default session, which moto has just reset, the process's one botocore loader.
+    """Give boto3's default session, when moto has just reset it, the process's one botocore loader.
 
     A fresh session parses the service models again (S3's, Step Functions', Lambda's, EventBridge's: ~28,000
     OrderedDicts) and the old ones become garbage in cycles only a full collection frees. A long-lived process (a
@@ -363,11 +364,16 @@ def share_service_models() -> None:
     other run; with the models shared, an ended runtime leaves ~8,000 such objects instead of ~44,000, and its
     clients are built without reading the JSON again. The loader is what botocore's own session would build
     (``create_loader`` over its ``data_path``); only its cache of parsed models is kept between runtimes.
+
+    Under a mock that was already running (a caller's own ``mock_aws``) moto keeps the caller's session, and so
+    does this: it is the caller's to keep.
     """
     import boto3
     import botocore.loaders
     import botocore.session
 
+    if boto3.DEFAULT_SESSION is not None:
+        return
     core = botocore.session.get_session()
     data_path = core.get_config_variable("data_path") or ""
     loader = _LOADERS.get(data_path)
@@ -375,6 +381,8 @@ def share_service_models() -> None:
         loader = _LOADERS[data_path] = botocore.loaders.create_loader(data_path or None)
     core.register_component("data_loader", loader)
     boto3.setup_default_session(botocore_session=core)
+    # each boto3 session appends its own data folder to its loader's search paths: once is enough for a shared one
+    loader.search_paths[:] = list(dict.fromkeys(loader.search_paths))
 
 
 @contextmanager
@@ -423,7 +431,11 @@ def local_aws(default_model: str = "sim", bedrock_session: Any | None = None) ->
         "stepfunctions": {"execute_state_machine": True},
     }
     try:
-        with mock_aws(config=config):
+        with mock_aws(config=config), warnings.catch_warnings():
+            # a batch whose container failed before its first call flushes an empty metric set, which is no fault
+            # here: Powertools' warning of it would land in the middle of the run's progress (a deployed function
+            # still logs it)
+            warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
             share_service_models()
             runtime = LocalRuntime()
             providers = ProviderRegistry(bedrock_session=bedrock_session, call_counter=runtime.model_calls)

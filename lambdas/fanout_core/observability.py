@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,9 +26,6 @@ NAMESPACE = "Fanout"
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-# a step that ends before it has anything to count (a batch whose container failed before its first call) has no
-# metrics to publish, which is not a fault: Powertools' warning of it would reach a local run's terminal
-warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
 
 TASKS_PLANNED = "tasks_planned"  # plan
 # task outcomes of a batch (subtask)

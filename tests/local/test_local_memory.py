@@ -202,3 +202,31 @@ def test_a_second_runtime_builds_its_clients_from_the_service_models_the_first_p
 
     # Then no service model file was read again: the first runtime's parsed models serve the second
     assert not [path for path in reads if "service-2" in path or "endpoint-rule-set" in path], reads
+
+
+def test_the_shared_loader_s_search_paths_stay_as_one_session_makes_them() -> None:
+    # Given three runtimes one after another
+    for _ in range(3):
+        with local_aws():
+            loader = boto3.DEFAULT_SESSION._loader  # type: ignore[union-attr]
+            paths = list(loader.search_paths)
+
+    # Then the loader they share lists each folder once (every boto3 session appends its own data folder)
+    assert len(paths) == len(set(paths)), paths
+
+
+def test_a_runtime_inside_a_callers_own_mock_keeps_the_callers_session() -> None:
+    # Given a caller's own mock, with its own default session
+    from moto import mock_aws
+
+    with mock_aws():
+        boto3.setup_default_session(region_name="eu-west-1")
+        callers = boto3.DEFAULT_SESSION
+
+        # When a local runtime runs inside it
+        with local_aws():
+            inside = boto3.DEFAULT_SESSION
+
+        # Then the runtime used the caller's session and left it in place
+        assert inside is callers
+        assert boto3.DEFAULT_SESSION is callers
