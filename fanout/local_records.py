@@ -302,7 +302,10 @@ class RunLock:
         return None
 
     def _refusal(self, holder: dict[str, Any]) -> str:
-        who = f"pid {holder.get('pid', '?')}" + (f" on {holder['host']}" if holder.get("host") != socket.gethostname() else "")
+        # an empty holder is a lock another run has created and not yet written its pid into
+        host = holder.get("host")
+        who = f"pid {holder['pid']}" if "pid" in holder else "a run taking the lock just now"
+        who += f" on {host}" if host and host != socket.gethostname() else ""
         since = f", started {holder['started']}" if holder.get("started") else ""
         return (
             f"--out: another run of this job is writing to {self.path.parent} ({who}{since}); wait for it to end, or "

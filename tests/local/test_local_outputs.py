@@ -207,6 +207,37 @@ def test_a_lock_whose_pid_was_reused_by_a_later_process_is_stale(tmp_path: Path)
         assert json.loads((folder / local_records.LOCK_FILE).read_text())["process_start"] != "1"
 
 
+def test_a_lock_being_written_by_another_run_refuses_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a lock file another run has just created and not yet written its holder into
+    path, folder = job_file(tmp_path), tmp_path / "out" / "outputs"
+    folder.mkdir(parents=True)
+    (folder / local_records.LOCK_FILE).write_bytes(b"")
+
+    # When a run starts
+    code = main(["run", str(path), "--out", str(tmp_path / "out")])
+
+    # Then it is refused as a second run, without a traceback, and the other run's lock is left in place
+    captured = capsys.readouterr()
+    assert code == 2 and "Traceback" not in captured.err
+    assert captured.err.startswith(f"error: --out: another run of this job is writing to {folder} (a run taking the lock")
+    assert (folder / local_records.LOCK_FILE).read_bytes() == b""
+
+
+def test_an_empty_lock_older_than_its_write_time_is_taken_over(tmp_path: Path) -> None:
+    # Given an empty lock left by a run that died between creating it and writing its holder
+    folder = tmp_path / "out" / "outputs"
+    folder.mkdir(parents=True)
+    lock = folder / local_records.LOCK_FILE
+    lock.write_bytes(b"")
+    old = time.time() - local_records._LOCK_WRITE_SECONDS - 5
+    os.utime(lock, (old, old))
+
+    # When a run takes the lock, then it holds it with its own pid
+    with local_records.RunLock(folder):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+
 def test_two_runs_of_one_job_into_one_out_at_once_make_one_record_per_task(tmp_path: Path) -> None:
     # Given a job slow enough that two runs overlap
     path = job_file(tmp_path, model="sim:latency_ms=100")
